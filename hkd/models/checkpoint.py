@@ -177,7 +177,7 @@ def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None) -> Lo
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: damaged weights ({exc})") from None
     p = get_preset(meta.preset)
-    model = p.builder(pretrained_backbone=False, **{**p.defaults, "min_size": meta.min_size, "max_size": meta.max_size})
+    model = p.build(pretrained_backbone=False, min_size=meta.min_size, max_size=meta.max_size)
     _load_state(model, state, path, meta.preset)
     return LoadedCheckpoint(model.eval(), meta, path, file_sha256(path))
 

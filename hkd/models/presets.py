@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -49,9 +50,8 @@ class Preset:
     defaults: dict = field(default_factory=dict)
 
     def build(self, *, pretrained_backbone: bool = False, **overrides) -> nn.Module:
-        kwargs = {**self.defaults, **overrides}
-        return self.builder(pretrained_backbone=pretrained_backbone, min_size=self.min_size,
-                            max_size=self.max_size, **kwargs)
+        kwargs = {"min_size": self.min_size, "max_size": self.max_size, **self.defaults, **overrides}
+        return self.builder(pretrained_backbone=pretrained_backbone, **kwargs)
 
 
 PRESETS: dict[str, Preset] = {}
@@ -108,7 +108,11 @@ def _lite_frcnn(
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
 ) -> FasterRCNN:
-    body = EfficientNetLiteBody(efficientnet_lite(arch, pretrained=pretrained_backbone), taps)
+    # Detection batches are a few images: batch statistics would be noise, so the
+    # backbone's BatchNorm layers are frozen at their ImageNet statistics (as
+    # torchvision does for its ResNet detectors).
+    classifier = freeze_batch_norm_2d(efficientnet_lite(arch, pretrained=pretrained_backbone))
+    body = EfficientNetLiteBody(classifier, taps)
     backbone = BackboneWithFPN(body, ["c3", "c4", "c5"], fpn_channels)
     anchors = AnchorGenerator(ANCHOR_SIZES, (ANCHOR_RATIOS,) * len(ANCHOR_SIZES))
     pooler = MultiScaleRoIAlign(featmap_names=["p3", "p4", "p5"], output_size=7, sampling_ratio=2)

@@ -1,0 +1,205 @@
+"""Run configs: plain data (YAML via ``safe_load`` or JSON), validated on load.
+
+A run config has these sections (every key optional except ``model.preset``
+and ``data.train``)::
+
+    model:   {preset: hkd_frcnn_lite0.student, pretrained_backbone: true, init: null,
+              min_size: 480, max_size: 640}
+    teacher: assets/checkpoints/teacher.safetensors      # `hkd distill` only
+    data:    {train: data/synthped/train, val: data/synthped/val, val_images: 200,
+              augment: {flip: 0.5, scale: [0.75, 1.25], color: 0.2}}
+    train:   {steps: 2000, batch_size: 2, optimizer: sgd, lr: 0.02, momentum: 0.9,
+              weight_decay: 1e-4, warmup_steps: 100, schedule: cosine, seed: 0,
+              grad_clip: 10.0, log_every: 10, eval_every: 500, checkpoint_every: 250,
+              threads: 2, workers: 0, save_dtype: float16}
+    distill: {...}                                        # see hkd.distill.config
+
+Paths are resolved relative to the config file. A misspelt key is an error
+that names the key and lists the valid ones.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A run config is invalid; the message names the key and the valid choices."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = ""
+    pretrained_backbone: bool = True
+    init: str | None = None  # checkpoint to start from (fine-tunes)
+    min_size: int | None = None  # training/inference resize (default: the preset's)
+    max_size: int | None = None
+
+
+@dataclass
+class AugmentConfig:
+    flip: float = 0.5
+    scale: tuple[float, float] = (0.75, 1.25)
+    color: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    val: str | None = None
+    val_images: int = 200
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 2
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    seed: int = 0
+    grad_clip: float = 10.0
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 250
+    threads: int = 2
+    workers: int = 0
+    save_dtype: str = "float16"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: str | None = None
+    distill: dict | None = None  # validated by hkd.distill.config against the two presets
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("source")
+        return out
+
+
+_CHOICES = {
+    ("train", "optimizer"): ("sgd", "adamw"),
+    ("train", "schedule"): ("cosine", "step", "constant"),
+    ("train", "save_dtype"): ("float16", "float32"),
+}
+
+
+def _build(cls, raw: Any, where: str):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    valid = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
+        f = valid[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if hasattr(default, "__dataclass_fields__"):
+            value = _build(type(default), value, f"{where}.{key}")
+        else:
+            value = _coerce(value, default, f"{where}.{key}")
+        choices = _CHOICES.get((where.split(".")[-1], key))
+        if choices and value not in choices:
+            raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if float(value) != int(value):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(value)
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise ConfigError(f"{where}: expected a list of {len(default)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | None = None) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source or 'config'}: the top level must be a mapping")
+    valid = {"model", "data", "train", "teacher", "distill"}
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(f"unknown top-level key {key!r}; valid keys: {', '.join(sorted(valid))}")
+    cfg = RunConfig(
+        model=_build(ModelConfig, raw.get("model"), "model"),
+        data=_build(DataConfig, raw.get("data"), "data"),
+        train=_build(TrainConfig, raw.get("train"), "train"),
+        teacher=raw.get("teacher"),
+        distill=raw.get("distill"),
+        source=source,
+    )
+    if not cfg.model.preset:
+        raise ConfigError("model.preset is required (see `hkd presets`)")
+    from hkd.models.presets import get_preset
+
+    try:
+        get_preset(cfg.model.preset)
+    except KeyError as exc:
+        raise ConfigError(f"model.preset: {exc.args[0]}") from None
+    if not cfg.data.train:
+        raise ConfigError("data.train is required: a dataset folder (e.g. one made by `hkd synth`)")
+    if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
+        raise ConfigError("train.steps and train.batch_size must be positive")
+    if cfg.distill is not None and not isinstance(cfg.distill, dict):
+        raise ConfigError("distill: expected a mapping")
+    if base_dir is not None:
+        resolve = lambda p: p if p is None or Path(p).is_absolute() else str((base_dir / p).resolve())  # noqa: E731
+        cfg.data.train = resolve(cfg.data.train)
+        cfg.data.val = resolve(cfg.data.val)
+        cfg.model.init = resolve(cfg.model.init)
+        cfg.teacher = resolve(cfg.teacher)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML/JSON run config; ``overrides`` like ``train.steps=50`` win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    raw = raw or {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return config_from_dict(raw, base_dir=path.parent, source=str(path))

@@ -1,0 +1,334 @@
+"""The training loop for `hkd train` (detector alone) and `hkd distill` (student + teacher).
+
+Runs on one process, or under ``torchrun --nproc_per_node N`` with
+DistributedDataParallel (gloo on CPU, nccl on GPUs). Deterministic on CPU for
+a given seed: the batch order and every random draw of step ``s`` are seeded
+from ``(seed, s)``, which is also what makes ``--resume`` exact.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from hkd.models.checkpoint import CheckpointMeta, atomic_write, load_checkpoint, save_checkpoint
+from hkd.models.presets import build_detector, get_preset
+from hkd.train.config import ConfigError, RunConfig
+from hkd.train.run_folder import RunFolder
+
+log = logging.getLogger("hkd.train")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must see (non-finite loss, bad data…)."""
+
+
+class Cancelled(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int]:
+    """(rank, world_size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+def batch_indices(step: int, *, n: int, batch_size: int, rank: int, world: int, seed: int) -> list[int]:
+    """Dataset indices of ``rank``'s share of global ``step``.
+
+    An endless stream of per-epoch permutations (seeded by ``seed`` and the
+    epoch); each step takes ``batch_size × world`` consecutive positions.
+    """
+    out = []
+    for j in range(batch_size):
+        pos = (step * world + rank) * batch_size + j
+        epoch, offset = divmod(pos, n)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n, generator=gen)[offset]))
+    return out
+
+
+def detection_targets(target: dict) -> dict:
+    """Only what torchvision's detection losses take: non-ignored boxes, label 1."""
+    keep = ~target["ignore"].bool()
+    return {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep].long()}
+
+
+def _open(path: str, transforms=None):
+    from hkd.data.datasets import open_dataset
+
+    try:
+        return open_dataset(path, transforms=transforms)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"dataset {path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# model / step
+# ---------------------------------------------------------------------------
+def build_student(cfg: RunConfig) -> tuple[nn.Module, str | None]:
+    """The model to train and its parent checkpoint (if it starts from one)."""
+    if cfg.model.init:
+        loaded = load_checkpoint(cfg.model.init)
+        if loaded.meta.preset != cfg.model.preset:
+            raise ConfigError(f"model.init {cfg.model.init} holds {loaded.meta.preset}, not {cfg.model.preset}")
+        return loaded.model, Path(cfg.model.init).name
+    sizes = {k: v for k, v in (("min_size", cfg.model.min_size), ("max_size", cfg.model.max_size)) if v}
+    return build_detector(cfg.model.preset, pretrained_backbone=cfg.model.pretrained_backbone, **sizes), None
+
+
+def build_step(cfg: RunConfig, student: nn.Module) -> tuple[nn.Module, Callable]:
+    """(module whose parameters train, step ``(module, images, targets, step) -> loss dict``).
+
+    The step receives the module to call (the trainable one, or its DDP wrapper).
+    """
+    if cfg.teacher is None:
+        def detection_step(module, images, targets, step):
+            return {f"det/{k}": v for k, v in module(images, targets).items()}
+
+        return student, detection_step
+    from hkd.distill.config import parse_distill_config
+    from hkd.distill.distiller import Distiller
+
+    teacher = load_checkpoint(cfg.teacher)
+    t_spec = get_preset(teacher.meta.preset).hierarchy
+    s_spec = get_preset(cfg.model.preset).hierarchy
+    dcfg = parse_distill_config(cfg.distill or {}, t_spec, s_spec)
+    distiller = Distiller.build(teacher.model, t_spec, student, s_spec, dcfg)
+    return distiller, lambda module, images, targets, step: module(images, targets, step=step)
+
+
+def make_optimizer(cfg: RunConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    t = cfg.train
+    params = [p for p in params if p.requires_grad]
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return 0.001 + (1 - 0.001) * step / max(1, t.warmup_steps)
+        if t.schedule == "constant":
+            return 1.0
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        if t.schedule == "step":
+            return 0.1 if progress >= 0.75 else 1.0
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# ---------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------
+def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train according to ``cfg`` into run folder ``out``; returns the final status dict."""
+    rank, world = init_distributed()
+    main_process = rank == 0
+    run = RunFolder(out)
+    t = cfg.train
+    if main_process:
+        if not resume and run.status_path.exists() and run.read_status().get("state") not in (None, "queued"):
+            raise ConfigError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+        run.create()
+        _attach_log(run)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    torch.set_num_threads(max(1, t.threads))
+    cancelled = {"flag": False}
+    previous_handler = None
+    if main_process and hasattr(signal, "SIGTERM"):
+        try:
+            previous_handler = signal.signal(signal.SIGTERM, lambda *_: cancelled.__setitem__("flag", True))
+        except ValueError:  # not the main thread (tests)
+            previous_handler = None
+    status: dict = {}
+    try:
+        torch.manual_seed(t.seed)
+        student, parent = build_student(cfg)
+        if not cfg.model.init and cfg.model.pretrained_backbone is False:
+            log.info("student starts from random init")
+        trainable, step_fn = build_step(cfg, student)
+        trainable.train()
+        from hkd.data.transforms import detection_train_transforms
+
+        aug = cfg.data.augment
+        train_set = _open(cfg.data.train, detection_train_transforms(
+            flip_p=aug.flip, scale_range=tuple(aug.scale), color=aug.color))
+        val_set = _open(cfg.data.val) if cfg.data.val else None
+        ddp_module = trainable
+        if world > 1:
+            ddp_module = nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=cfg.teacher is not None)
+        opt, sched = make_optimizer(cfg, trainable.parameters())
+        start = 0
+        if resume:
+            start = _restore(run, student, trainable, opt, sched)
+            if main_process:
+                run.truncate_metrics(start)
+        if main_process:
+            (run.config_path).write_text(__import__("json").dumps(cfg.to_dict(), indent=2))
+            run.write_status("running", step=start, total=t.steps, pid=os.getpid(), started=time.time(),
+                             message="", world_size=world, mode="distill" if cfg.teacher else "train")
+            log.info("run %s: %s for %d steps (batch %d × %d processes), %d training images",
+                     run.root, cfg.model.preset, t.steps, t.batch_size, world, len(train_set))
+        bar = tqdm(total=t.steps, initial=start, disable=not (progress and main_process), unit="step")
+        window_start, window_images = time.perf_counter(), 0
+        run_start = time.perf_counter()
+        step = start
+        last_eval: dict | None = None
+        for step in range(start, t.steps):
+            if cancelled["flag"]:
+                raise Cancelled()
+            torch.manual_seed(t.seed * 1_000_003 + step)  # augmentations, proposal sampling
+            idx = batch_indices(step, n=len(train_set), batch_size=t.batch_size, rank=rank, world=world, seed=t.seed)
+            samples = [train_set[i] for i in idx]
+            images = [s[0] for s in samples]
+            targets = [detection_targets(s[1]) for s in samples]
+            losses = step_fn(ddp_module, images, targets, step)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                raise TrainingError(f"non-finite loss at step {step}: {', '.join(bad) or 'total'} — "
+                                    "lower train.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], t.grad_clip)
+            opt.step()
+            sched.step()
+            window_images += len(images) * world
+            bar.update(1)
+            done = step + 1
+            if main_process and (done % t.log_every == 0 or done == t.steps):
+                now = time.perf_counter()
+                rate = window_images / max(1e-9, now - window_start)
+                record = {"step": done, "time": round(now - run_start, 3), "lr": sched.get_last_lr()[0],
+                          "loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()},
+                          "images_per_s": round(rate, 3)}
+                run.append_metrics(record)
+                eta = (t.steps - done) * t.batch_size * world / max(rate, 1e-9)
+                run.write_status("running", step=done, total=t.steps, eta_s=round(eta, 1))
+                bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+                window_start, window_images = now, 0
+            if main_process and t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
+                _save(run, "last", student, cfg, parent, done, opt, sched, metrics=last_eval, trainable=trainable)
+            if main_process and val_set is not None and t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                last_eval = _evaluate(run, student, val_set, cfg, done)
+                student.train()
+        bar.close()
+        if main_process:
+            final = _evaluate(run, student, val_set, cfg, t.steps) if val_set is not None else None
+            _save(run, "final", student, cfg, parent, t.steps, opt, sched, metrics=final)
+            _save(run, "last", student, cfg, parent, t.steps, opt, sched, metrics=final, trainable=trainable)
+            status = run.write_status("succeeded", step=t.steps, total=t.steps, eta_s=0,
+                                      seconds=round(time.perf_counter() - run_start, 1),
+                                      metrics=final, checkpoint=str(run.checkpoint("final")))
+            log.info("done: %s", run.checkpoint("final"))
+        else:
+            status = {"state": "succeeded", "step": t.steps, "total": t.steps, "rank": rank}
+    except Cancelled:
+        if main_process:
+            _save(run, "last", student, cfg, parent, step, opt, sched, metrics=None, trainable=trainable)
+            status = run.write_status("cancelled", step=step, message="cancelled by the user (SIGTERM)")
+            log.warning("cancelled at step %d; resume with --resume", step)
+    except BaseException as exc:
+        if main_process and run.root.exists():
+            message = f"{type(exc).__name__}: {exc}"
+            status = run.write_status("failed", message=message)
+            log.error("failed: %s", message)
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        _detach_log()
+        if world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    return status
+
+
+def _evaluate(run: RunFolder, student: nn.Module, val_set, cfg: RunConfig, step: int) -> dict:
+    from hkd.train.evaluate import evaluate_model
+
+    start = time.perf_counter()
+    result = evaluate_model(student, val_set, max_images=cfg.data.val_images)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    run.append_metrics({"step": step, "eval": result})
+    log.info("eval @%d: MR-2 %s, AP50 %.3f", step,
+             ", ".join(f"{k} {v:.2f}" for k, v in result["mr"].items()), result["ap50"])
+    return result
+
+
+def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int, opt, sched, metrics,
+          trainable: nn.Module | None = None) -> None:
+    preset = get_preset(cfg.model.preset)
+    meta = CheckpointMeta(preset=cfg.model.preset, classes=list(preset.classes),
+                          min_size=cfg.model.min_size or preset.min_size, max_size=cfg.model.max_size or preset.max_size, train_config=cfg.to_dict(), metrics=metrics or {},
+                          parent=parent or (Path(cfg.teacher).name if cfg.teacher else None), step=step,
+                          notes="distilled from " + Path(cfg.teacher).name if cfg.teacher else "")
+    dtype = torch.float16 if cfg.train.save_dtype == "float16" and name == "final" else torch.float32
+    save_checkpoint(run.checkpoint(name), student, meta, dtype=dtype)
+    if name == "last":
+        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        adapters = getattr(trainable, "adapters", None)
+        if adapters is not None:  # distillation adapters train too; the checkpoint holds only the student
+            state["adapters"] = adapters.state_dict()
+        atomic_write(run.state_path, lambda tmp: torch.save(state, tmp))
+
+
+def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sched) -> int:
+    ckpt = run.checkpoint("last")
+    if not ckpt.exists() or not run.state_path.exists():
+        raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/last.safetensors or train_state.pt)")
+    loaded = load_checkpoint(ckpt)
+    student.load_state_dict(loaded.model.state_dict())
+    state = torch.load(run.state_path, map_location="cpu", weights_only=True)
+    if "adapters" in state and getattr(trainable, "adapters", None) is not None:
+        trainable.adapters.load_state_dict(state["adapters"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    log.info("resumed from step %d", state["step"])
+    return int(state["step"])
+
+
+_handler: logging.Handler | None = None
+
+
+def _attach_log(run: RunFolder) -> None:
+    global _handler
+    _detach_log()
+    _handler = logging.FileHandler(run.log_path)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("hkd")
+    root.addHandler(_handler)
+    root.setLevel(logging.INFO)
+
+
+def _detach_log() -> None:
+    global _handler
+    if _handler is not None:
+        logging.getLogger("hkd").removeHandler(_handler)
+        _handler.close()
+        _handler = None
