@@ -4,7 +4,7 @@ A run config has these sections (every key optional except ``model.preset``
 and ``data.train``)::
 
     model:   {preset: hkd_frcnn_lite0.student, pretrained_backbone: true, init: null,
-              min_size: 480, max_size: 640}
+              min_size: 480, max_size: 640, train_min_sizes: [352, 384, 416, 448, 480]}
     teacher: assets/checkpoints/teacher.safetensors      # `hkd distill` only
     data:    {train: data/synthped/train, val: data/synthped/val, val_images: 200,
               augment: {flip: 0.5, scale: [0.75, 1.25], color: 0.2}}
@@ -36,8 +36,11 @@ class ModelConfig:
     preset: str = ""
     pretrained_backbone: bool = True
     init: str | None = None  # checkpoint to start from (fine-tunes)
-    min_size: int | None = None  # training/inference resize (default: the preset's)
+    min_size: int | None = None  # inference resize of the shorter side (default: the preset's)
     max_size: int | None = None
+    # multi-scale training: the shorter side is resized to one of these per batch
+    # (torchvision's GeneralizedRCNNTransform); evaluation uses min_size
+    train_min_sizes: list | None = None
 
 
 @dataclass
@@ -171,6 +174,10 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         raise ConfigError("data.train is required: a dataset folder (e.g. one made by `hkd synth`)")
     if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("train.steps and train.batch_size must be positive")
+    sizes = cfg.model.train_min_sizes
+    if sizes is not None and (not isinstance(sizes, list) or not sizes
+                              or not all(isinstance(v, int) and 32 <= v <= 4096 for v in sizes)):
+        raise ConfigError(f"model.train_min_sizes: expected a list of pixel sizes like [384, 416, 448], got {sizes!r}")
     if cfg.distill is not None and not isinstance(cfg.distill, dict):
         raise ConfigError("distill: expected a mapping")
     if base_dir is not None:

@@ -93,9 +93,21 @@ def build_student(cfg: RunConfig) -> tuple[nn.Module, str | None]:
         loaded = load_checkpoint(cfg.model.init)
         if loaded.meta.preset != cfg.model.preset:
             raise ConfigError(f"model.init {cfg.model.init} holds {loaded.meta.preset}, not {cfg.model.preset}")
+        if cfg.model.train_min_sizes:
+            set_train_sizes(loaded.model, cfg.model.train_min_sizes)
         return loaded.model, Path(cfg.model.init).name
     sizes = {k: v for k, v in (("min_size", cfg.model.min_size), ("max_size", cfg.model.max_size)) if v}
-    return build_detector(cfg.model.preset, pretrained_backbone=cfg.model.pretrained_backbone, **sizes), None
+    model = build_detector(cfg.model.preset, pretrained_backbone=cfg.model.pretrained_backbone, **sizes)
+    if cfg.model.train_min_sizes:
+        set_train_sizes(model, cfg.model.train_min_sizes)
+    return model, None
+
+
+def set_train_sizes(model: nn.Module, sizes: list[int]) -> None:
+    """Multi-scale training: torchvision picks one of ``min_size`` per batch in train
+    mode and uses the last one in eval mode, so the inference size goes last."""
+    final = model.transform.min_size[-1]
+    model.transform.min_size = tuple(s for s in sizes if s != final) + (final,)
 
 
 def build_step(cfg: RunConfig, student: nn.Module) -> tuple[nn.Module, Callable]:

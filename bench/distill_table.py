@@ -1,0 +1,188 @@
+"""The distillation benchmark: teacher, no-KD student, full HKD student and one
+ablation per hierarchy, trained on SynthPed and evaluated on a held-out SynthPed
+split with `hkd predict` + `hkd eval` (so the table is reproducible by hand).
+
+    python bench/distill_table.py                      # everything (resumes what is done)
+    python bench/distill_table.py --only teacher       # one run
+    python bench/distill_table.py --table-only --write-docs
+
+Each run is a subprocess of the public CLI writing runs/bench/<name>/; finished
+runs are skipped, interrupted ones resumed. Students share steps and seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "assets" / "configs"
+PY = sys.executable
+
+
+def runs(teacher_ckpt: Path) -> list[dict]:
+    """name, command, config, seed and extra overrides of every run, in training order."""
+    out = [{"name": "teacher", "cmd": "train", "config": "teacher.yaml", "seed": 0, "role": "teacher"}]
+    for seed in (0, 1):
+        out.append({"name": f"student_baseline_s{seed}", "cmd": "train", "config": "student_baseline.yaml",
+                    "seed": seed, "role": "student (no KD)"})
+        out.append({"name": f"student_hkd_s{seed}", "cmd": "distill", "config": "student_hkd.yaml",
+                    "seed": seed, "role": "student + HKD (all hierarchies)", "teacher": teacher_ckpt})
+    for part in ("backbone", "fpn", "rpn", "roi"):
+        out.append({"name": f"ablation_{part}_s0", "cmd": "distill", "config": f"student_hkd_{part}.yaml",
+                    "seed": 0, "role": f"student + KD on {part} only", "teacher": teacher_ckpt})
+    return out
+
+
+def sh(cmd: list[str], log: Path | None = None) -> None:
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if log:
+        with open(log, "a") as fh:
+            subprocess.run([str(c) for c in cmd], check=True, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    else:
+        subprocess.run([str(c) for c in cmd], check=True, env=env)
+
+
+def ensure_data(args) -> None:
+    for split, num, seed in (("train", args.train_images, 0), ("val", args.val_images, 1000)):
+        out = args.data / split
+        if (out / "annotations.json").exists():
+            continue
+        sh([PY, "-m", "hkd", "synth", "--out", out, "--num", num, "--seed", seed, "--no-progress"])
+
+
+def train_run(run: dict, args) -> None:
+    out = args.root / run["name"]
+    status = {}
+    if (out / "status.json").exists():
+        status = json.loads((out / "status.json").read_text())
+        if status.get("state") == "succeeded":
+            return
+    steps = args.teacher_steps if run["role"] == "teacher" else args.student_steps
+    cmd = [PY, "-m", "hkd", run["cmd"], "--config", CONFIGS / run["config"], "--out", out, "--no-progress",
+           "--set", f"train.steps={steps}", "--set", f"train.seed={run['seed']}",
+           "--set", f"data.train={args.data / 'train'}", "--set", "data.val=null"]
+    if "teacher" in run:
+        cmd += ["--set", f"teacher={run['teacher']}"]
+    if status:
+        cmd.append("--resume")
+    args.root.mkdir(parents=True, exist_ok=True)
+    sh(cmd, args.root / f"{run['name']}.console.log")
+
+
+def evaluate_run(run: dict, args) -> dict | None:
+    out = args.root / run["name"]
+    ckpt = out / "checkpoints" / "final.safetensors"
+    if not ckpt.exists():
+        return None
+    dets = out / "val_dets.json"
+    result = out / "val_eval.json"
+    if not result.exists() or result.stat().st_mtime < ckpt.stat().st_mtime:
+        sh([PY, "-m", "hkd", "predict", "--checkpoint", ckpt, "--images", args.data / "val" / "images",
+            "--gt", args.data / "val" / "annotations.json", "--out", dets, "--threads", "2"])
+        proc = subprocess.run([PY, "-m", "hkd", "eval", "--gt", args.data / "val" / "annotations.json",
+                               "--dets", dets, "--json"], check=True, capture_output=True, text=True)
+        result.write_text(proc.stdout)
+    metrics = json.loads(result.read_text())
+    status = json.loads((out / "status.json").read_text())
+    return {**run, "metrics": metrics, "train_seconds": status.get("seconds"), "ckpt": str(ckpt)}
+
+
+def cost(ckpt: str, cache: dict) -> dict:
+    import torch
+
+    from hkd.models.checkpoint import load_checkpoint
+    from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
+
+    loaded = load_checkpoint(ckpt)
+    key = loaded.meta.preset
+    if key not in cache:
+        torch.set_num_threads(2)
+        cache[key] = {"params": params_by_hierarchy(loaded.model)["total"],
+                      "flops": flops_by_hierarchy(loaded.model)["total"],
+                      "latency_ms": cpu_latency(loaded.model, threads=2, runs=9)["median_s"] * 1000}
+    return cache[key]
+
+
+def table(rows: list[dict], args) -> str:
+    cache: dict = {}
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 2; "
+        f"date {time.strftime('%Y-%m-%d')}; SynthPed train {args.train_images} images (seed 0), "
+        f"val {args.val_images} images (seed 1000); teacher {args.teacher_steps} steps, "
+        f"every student {args.student_steps} steps, batch 2.",
+        "",
+        "| run | role | MR⁻² Reasonable | Small | Heavy | All | AP50 | params | GFLOPs 640×480 | CPU ms 640×480 | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = cost(r["ckpt"], cache)
+        mr = r["metrics"]["mr"]
+        lines.append(
+            f"| {r['name']} | {r['role']} | {mr['Reasonable']:.2f} | {mr['Small']:.2f} | {mr['Heavy']:.2f} | "
+            f"{mr['All']:.2f} | {r['metrics']['ap50']:.3f} | {c['params'] / 1e6:.2f} M | {c['flops'] / 1e9:.1f} | "
+            f"{c['latency_ms']:.0f} | {(r['train_seconds'] or 0) / 60:.0f} |")
+    base = [r for r in rows if r["name"].startswith("student_baseline")]
+    hkd = [r for r in rows if r["name"].startswith("student_hkd")]
+    teacher = [r for r in rows if r["name"] == "teacher"]
+    if base and hkd and teacher:
+        b = sum(r["metrics"]["mr"]["Reasonable"] for r in base) / len(base)
+        h = sum(r["metrics"]["mr"]["Reasonable"] for r in hkd) / len(hkd)
+        t = teacher[0]["metrics"]["mr"]["Reasonable"]
+        closed = (b - h) / (b - t) if b != t else float("nan")
+        lines += ["", f"Mean MR⁻² Reasonable: no-KD student {b:.2f} ({len(base)} seeds), HKD student {h:.2f} "
+                      f"({len(hkd)} seeds), teacher {t:.2f}: HKD gains {b - h:.2f} points and closes "
+                      f"{100 * closed:.0f}% of the student→teacher gap."]
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    docs = ROOT / "docs" / "BENCHMARKS.md"
+    begin, end = "<!-- distill-table:begin -->", "<!-- distill-table:end -->"
+    body = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in body:
+        body = body[: body.index(begin)] + block + body[body.index(end) + len(end):]
+    else:
+        body += "\n" + block + "\n"
+    docs.write_text(body)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, default=ROOT / "runs" / "bench")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synthped")
+    p.add_argument("--train-images", type=int, default=3000)
+    p.add_argument("--val-images", type=int, default=500)
+    p.add_argument("--teacher-steps", type=int, default=3000)
+    p.add_argument("--student-steps", type=int, default=1500)
+    p.add_argument("--only", nargs="*", help="run names to train (default: all)")
+    p.add_argument("--table-only", action="store_true", help="only evaluate finished runs and print the table")
+    p.add_argument("--write-docs", action="store_true", help="put the table into docs/BENCHMARKS.md")
+    args = p.parse_args()
+    ensure_data(args)
+    plan = runs(args.root / "teacher" / "checkpoints" / "final.safetensors")
+    if not args.table_only:
+        for run in plan:
+            if args.only and run["name"] not in args.only:
+                continue
+            start = time.time()
+            train_run(run, args)
+            print(f"{run['name']}: {(time.time() - start) / 60:.1f} min", flush=True)
+    rows = [r for r in (evaluate_run(run, args) for run in plan) if r]
+    text = table(rows, args)
+    print(text)
+    (args.root / "table.md").write_text(text + "\n")
+    if args.write_docs:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
