@@ -12,7 +12,7 @@ and ``data.train``)::
               weight_decay: 1e-4, warmup_steps: 100, schedule: cosine, seed: 0,
               grad_clip: 10.0, log_every: 10, eval_every: 500, checkpoint_every: 250,
               threads: 2, workers: 0, save_dtype: float16}
-    distill: {...}                                        # see hkd.distill.config
+    distill: {...}  or  distill_full.yaml                 # see hkd.distill.config
 
 Paths are resolved relative to the config file. A misspelt key is an error
 that names the key and lists the valid ones.
@@ -84,7 +84,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: str | None = None
-    distill: dict | None = None  # validated by hkd.distill.config against the two presets
+    distill: dict | str | None = None  # section or file; validated by hkd.distill.config against both presets
     source: str | None = None
 
     def to_dict(self) -> dict:
@@ -178,14 +178,16 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
     if sizes is not None and (not isinstance(sizes, list) or not sizes
                               or not all(isinstance(v, int) and 32 <= v <= 4096 for v in sizes)):
         raise ConfigError(f"model.train_min_sizes: expected a list of pixel sizes like [384, 416, 448], got {sizes!r}")
-    if cfg.distill is not None and not isinstance(cfg.distill, dict):
-        raise ConfigError("distill: expected a mapping")
+    if cfg.distill is not None and not isinstance(cfg.distill, (dict, str)):
+        raise ConfigError("distill: expected a mapping, or the path of a distill config file")
     if base_dir is not None:
         resolve = lambda p: p if p is None or Path(p).is_absolute() else str((base_dir / p).resolve())  # noqa: E731
         cfg.data.train = resolve(cfg.data.train)
         cfg.data.val = resolve(cfg.data.val)
         cfg.model.init = resolve(cfg.model.init)
         cfg.teacher = resolve(cfg.teacher)
+        if isinstance(cfg.distill, str):
+            cfg.distill = resolve(cfg.distill)
     return cfg
 
 

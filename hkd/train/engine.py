@@ -120,14 +120,17 @@ def build_step(cfg: RunConfig, student: nn.Module) -> tuple[nn.Module, Callable]
             return {f"det/{k}": v for k, v in module(images, targets).items()}
 
         return student, detection_step
-    from hkd.distill.config import parse_distill_config
+    from hkd.distill.config import ConfigError as DistillConfigError
     from hkd.distill.distiller import Distiller
 
     teacher = load_checkpoint(cfg.teacher)
     t_spec = get_preset(teacher.meta.preset).hierarchy
     s_spec = get_preset(cfg.model.preset).hierarchy
-    dcfg = parse_distill_config(cfg.distill or {}, t_spec, s_spec)
-    distiller = Distiller.build(teacher.model, t_spec, student, s_spec, dcfg)
+    try:
+        distiller = Distiller.build(teacher.model, t_spec, student, s_spec, cfg.distill or {})
+    except DistillConfigError as exc:
+        raise ConfigError(f"distill: {exc}") from None
+    cfg.distill = distiller.config.to_dict()  # the run folder and checkpoints record it inline
     return distiller, lambda module, images, targets, step: module(images, targets, step=step)
 
 

@@ -1,0 +1,171 @@
+"""Feature-imitation losses for backbone / FPN maps (and region features / embeddings).
+
+* :func:`mse` — the plain hint loss (FitNets; Chen et al. 2017): mean squared
+  difference between the adapted student map and the teacher map.
+* :func:`masked_mse` — fine-grained feature imitation (Wang et al., CVPR 2019):
+  the hint loss only at the locations near objects, given by :func:`imitation_mask`.
+* :func:`attention` — attention transfer (Zagoruyko & Komodakis, ICLR 2017) on
+  :func:`attention_map`, which the visualisation code reuses.
+
+Every loss takes the student tensor first and the teacher tensor second, returns
+a scalar, is exactly 0 when both are equal and never sends a gradient into the
+teacher (its input is detached).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+
+
+def mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Plain hint loss: ``mean((student - teacher)²)`` over every element.
+
+    Args:
+        student: (N, C, H, W) adapted student map — or (K, C, 7, 7) region
+            features, or (K, D) embeddings; any shape equal to the teacher's.
+        teacher: the teacher tensor, same shape.
+    Returns:
+        scalar.
+    """
+    _same_shape(student, teacher, "mse")
+    return F.mse_loss(student, teacher.detach(), reduction="mean")
+
+
+def masked_mse(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    gt_boxes: list[Tensor],
+    cell_anchors: Tensor,
+    stride: tuple[int, int],
+    psi: float = 0.5,
+) -> Tensor:
+    """Fine-grained imitation (Wang et al., CVPR 2019): squared difference near objects only.
+
+    The locations come from :func:`imitation_mask` (anchors with IoU > ``psi`` ×
+    the best IoU of some ground-truth box). Normalised per imitated element,
+    ``Σ mask·(s - t)² / (C · Σ mask)``, so that its scale (and its weight in a
+    config) is comparable to :func:`mse`; Wang et al. divide by ``2·Σ mask``
+    only and use a weight of 0.01 instead. No object in the batch gives 0.
+
+    Args:
+        student: (N, C, H, W) adapted student map.
+        teacher: (N, C, H, W) teacher map.
+        gt_boxes: per image, (G_i, 4) xyxy boxes in the transformed batch's coordinates.
+        cell_anchors: (A, 4) zero-centred anchors of one location at this map's scale.
+        stride: (sy, sx) input pixels per cell of this map.
+        psi: fraction of each box's best anchor IoU above which a location is imitated.
+    Returns:
+        scalar.
+    """
+    _same_shape(student, teacher, "masked_mse")
+    n, c, h, w = teacher.shape
+    if len(gt_boxes) != n:
+        raise ValueError(f"masked_mse: {len(gt_boxes)} sets of boxes for {n} images")
+    mask = imitation_mask(gt_boxes, cell_anchors, (h, w), stride, psi=psi).to(student.dtype)
+    return masked_squared_error(student, teacher, mask)
+
+
+def masked_squared_error(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """``Σ mask·(s - t)² / (C · Σ mask)`` for (N, C, H, W) maps and an (N, H, W) mask; 0 if the mask is empty."""
+    n, c, h, w = teacher.shape
+    if mask.shape != (n, h, w):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, the maps need {(n, h, w)}")
+    mask = mask.detach().to(student.dtype)
+    squared = (student - teacher.detach()).pow(2) * mask[:, None]
+    return squared.sum() / (mask.sum().clamp(min=1.0) * c)
+
+
+def imitation_mask(
+    gt_boxes: list[Tensor],
+    cell_anchors: Tensor,
+    size: tuple[int, int],
+    stride: tuple[int, int] | int,
+    *,
+    psi: float = 0.5,
+) -> Tensor:
+    """Locations near objects, as Wang et al. (CVPR 2019) define them.
+
+    For each ground-truth box, the IoU with every anchor at every location of
+    the map is computed; with ``M`` its largest IoU, the locations that have an
+    anchor with IoU > ``psi · M`` are imitated. The union over the boxes of an
+    image is its mask.
+
+    Args:
+        gt_boxes: per image, (G_i, 4) xyxy boxes in the coordinates of the
+            transformed (resized, padded) batch.
+        cell_anchors: (A, 4) zero-centred anchors of one location (torchvision's
+            ``AnchorGenerator.cell_anchors[level]``).
+        size: (H, W) of the map.
+        stride: input pixels per cell, ``(sy, sx)`` or one int.
+        psi: fraction of the best IoU above which an anchor counts, in (0, 1].
+    Returns:
+        (N, H, W) float mask in {0, 1}.
+    """
+    h, w = size
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
+    device = cell_anchors.device
+    ys = torch.arange(h, device=device, dtype=torch.float32) * sy
+    xs = torch.arange(w, device=device, dtype=torch.float32) * sx
+    shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
+    shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
+    anchors = (shifts + cell_anchors.to(torch.float32).reshape(1, -1, 4)).reshape(-1, 4)  # (H·W·A, 4)
+    masks = []
+    for boxes in gt_boxes:
+        if boxes.numel() == 0:
+            masks.append(torch.zeros(h, w, device=device))
+            continue
+        iou = box_iou(boxes.to(device=device, dtype=torch.float32), anchors)  # (G, H·W·A)
+        best = iou.max(dim=1, keepdim=True).values
+        near = (iou > psi * best) & (best > 0)
+        masks.append(near.reshape(-1, h, w, cell_anchors.shape[0]).any(dim=-1).any(dim=0).float())
+    return torch.stack(masks)
+
+
+def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
+    """Spatial attention of a feature map (Zagoruyko & Komodakis).
+
+    ``mean_c |f|^p``, flattened and L2-normalised per image, so maps with any
+    number of channels can be compared.
+
+    Args:
+        features: (N, C, H, W).
+        p: exponent (2 in the paper).
+    Returns:
+        (N, H·W), each row of unit L2 norm (or all zeros for an all-zero map).
+    """
+    if features.dim() != 4:
+        raise ValueError(f"attention_map expects (N, C, H, W), got shape {tuple(features.shape)}")
+    att = features.abs().pow(p).mean(dim=1).flatten(1)
+    return F.normalize(att, p=2.0, dim=1)
+
+
+def attention(student: Tensor, teacher: Tensor, *, p: float = 2.0) -> Tensor:
+    """Attention transfer: ``mean((a_s - a_t)²)`` of the :func:`attention_map` of both.
+
+    The channel counts may differ (the maps are averaged over channels); the
+    spatial sizes must be equal.
+
+    Args:
+        student: (N, C_s, H, W) student map (resized to the teacher's H, W if needed).
+        teacher: (N, C_t, H, W) teacher map.
+        p: exponent of :func:`attention_map`.
+    Returns:
+        scalar.
+    """
+    if student.shape[0] != teacher.shape[0] or student.shape[-2:] != teacher.shape[-2:]:
+        raise ValueError(
+            f"attention: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
+            "differ in batch or spatial size"
+        )
+    return (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2).mean()
+
+
+def _same_shape(student: Tensor, teacher: Tensor, name: str) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{name}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ "
+            "(is an adapter missing?)"
+        )

@@ -1,0 +1,85 @@
+"""RPN distillation losses (Chen et al., NeurIPS 2017).
+
+* :func:`soft_bce` — soft objectness: the teacher's sigmoid probabilities
+  (optionally softened with a temperature) as targets of the student's
+  objectness, written as a binary KL divergence (BCE minus the teacher's
+  entropy), so it is 0 when the student equals the teacher.
+* :func:`bounded_l2` — teacher-bounded regression: an L2 loss on the student's
+  box deltas that is active only while the student is not better than the
+  teacher by a margin. The ROI head uses the same function on the deltas of
+  the ground-truth class (:mod:`hkd.distill.losses.roi`).
+
+Inputs are flattened per anchor in torchvision's order
+(``rpn.concat_box_prediction_layers``: image, FPN level, y, x, anchor).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def check_logit_pair(name: str, student: Tensor, teacher: Tensor, temperature: float) -> None:
+    """Raise ``ValueError`` unless the two logit tensors have one shape and ``temperature > 0``."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"{name}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ")
+    if temperature <= 0:
+        raise ValueError(f"{name}: temperature must be > 0, got {temperature}")
+
+
+def binary_kl(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Element-wise ``KL(σ(t/T) ‖ σ(s/T))`` of two logit tensors, written as BCE minus the
+    teacher's entropy so that it is exactly 0 where ``s == t``. Same shape as the inputs."""
+    t = teacher.detach() / temperature
+    target = torch.sigmoid(t)
+    cross = F.binary_cross_entropy_with_logits(student / temperature, target, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(t, target, reduction="none")
+    return cross - entropy
+
+
+def soft_bce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Binary KL between teacher and student objectness, averaged over anchors.
+
+    ``T² · mean[ BCE(σ(s/T), p_t) − H(p_t) ]`` with ``p_t = σ(t/T)``; the
+    ``T²`` keeps the gradient scale independent of the temperature (Hinton et al.).
+
+    Args:
+        student: (M,) or (M, 1) student objectness logits.
+        teacher: teacher objectness logits, same shape.
+        temperature: softening temperature T > 0.
+    Returns:
+        scalar.
+    """
+    check_logit_pair("soft_bce", student, teacher, temperature)
+    if student.numel() == 0:
+        return student.sum()
+    return binary_kl(student, teacher, temperature).mean() * temperature**2
+
+
+def bounded_l2(student: Tensor, teacher: Tensor, *, target: Tensor, margin: float = 0.0) -> Tensor:
+    """Teacher-bounded L2 regression (Chen et al. 2017, eq. 3).
+
+    Per row, ``‖R_s − y‖²`` if ``‖R_s − y‖² + margin > ‖R_t − y‖²``, else 0;
+    averaged over the rows (the positive anchors or proposals). With no rows
+    the loss is 0.
+
+    Args:
+        student: (P, 4) student box deltas of the positive anchors/proposals.
+        teacher: (P, 4) teacher box deltas of the same rows.
+        target: (P, 4) ground-truth regression targets ``y`` (same box coder).
+        margin: m ≥ 0; with 0 the student is only pulled while worse than the teacher.
+    Returns:
+        scalar.
+    """
+    if not (student.shape == teacher.shape == target.shape):
+        raise ValueError(
+            f"bounded_l2: student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and "
+            f"target {tuple(target.shape)} must have one shape"
+        )
+    if student.shape[0] == 0:
+        return student.sum()
+    target = target.detach()
+    student_err = (student - target).pow(2).sum(dim=-1)
+    teacher_err = (teacher.detach() - target).pow(2).sum(dim=-1)
+    active = (student_err.detach() + margin > teacher_err).to(student_err.dtype)
+    return (student_err * active).mean()

@@ -1,0 +1,108 @@
+"""Adapters are built from the two hierarchy specs: conv / linear / resize / identity / not comparable."""
+import pytest
+import torch
+from torch import nn
+
+from hkd.distill.adapters import adapter_key, adapter_plan, build_adapters, comparable_levels
+from hkd.models.hierarchy import HierarchySpec, Level
+from hkd.models.presets import get_preset
+
+from .conftest import STUDENT, TEACHER
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return get_preset(TEACHER).hierarchy, get_preset(STUDENT).hierarchy
+
+
+def test_default_pair_plan_covers_backbone_and_neck(specs):
+    rows = {row["level"]: row for row in adapter_plan(*specs)}
+    for level in ("backbone.c2", "backbone.c3", "backbone.c4", "backbone.c5",
+                  "neck.p3", "neck.p4", "neck.p5", "neck.p6"):
+        assert rows[level]["comparable"], level
+    assert rows["backbone.c2"]["adapter"] == "—" and rows["backbone.c2"]["params"] == 0  # 24 channels in both
+    assert rows["backbone.c3"]["adapter"] == "1×1 conv 40→48"
+    assert rows["backbone.c5"]["adapter"] == "1×1 conv 192→352"
+    assert rows["neck.p3"]["adapter"] == "1×1 conv 64→256"
+    assert rows["neck.p3"]["params"] == 64 * 256 + 256
+    assert (rows["neck.p6"]["student_stride"], rows["neck.p6"]["teacher_stride"]) == (64, 64)
+    assert rows["roi.features"]["adapter"] == "1×1 conv 64→256"
+    assert rows["roi.embedding"]["adapter"] == "linear 128→1024"
+    for level in ("rpn.objectness", "rpn.deltas", "roi.logits", "roi.deltas"):
+        assert rows[level]["adapter"] == "—" and rows[level]["comparable"], level
+    assert list(rows) == specs[1].names  # same levels, in the student's computation order
+    assert set(rows[level].keys()) == {"level", "kind", "student_channels", "student_stride", "teacher_channels",
+                                       "teacher_stride", "adapter", "comparable", "params"}
+
+
+def test_adapters_map_student_shapes_to_teacher_shapes(specs):
+    teacher_spec, student_spec = specs
+    adapters = build_adapters(teacher_spec, student_spec, ["backbone.c2", "neck.p3", "roi.features", "roi.embedding"])
+    assert set(adapters.keys()) == {"backbone_c2", "neck_p3", "roi_features", "roi_embedding"}
+    assert adapter_key("neck.p3") == "neck_p3"
+    x = torch.randn(2, 24, 16, 20)
+    assert adapters["backbone_c2"](x, (16, 20)) is x  # identity where the shapes agree
+    assert adapters["neck_p3"](torch.randn(2, 64, 16, 20), (16, 20)).shape == (2, 256, 16, 20)
+    assert adapters["neck_p3"](torch.randn(2, 64, 16, 20), (16, 20), channels=False).shape == (2, 64, 16, 20)
+    assert adapters["roi_features"](torch.randn(5, 64, 7, 7), (7, 7)).shape == (5, 256, 7, 7)
+    assert adapters["roi_embedding"](torch.randn(5, 128)).shape == (5, 1024)
+
+
+def test_adapter_init_preserves_the_signal_scale(specs):
+    adapters = build_adapters(*specs, ["neck.p3", "roi.embedding"])
+    conv = adapters["neck_p3"].channel
+    linear = adapters["roi_embedding"].channel
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
+    for layer, fan_in in ((conv, 64), (linear, 128)):
+        assert layer.weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+    x = torch.randn(4, 64, 32, 32)
+    assert conv(x).pow(2).mean().item() == pytest.approx(1.0, rel=0.25)
+
+
+def _spec(levels):
+    return HierarchySpec(tuple(levels))
+
+
+def test_different_strides_resize_to_the_teacher_size():
+    teacher = _spec([Level("neck.p3", "a", 32, 8)])
+    student = _spec([Level("neck.p3", "a", 16, 16)])
+    (row,) = adapter_plan(teacher, student)
+    assert row["adapter"] == "1×1 conv 16→32 + bilinear ×2 (stride 16→8)"
+    adapter = build_adapters(teacher, student, ["neck.p3"])["neck_p3"]
+    assert adapter(torch.randn(1, 16, 8, 10), (16, 20)).shape == (1, 32, 16, 20)
+    assert adapter(torch.randn(1, 16, 8, 10), (16, 20), channels=False).shape == (1, 16, 16, 20)
+
+
+def test_not_comparable_levels_are_reported_and_refused():
+    teacher = _spec([Level("rpn.objectness", "rpn.head", 9, None, select=0, kind="maps"),
+                     Level("neck.p2", "x", 256, 4), Level("roi.logits", "p", 91, None, select=0, kind="vectors")])
+    student = _spec([Level("rpn.objectness", "rpn.head", 6, None, select=0, kind="maps"),
+                     Level("roi.logits", "p", 2, None, select=0, kind="vectors")])
+    rows = {row["level"]: row for row in adapter_plan(teacher, student)}
+    assert rows["rpn.objectness"]["adapter"].startswith("not comparable") and not rows["rpn.objectness"]["comparable"]
+    assert "anchors" in rows["rpn.objectness"]["adapter"]
+    assert not rows["roi.logits"]["comparable"]
+    assert rows["neck.p2"]["adapter"] == "not comparable (only the teacher has it)"
+    assert comparable_levels(teacher, student) == []
+    with pytest.raises(ValueError, match="rpn.objectness"):
+        build_adapters(teacher, student, ["rpn.objectness"])
+    with pytest.raises(ValueError, match="neck.p2.*student"):
+        build_adapters(teacher, student, ["neck.p2"])
+
+
+def test_plan_between_presets_of_different_families_of_levels(specs):
+    resnet = get_preset("fasterrcnn_resnet50_fpn.coco_person").hierarchy
+    rows = {row["level"]: row for row in adapter_plan(resnet, specs[1])}
+    assert rows["neck.p2"]["comparable"] is False  # the ResNet FPN has P2, the student does not
+    assert rows["backbone.c3"]["adapter"] == "1×1 conv 40→512"
+    assert rows["roi.embedding"]["adapter"] == "linear 128→1024"
+
+
+def test_levels_without_a_loss_say_so():
+    retinanet = get_preset("retinanet_resnet50_fpn.coco_person").hierarchy
+    rows = {row["level"]: row for row in adapter_plan(retinanet, retinanet)}
+    assert rows["head.cls_logits"]["comparable"] and rows["head.cls_logits"]["adapter"] == "—"
+    assert rows["head.bbox_deltas"]["adapter"] == "not distilled (no loss applies to this level)"
+    assert not rows["head.bbox_deltas"]["comparable"]
+    assert rows["neck.p7"]["adapter"] == "—"
