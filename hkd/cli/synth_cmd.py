@@ -29,8 +29,10 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default min(2, CPUs))")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset in a non-empty --out DIR")
     p.add_argument("--config", type=Path, metavar="JSON", help="SynthConfig overrides as a JSON object")
-    p.add_argument("--contact-sheet", type=Path, metavar="JPG", help="also draw the first 12 images with their boxes")
-    p.add_argument("--json", action="store_true", help="with --stats: print the statistics as JSON")
+    p.add_argument("--contact-sheet", type=Path, metavar="JPG",
+                   help="also draw the first 12 images of the dataset (--out or --stats) as a 4x3 grid with boxes: "
+                        "green normal, yellow vis_ratio < 0.65, grey ignore/crowd")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
