@@ -1,0 +1,1 @@
+"""HKD Studio: the Streamlit app on top of ``hkd`` (UI only; the work lives in hkd/)."""

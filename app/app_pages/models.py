@@ -1,0 +1,91 @@
+"""Models: choose the teacher and the student, and compare what they are and what they cost."""
+import streamlit as st
+
+from hkd.models.checkpoint import CheckpointError
+
+from app import widgets
+from app.services import compute, figures, models, settings
+
+st.title("Models")
+st.caption("Pick a teacher and a student checkpoint. Every other page compares this pair.")
+
+with st.expander("Checkpoint sources", expanded=not any(not e.error for e in models.available()[0])):
+    folder = st.text_input("Models folder", value=models.models_folder(), key="models_folder_input",
+                           help="HKD_MODELS_DIR, or any folder under the allowed roots (HKD_DATA_ROOTS).")
+    st.session_state["models_folder"] = folder
+    uploaded = st.file_uploader("Upload a checkpoint (.safetensors, or foreign .pth/.pt/.bin weights)",
+                                type=[s.lstrip(".") for s in models.SUFFIXES], accept_multiple_files=True,
+                                key="models_upload")
+    for file in uploaded or []:
+        try:
+            models.save_upload(file.name, file.getvalue())
+        except (CheckpointError, OSError) as exc:
+            st.error(str(exc))
+
+entries, problem = models.available()
+if problem:
+    st.error(f"Models folder problem: {problem}")
+for entry in entries:
+    if entry.error:
+        st.error(f"**{entry.name}** cannot be used: {entry.error}")
+usable = [e for e in entries if not e.error]
+if not usable:
+    widgets.no_checkpoints_help(models.models_folder())
+    st.stop()
+
+loaded: dict[str, models.LoadedModel] = {}
+for column, role in zip(st.columns(2, gap="large"), models.ROLES):
+    with column:
+        st.subheader(role.title())
+        ref = widgets.checkpoint_select(role, usable)
+        try:
+            with st.spinner(f"Loading {ref['path'].rsplit('/', 1)[-1]}…"):
+                loaded[role] = models.load(ref)
+        except (CheckpointError, settings.PathNotAllowed) as exc:
+            st.error(f"This checkpoint cannot be loaded: {exc}")
+            continue
+        widgets.model_card(loaded[role])
+if len(loaded) < 2:
+    st.stop()
+teacher, student = loaded["teacher"], loaded["student"]
+
+st.header("Cost per hierarchy")
+st.caption("FLOPs of one forward of a 640×480 image (each model resizes it to its input size, "
+           f"teacher min side {teacher.meta.min_size} px, student {student.meta.min_size} px); the ROI head's share "
+           "depends on the number of proposals each model keeps.")
+with st.spinner("Counting parameters and FLOPs (one 640×480 forward per model)…"):
+    costs = {role: compute.profile(m) for role, m in loaded.items()}
+ratio = costs["teacher"]["params"]["total"] / max(costs["student"]["params"]["total"], 1)
+flops_ratio = costs["teacher"]["flops"]["total"] / max(costs["student"]["flops"]["total"], 1)
+st.markdown(f"The student has **{ratio:.1f}× fewer parameters** and needs **{flops_ratio:.1f}× fewer FLOPs** "
+            "than the teacher.")
+for column, (what, scale, unit) in zip(st.columns(2), [("params", 1e6, "M parameters"), ("flops", 1e9, "GFLOPs")]):
+    column.plotly_chart(figures.cost_chart(costs, what, scale, unit), width="stretch", key=f"models_{what}_chart")
+
+st.subheader("CPU latency")
+controls = st.columns([1, 1, 2], vertical_alignment="bottom")
+runs = controls[0].number_input("Timed runs per model", 1, 10, 3, key="models_latency_runs")
+if controls[1].button("Measure CPU latency", key="models_latency", help="640×480 input, 2 threads, 1 warm-up run"):
+    with st.spinner("Timing both models on the CPU…"):
+        st.session_state["models_latency_result"] = {m.key: compute.latency(m, runs) for m in (teacher, student)}
+measured = st.session_state.get("models_latency_result", {})
+if teacher.key in measured and student.key in measured:
+    lat_t, lat_s = measured[teacher.key]["median_s"], measured[student.key]["median_s"]
+    cols = st.columns(3)
+    cols[0].metric("Teacher, median", f"{lat_t * 1000:.0f} ms")
+    cols[1].metric("Student, median", f"{lat_s * 1000:.0f} ms")
+    cols[2].metric("Speed-up", f"{lat_t / lat_s:.1f}×")
+else:
+    st.caption("Not measured yet for this pair: the button runs one warm-up and the timed forwards.")
+
+st.header("Levels and distillation adapters")
+st.caption("Every tappable level of both models, and the adapter that maps the student's tensor onto "
+           "the teacher's (channels × stride in input pixels).")
+try:
+    rows = compute.adapter_rows(teacher, student)
+except ImportError as exc:
+    st.info(f"The adapter plan needs hkd.distill.adapters ({exc}).")
+else:
+    st.dataframe(rows, hide_index=True, width="stretch", column_order=[
+        "level", "kind", "student_channels", "student_stride", "teacher_channels", "teacher_stride",
+        "adapter", "params"], column_config={"params": st.column_config.NumberColumn("adapter params")})

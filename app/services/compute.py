@@ -1,0 +1,252 @@
+"""Cached calls into ``hkd`` for the pages.
+
+Results are cached per (model key, image key, parameters) with ``st.cache_data``
+so switching back to a level, an image or a page is instant and every session
+shares the work. The arguments starting with ``_`` (the model objects and the
+pixels) are not hashed: the keys identify them — a model key is its file's
+sha256, an image key is its content hash or sample path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+import torch
+from torch import nn
+
+from hkd.models.inference import Detections, detect
+from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
+
+from app.services.images import Picture
+from app.services.models import LoadedModel
+
+# the width × height the Models page reports FLOPs and latency at
+PROFILE_SIZE = (640, 480)
+
+
+# -- models -------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def _profile(model_key: str, _model) -> dict[str, dict[str, int]]:
+    return {"params": params_by_hierarchy(_model), "flops": flops_by_hierarchy(_model, *PROFILE_SIZE)}
+
+
+def profile(m: LoadedModel) -> dict[str, dict[str, int]]:
+    """``{"params": {hierarchy: n}, "flops": {hierarchy: n}}`` (FLOPs of one 640×480 forward)."""
+    return _profile(m.key, m.model)
+
+
+def latency(m: LoadedModel, runs: int = 3) -> dict[str, float]:
+    """Measured now (never cached): median/min seconds of a 640×480 CPU forward, 2 threads."""
+    return cpu_latency(m.model, *PROFILE_SIZE, threads=2, warmup=1, runs=runs)
+
+
+def adapter_rows(teacher: LoadedModel, student: LoadedModel) -> list[dict]:
+    """The level table of both models with the adapter each level pair needs."""
+    from hkd.distill.adapters import adapter_plan
+
+    return adapter_plan(teacher.spec, student.spec)
+
+
+# -- detections ---------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=256)
+def _detections(model_key: str, image_key: str, _model, _pixels: np.ndarray) -> Detections:
+    (found,) = detect(_model, [_pixels], score_thresh=0.0)
+    return found
+
+
+def detections(m: LoadedModel, picture: Picture) -> Detections:
+    """All detections of ``m`` on the image (the page filters by score and NMS); ``seconds`` is
+    the inference time measured when first computed."""
+    return _detections(m.key, picture.key, m.model, picture.pixels)
+
+
+# -- feature maps ---------------------------------------------------------------
+def feature_levels(teacher: LoadedModel, student: LoadedModel) -> list[str]:
+    """Levels both models have that the Features page can draw, in computation order:
+    backbone and FPN maps, RPN objectness, ROI features of one detection."""
+    shown = [lv.name for lv in teacher.spec if lv.name in student.spec and (
+        (lv.kind == "map" and lv.hierarchy in ("backbone", "neck")) or lv.name in ("rpn.objectness", "roi.features"))]
+    return shown
+
+
+def _view_group(teacher: LoadedModel, level: str) -> tuple[str, ...]:
+    """Levels computed together with ``level``: all backbone/FPN maps share one backbone forward."""
+    if level in ("rpn.objectness", "roi.features"):
+        return (level,)
+    return tuple(lv.name for lv in teacher.spec if lv.kind == "map" and lv.hierarchy in ("backbone", "neck"))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _views(model_key: str, image_key: str, levels: tuple[str, ...], k: int, box: tuple | None,
+           _model, _spec, _pixels: np.ndarray):
+    from hkd.viz.featmaps import level_views
+
+    return level_views(_model, _spec, _pixels, list(levels), k=k, box_xyxy=box)
+
+
+def level_view(m: LoadedModel, picture: Picture, level: str, *, k: int = 4, box: tuple | None = None):
+    """The :class:`hkd.viz.featmaps.LevelView` of ``level`` (``box``: image pixels, for roi.features)."""
+    group = tuple(n for n in _view_group(m, level) if n in m.spec) or (level,)
+    return _views(m.key, picture.key, group, k, box if level == "roi.features" else None,
+                  m.model, m.spec, picture.pixels)[level]
+
+
+def fit_adapter(teacher_map: torch.Tensor, student_map: torch.Tensor, ridge: float = 1e-6) -> nn.Conv2d:
+    """The 1×1 conv C_s→C_t that best maps the student's map onto the teacher's on this image.
+
+    Ridge least squares over all positions (student resized to the teacher's h×w; a 1×1
+    conv and a bilinear resize commute). teacher_map: (C_t, h, w); student_map: (C_s, h', w').
+    """
+    from hkd.viz.featmaps import resize_map
+
+    target = teacher_map.double().flatten(1).T  # (N, C_t)
+    source = resize_map(student_map.double(), teacher_map.shape[-2:]).flatten(1).T  # (N, C_s)
+    source = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
+    gram = source.T @ source
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    weights = torch.linalg.solve(gram, source.T @ target)  # (C_s + 1, C_t)
+    conv = nn.Conv2d(student_map.shape[0], teacher_map.shape[0], kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(weights[:-1].T[:, :, None, None].float())
+        conv.bias.copy_(weights[-1].float())
+    return conv
+
+
+def _difference_of(t_map: torch.Tensor, s_map: torch.Tensor, fitted: bool) -> dict:
+    from hkd.viz.featmaps import adapter_difference
+
+    t_map, s_map = t_map.float().cpu(), s_map.float().cpu()
+    # a 1×1 adapter has C_s + 1 unknowns per teacher channel: fit it only where the map has
+    # clearly more positions than that (not on a 7×7 ROI region of a 64-channel student)
+    if fitted and t_map.shape[-2] * t_map.shape[-1] > 2 * (s_map.shape[0] + 1):
+        residual = adapter_difference(t_map, s_map, fit_adapter(t_map, s_map))
+        relative = float(np.sqrt((residual ** 2).sum()) / max(float(t_map.norm()), 1e-12))
+        return {"heat": residual / max(float(residual.max()), 1e-12), "residual": relative, "fitted": True}
+    return {"heat": adapter_difference(t_map, s_map, None), "residual": float("nan"), "fitted": False}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _differences(t_key: str, s_key: str, image_key: str, levels: tuple[str, ...], fitted: bool, box: tuple | None,
+                 _teacher, _t_spec, _student, _s_spec, _pixels: np.ndarray) -> dict[str, dict]:
+    from hkd.viz.featmaps import roi_features_for_box, tapped_forward
+
+    if levels == ("roi.features",):
+        t_map = roi_features_for_box(_teacher, _pixels, box, spec=_t_spec)
+        s_map = roi_features_for_box(_student, _pixels, box, spec=_s_spec)
+        return {"roi.features": _difference_of(t_map, s_map, fitted)}
+    t_values, t_geometry = tapped_forward(_teacher, _t_spec, _pixels, list(levels))
+    s_values, s_geometry = tapped_forward(_student, _s_spec, _pixels, list(levels))
+    out = {}
+    for name in levels:
+        t_map, s_map = t_values[name], s_values[name]
+        if isinstance(t_map, list):  # rpn.objectness: finest FPN level, as probabilities
+            t_map, s_map = t_map[0].sigmoid(), s_map[0].sigmoid()
+        out[name] = _difference_of(t_geometry.crop(t_map), s_geometry.crop(s_map), fitted)
+    return out
+
+
+def difference(teacher: LoadedModel, student: LoadedModel, picture: Picture, level: str, *,
+               fitted: bool = True, box: tuple | None = None) -> dict:
+    """Where the student differs from the teacher at ``level``: ``{"heat": (h, w) in [0, 1],
+    "residual": float, "fitted": bool}``.
+
+    ``fitted``: through the best 1×1 adapter for this image, ‖t − A(s)‖₂ per position, and the
+    relative residual ‖t − A(s)‖ / ‖t‖; otherwise (or where the map has too few positions to fit
+    an adapter) the channel-agnostic energy difference, residual NaN and ``fitted`` False.
+    """
+    group = tuple(n for n in _view_group(teacher, level) if n in student.spec) or (level,)
+    box = box if level == "roi.features" else None
+    return _differences(teacher.key, student.key, picture.key, group, fitted, box, teacher.model, teacher.spec,
+                        student.model, student.spec, picture.pixels)[level]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _similarity(t_key: str, s_key: str, image_key: str, _teacher, _t_spec, _student, _s_spec, _pixels) -> list[dict]:
+    from hkd.viz.similarity import similarity_profile
+
+    levels = [lv.name for lv in _t_spec if lv.name in _s_spec and lv.kind == _s_spec[lv.name].kind and (
+        lv.hierarchy in ("backbone", "neck") or lv.name in ("rpn.objectness", "roi.features", "roi.embedding"))]
+    return similarity_profile(_teacher, _t_spec, _student, _s_spec, _pixels, levels)
+
+
+def similarity(teacher: LoadedModel, student: LoadedModel, picture: Picture) -> list[dict]:
+    """Linear CKA and cosine per shared level (rows of :func:`hkd.viz.similarity.similarity_profile`)."""
+    return _similarity(teacher.key, student.key, picture.key, teacher.model, teacher.spec, student.model,
+                       student.spec, picture.pixels)
+
+
+def detections_json(picture: Picture, found: dict[str, tuple[LoadedModel, Detections]], rows: list[dict],
+                    settings: dict) -> str:
+    """The Detections page as JSON; boxes in the original image's pixels (xyxy)."""
+    import json
+
+    to_original = 1.0 / picture.loaded.scale
+    height, width = picture.pixels.shape[:2]
+
+    def boxes(values) -> list[list[float]]:
+        return [[round(float(v) * to_original, 2) for v in box] for box in values]
+
+    report = {
+        "image": {"name": picture.name, "size": list(picture.loaded.original_size),
+                  "analysed_size": [width, height], "scale": picture.loaded.scale},
+        "settings": settings,
+        "models": {role: {"checkpoint": m.name, "preset": m.meta.preset, "sha256": m.key.split(":")[0],
+                          "inference_seconds": round(dets.seconds, 4),
+                          "detections": [{"box_xyxy": b, "score": round(float(s), 4)}
+                                         for b, s in zip(boxes(dets.boxes), dets.scores)]}
+                   for role, (m, dets) in found.items()},
+        "comparison": [{**row, "box": boxes([row["box"]])[0]} for row in rows],
+    }
+    if picture.gt_boxes is not None:
+        report["ground_truth"] = boxes(picture.gt_boxes)
+    return json.dumps(report, indent=2)
+
+
+# -- attention ------------------------------------------------------------------
+CAM_METHODS = {"Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "EigenCAM": "eigencam"}
+
+
+def map_levels(teacher: LoadedModel, student: LoadedModel) -> list[str]:
+    """Backbone and FPN map levels both models have, in computation order."""
+    return [lv.name for lv in teacher.spec
+            if lv.kind == "map" and lv.hierarchy in ("backbone", "neck") and lv.name in student.spec]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cam(model_key: str, image_key: str, method: str, level: str, box_index: int | None, score_thresh: float,
+         _model, _spec, _pixels: np.ndarray):
+    from hkd.viz.cam import detection_cam
+
+    try:
+        return detection_cam(_model, _spec, _pixels, method=method, level=level, box_index=box_index,
+                             score_thresh=score_thresh)
+    except ValueError as exc:  # nothing to explain, a level without gradient…: cached as a message
+        return str(exc)
+
+
+def cam(m: LoadedModel, picture: Picture, *, method: str, level: str, box_index: int | None,
+        score_thresh: float):
+    """A :class:`hkd.viz.cam.CamResult`, or the message saying why there is none."""
+    return _cam(m.key, picture.key, method, level, box_index, score_thresh, m.model, m.spec, picture.pixels)
+
+
+def matching_index(box: np.ndarray, dets: Detections, min_iou: float = 0.3) -> int | None:
+    """Index of the detection in ``dets`` that overlaps ``box`` most (IoU ≥ ``min_iou``), or None."""
+    from torchvision.ops import box_iou
+
+    if not len(dets):
+        return None
+    iou = box_iou(torch.as_tensor(box, dtype=torch.float32)[None], torch.from_numpy(dets.boxes))[0]
+    best = int(iou.argmax())
+    return best if float(iou[best]) >= min_iou else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _attention(model_key: str, image_key: str, levels: tuple[str, ...], _model, _spec, _pixels: np.ndarray):
+    from hkd.viz.cam import attention_maps
+
+    return attention_maps(_model, _spec, _pixels, list(levels))
+
+
+def attention(m: LoadedModel, picture: Picture, levels: list[str]) -> dict[str, np.ndarray]:
+    """Attention-transfer maps (h, w) in [0, 1] per level, from one backbone forward."""
+    return _attention(m.key, picture.key, tuple(levels), m.model, m.spec, picture.pixels)

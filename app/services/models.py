@@ -1,0 +1,201 @@
+"""Checkpoints for HKD Studio: list them, load each one once, remember the chosen pair.
+
+A loaded detector is cached with ``st.cache_resource`` under its file's sha256
+(and the preset, for foreign weights), so every browser session shares one
+model object. ``load_checkpoint`` returns it in eval mode and nothing here or
+in the pages changes it afterwards: taps, CAMs and timings are per call.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from safetensors import safe_open
+
+from hkd.models.checkpoint import (
+    META_KEY,
+    PICKLE_SUFFIXES,
+    SAFE_SUFFIXES,
+    CheckpointError,
+    LoadedCheckpoint,
+    file_sha256,
+    load_checkpoint,
+    read_meta,
+)
+from hkd.models.hierarchy import HierarchySpec
+from hkd.models.presets import PRESETS, Preset, get_preset
+
+from app.services import settings
+
+SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
+ROLES = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One checkpoint file as listed (header only, no weights loaded)."""
+
+    path: str
+    source: str  # "folder" | "upload"
+    preset: str | None = None  # from the HKD metadata; None for foreign weights
+    role: str | None = None  # the preset's role: teacher | student | reference
+    needs_preset: bool = False  # foreign weights: the user names the architecture
+    error: str | None = None  # unreadable header: why
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def label(self) -> str:
+        kind = self.preset or "foreign weights — pick a preset"
+        return f"{self.name} · {kind}" + (" (uploaded)" if self.source == "upload" else "")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A loaded detector and what the pages need to know about it."""
+
+    checkpoint: LoadedCheckpoint
+    key: str  # sha256 of the file, plus the preset for foreign weights
+
+    @property
+    def model(self):
+        return self.checkpoint.model
+
+    @property
+    def meta(self):
+        return self.checkpoint.meta
+
+    @property
+    def preset(self) -> Preset:
+        return get_preset(self.meta.preset)
+
+    @property
+    def spec(self) -> HierarchySpec:
+        return self.preset.hierarchy
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.path.name
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def _has_hkd_header(path: Path) -> bool | None:
+    """True/False for a readable safetensors header with/without HKD metadata; None if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return META_KEY in (fh.metadata() or {})
+    except Exception:  # noqa: BLE001 - any failure means "not a readable safetensors file"
+        return None
+
+
+def describe_file(path: Path, source: str) -> CheckpointEntry:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return CheckpointEntry(str(path), source, needs_preset=True)
+    try:
+        meta = read_meta(path)
+    except CheckpointError as exc:
+        if _has_hkd_header(path) is False:
+            return CheckpointEntry(str(path), source, needs_preset=True)
+        return CheckpointEntry(str(path), source, error=str(exc))
+    return CheckpointEntry(str(path), source, preset=meta.preset, role=get_preset(meta.preset).role)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _scan(folder: str, listing: tuple[tuple[str, int, int], ...], source: str) -> list[CheckpointEntry]:
+    del listing  # part of the cache key only: a changed folder is scanned again
+    return [describe_file(p, source) for p in sorted(Path(folder).iterdir())
+            if p.is_file() and p.suffix.lower() in SUFFIXES]
+
+
+def scan_folder(folder: str | Path, source: str = "folder") -> list[CheckpointEntry]:
+    """Checkpoint files directly in ``folder`` (confined to the allowed roots)."""
+    root = settings.confine(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"models folder {root} does not exist")
+    listing = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.iterdir()) if p.is_file())
+    return _scan(str(root), listing, source)
+
+
+def models_folder() -> str:
+    return st.session_state.get("models_folder") or str(settings.models_dir())
+
+
+def available() -> tuple[list[CheckpointEntry], str | None]:
+    """Checkpoints in the models folder plus this session's uploads, and a folder problem (or None)."""
+    problem = None
+    try:
+        entries = scan_folder(models_folder())
+    except (settings.PathNotAllowed, FileNotFoundError, OSError) as exc:
+        entries, problem = [], str(exc)
+    uploads = [describe_file(Path(p), "upload") for p in st.session_state.get("uploaded_checkpoints", [])
+               if Path(p).is_file()]
+    return entries + uploads, problem
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Write an uploaded checkpoint under the upload folder (named by content) and remember it."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(f"{name}: not a checkpoint file; accepted: {', '.join(SUFFIXES)}")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(name).stem)[:60] or "checkpoint"
+    path = settings.upload_dir() / f"{stem}-{digest}{suffix}"
+    if not path.exists():
+        path.write_bytes(data)
+    uploads = st.session_state.setdefault("uploaded_checkpoints", [])
+    if str(path) not in uploads:
+        uploads.append(str(path))
+    return path
+
+
+def default_ref(role: str, entries: list[CheckpointEntry]) -> dict | None:
+    """The checkpoint a role starts with: ``<role>*.safetensors`` of that role (HKD student first)."""
+    usable = [e for e in entries if not e.error and not e.needs_preset]
+    ranked = sorted(usable, key=lambda e: (e.role != role, not e.name.startswith(role), "hkd" not in e.name, e.name))
+    if not ranked:
+        return None
+    return {"path": ranked[0].path, "preset": None}
+
+
+def current_ref(role: str) -> dict | None:
+    """The session's choice for ``role`` ({"path", "preset"}), defaulting to the best match."""
+    ref = st.session_state.get(f"{role}_ref")
+    entries, _ = available()
+    if ref and any(e.path == ref["path"] for e in entries):
+        return ref
+    return default_ref(role, entries)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _sha(path: str, mtime_ns: int, size: int) -> str:
+    del mtime_ns, size  # cache key only
+    return file_sha256(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _load(key: str, preset: str | None, _path: str) -> LoadedModel:
+    return LoadedModel(load_checkpoint(_path, preset=preset), key)
+
+
+def load(ref: dict) -> LoadedModel:
+    """The model of ``ref`` (loaded once per file content); raises CheckpointError with a clear message."""
+    path = settings.confine(ref["path"])
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    stat = path.stat()
+    sha = _sha(str(path), stat.st_mtime_ns, stat.st_size)
+    preset = ref.get("preset")
+    try:
+        return _load(f"{sha}:{preset or ''}", preset, str(path))
+    except CheckpointError:
+        raise
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:  # anything else a bad file may raise
+        raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,47 @@
+"""HKD Studio entry point: page setup, session defaults and navigation.
+
+Run with ``scripts/app.sh`` (binds to 127.0.0.1) or
+``streamlit run app/streamlit_app.py``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run app/streamlit_app.py` puts app/ on sys.path; the pages import
+# `app.*` and `hkd.*` from the repository root.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import widgets  # noqa: E402
+
+st.set_page_config(page_title="HKD Studio", page_icon=":material/directions_walk:", layout="wide")
+
+# Shared by every page: the chosen pair, the models folder, the current image and uploads.
+SESSION_DEFAULTS = {
+    "teacher_ref": None,  # {"path", "preset"} of the chosen teacher checkpoint
+    "student_ref": None,
+    "models_folder": None,  # None: HKD_MODELS_DIR
+    "uploaded_checkpoints": [],  # paths of checkpoints uploaded in this session
+    "image_key": None,  # current image (sample:… or upload:…)
+    "uploaded_images": {},  # upload:<sha> → {"name", "data"}
+    "image_upload_ids": set(),
+}
+for name, value in SESSION_DEFAULTS.items():
+    st.session_state.setdefault(name, value)
+
+pages = [
+    st.Page("app_pages/models.py", title="Models", icon=":material/model_training:", default=True),
+    st.Page("app_pages/detections.py", title="Detections", icon=":material/center_focus_strong:"),
+    st.Page("app_pages/features.py", title="Features", icon=":material/layers:"),
+    st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
+]
+page = st.navigation(pages)
+with st.sidebar:
+    st.markdown("### HKD Studio")
+    st.caption("Hierarchical knowledge distillation of pedestrian detectors")
+    widgets.pair_summary()
+page.run()

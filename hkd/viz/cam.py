@@ -1,0 +1,257 @@
+"""Class activation maps of detections, with pytorch-grad-cam, and attention maps.
+
+The CAM math (channel weights, ReLU, scaling to the image) is pytorch-grad-cam's
+(``GradCAM``, ``GradCAMPlusPlus``, ``EigenCAM`` — with a faster, sign-corrected
+projection, see ``ThinEigenCAM``); the target is its
+``FasterRCNNBoxScoreTarget``, as in its Faster R-CNN tutorial. Two parts are
+ours, so that a detector cached for every app session is never modified:
+
+* the activations come from a :class:`hkd.models.taps.Tap` (hooks live only
+  during the forward, per thread) through :class:`TapActivationsAndGradients`,
+  which replaces the library's hook-registering ``ActivationsAndGradients``;
+* the gradient of the target is taken with ``torch.autograd.grad`` with respect
+  to the tapped activation only, instead of the library's ``loss.backward()``
+  and ``model.zero_grad()``, which would write ``.grad`` into the shared
+  model's parameters (and race between threads). The CAM object is built
+  around a stand-in whose ``eval()`` does nothing: BaseCAM's constructor
+  would otherwise switch the model's mode.
+
+The detections and the CAM come from the same forward (eval mode, gradients
+enabled — torchvision detectors in eval mode accept that).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hkd.models.hierarchy import HierarchySpec, Level
+from hkd.models.inference import PEDESTRIAN, image_tensor
+from hkd.models.taps import Tap, resolve_module
+from hkd.viz.featmaps import (
+    TRANSFORM_LEVEL,
+    Geometry,
+    model_device,
+    normalise,
+    principal_components,
+    require_eval,
+    tapped_forward,
+)
+
+
+@functools.cache
+def _cam_classes() -> dict[str, type]:
+    """The library's CAM classes (imported on first use: pytorch-grad-cam pulls in scikit-learn)."""
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+
+    class ThinEigenCAM(EigenCAM):
+        """EigenCAM with a thin decomposition and a sign correction.
+
+        The library's ``get_2d_projection`` runs ``np.linalg.svd(full_matrices=True)``
+        on the (h·w, C) activations, building an (h·w)² matrix it never uses:
+        ~13 s for P3 of a 640×480 image, where the same first component takes
+        well under a second. Its sign is also arbitrary (pytorch-grad-cam issue
+        #315), which the ReLU after it turns into a map of the *background*;
+        :func:`principal_components` fixes the sign as the library's
+        ``get_2d_projection_with_sign_correction`` does.
+        """
+
+        def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+            return np.stack([principal_components(torch.from_numpy(a), 1)[0].numpy() for a in activations]
+                            ).astype(np.float32)
+
+    return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": ThinEigenCAM}
+
+
+METHODS = ("gradcam", "gradcam++", "eigencam")
+GRADIENT_FREE = ("eigencam",)
+
+
+@dataclass
+class CamResult:
+    """A CAM of one image.
+
+    heat: (H, W) float32 in [0, 1], aligned with the image; boxes: (K, 4)
+    float32 xyxy and scores: (K,) — the pedestrian detections with score >=
+    ``score_thresh`` of the same forward, score-descending (``box_index``
+    indexes these); box_index: the detection explained (``None``: all of them;
+    EigenCAM explains none in particular); level, method: as asked.
+    """
+
+    heat: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    level: str
+    method: str
+    box_index: int | None = None
+
+
+class TapActivationsAndGradients:
+    """Drop-in for pytorch-grad-cam's ``ActivationsAndGradients``, built on a Tap.
+
+    ``__call__(x)`` runs the detector on ``x`` (1, 3, H, W) inside a Tap on
+    ``level``, picks the target detections from the output, and (for gradient
+    methods) stores d target / d activation. ``activations`` and ``gradients``
+    are lists with one (1, C, h, w) CPU tensor, the padding cells of the
+    transformed batch cropped off so that the library's resize to (H, W) lines
+    up with the image. ``targets`` is filled in place with the library target.
+    """
+
+    def __init__(self, model: nn.Module, level: Level, *, uses_gradients: bool, score_thresh: float,
+                 box_index: int | None) -> None:
+        self.model = model
+        self.level = level
+        self.uses_gradients = uses_gradients
+        self.score_thresh = score_thresh
+        self.box_index = box_index
+        self.activations: list[Tensor] = []
+        self.gradients: list[Tensor] = []
+        self.targets: list[Any] = []
+        self.boxes = np.zeros((0, 4), np.float32)
+        self.scores = np.zeros((0,), np.float32)
+
+    def __call__(self, x: Tensor) -> list[dict[str, Tensor]]:
+        self.activations, self.gradients = [], []
+        # the input needs grad so the activation has a graph even if the model's parameters are frozen
+        images = [img.detach().clone().requires_grad_(self.uses_gradients) for img in x]
+        with torch.set_grad_enabled(self.uses_gradients), Tap(self.model, [self.level, TRANSFORM_LEVEL]) as tap:
+            outputs = self.model(images)
+        activation = tap[self.level.name]
+        geometry = Geometry.of(tap[TRANSFORM_LEVEL.name], x.shape[-2:])
+        chosen = self._choose(outputs[0])
+        if self.uses_gradients:
+            from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+            target = FasterRCNNBoxScoreTarget(labels=[PEDESTRIAN] * len(chosen), bounding_boxes=chosen)
+            self.targets[:] = [target]
+            score = target(outputs[0])
+            (grad,) = torch.autograd.grad(score.sum(), activation, allow_unused=True)
+            if grad is None:
+                raise ValueError(
+                    f"the detection scores do not depend on {self.level.name!r} through a gradient (e.g. P6 "
+                    "only feeds the RPN, whose proposals carry none); use method='eigencam' or another level"
+                )
+            self.gradients = [geometry.crop(grad).detach().cpu()]
+        self.activations = [geometry.crop(activation).detach().cpu()]
+        return [{k: v.detach() for k, v in out.items()} for out in outputs]
+
+    def _choose(self, output: dict[str, Tensor]) -> np.ndarray:
+        """Record the pedestrian detections >= score_thresh; return the target boxes (T, 4)."""
+        keep = (output["labels"] == PEDESTRIAN) & (output["scores"] >= self.score_thresh)
+        scores = output["scores"][keep].detach()
+        order = torch.argsort(scores, descending=True, stable=True)
+        self.boxes = output["boxes"][keep].detach()[order].cpu().numpy().astype(np.float32)
+        self.scores = scores[order].cpu().numpy().astype(np.float32)
+        n = len(self.scores)
+        if self.box_index is not None:
+            if not 0 <= self.box_index < n:
+                raise ValueError(
+                    f"box_index {self.box_index} is out of range: the model has {n} pedestrian detection(s) "
+                    f"with score >= {self.score_thresh}" + (f" (valid: 0..{n - 1})" if n else "")
+                )
+            return self.boxes[[self.box_index]]
+        if self.uses_gradients and n == 0:
+            raise ValueError(
+                f"no pedestrian detection with score >= {self.score_thresh} to explain; lower score_thresh "
+                "or use method='eigencam' (it needs no target)"
+            )
+        return self.boxes
+
+    def release(self) -> None:
+        """Nothing to remove (the Tap already did); drop the stored tensors."""
+        self.activations, self.gradients = [], []
+        self.targets.clear()
+
+
+class _ModeLocked:
+    """What BaseCAM's constructor sees as the model: its ``eval()`` leaves the real model alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+
+    def eval(self) -> "_ModeLocked":
+        return self
+
+    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def parameters(self):
+        return self._model.parameters()
+
+
+def detection_cam(
+    model: nn.Module,
+    spec: HierarchySpec,
+    image: np.ndarray,
+    *,
+    method: str = "gradcam",
+    level: str = "neck.p3",
+    box_index: int | None = None,
+    score_thresh: float = 0.5,
+) -> CamResult:
+    """CAM of the pedestrian detections of ``image`` at ``level``.
+
+    Args:
+        model: a two-stage detector in eval mode (never switched here).
+        spec: its hierarchy; ``level`` must be one of its map levels.
+        image: (H, W, 3) uint8 RGB.
+        method: ``"gradcam"``, ``"gradcam++"`` (target: the detection's score
+            plus its IoU with itself, pytorch-grad-cam's
+            ``FasterRCNNBoxScoreTarget``) or ``"eigencam"`` (first principal
+            component of the activations, no target).
+        box_index: explain this detection (an index into ``CamResult.boxes``,
+            the same order as ``detect(model, [image], score_thresh=score_thresh)``);
+            ``None``: all pedestrian detections with score >= ``score_thresh``.
+    Raises:
+        ValueError: unknown method or level, ``box_index`` out of range, or no
+            detection to explain with a gradient method.
+    """
+    classes = _cam_classes()
+    if method not in classes:
+        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+    map_levels = [lv.name for lv in spec if lv.kind == "map"]
+    if level not in map_levels:
+        raise ValueError(f"CAM level must be a feature-map level of this detector, one of {map_levels}; got {level!r}")
+    require_eval(model, "detection_cam")
+    uses_gradients = method not in GRADIENT_FREE
+    adapter = TapActivationsAndGradients(
+        model, spec[level], uses_gradients=uses_gradients, score_thresh=score_thresh, box_index=box_index)
+    cam = classes[method](_ModeLocked(model), target_layers=[])  # no library hooks, no mode switch
+    cam.activations_and_grads = adapter
+    cam.target_layers = [resolve_module(model, spec[level].module)]  # counted only: one CAM per layer
+    cam.uses_gradients = False  # the adapter took the gradient already (see module docstring)
+    try:
+        x = image_tensor(image)[None].to(model_device(model))
+        heat = cam(input_tensor=x, targets=adapter.targets)[0]
+    finally:
+        adapter.release()
+    heat = np.clip(np.nan_to_num(heat.astype(np.float32)), 0.0, 1.0)
+    return CamResult(heat, adapter.boxes, adapter.scores, level, method, box_index)
+
+
+def attention_maps(model: nn.Module, spec: HierarchySpec, image: np.ndarray, levels: list[str]) -> dict[str, np.ndarray]:
+    """Attention maps (h, w) in [0, 1] of map levels, from one tapped forward.
+
+    ``attention_map`` is the attention-transfer loss's own (mean over channels
+    of squares, L2-normalised), computed on the map with the padding cells
+    cropped, then min-max scaled to [0, 1] for display. ``rpn.*`` levels use
+    the finest FPN level.
+    """
+    from hkd.distill.losses.feature import attention_map
+
+    bad = [n for n in levels if spec[n].kind not in ("map", "maps")]
+    if bad:
+        raise ValueError(f"levels {bad} are not feature maps; choose from "
+                         f"{[lv.name for lv in spec if lv.kind in ('map', 'maps')]}")
+    values, geometry = tapped_forward(model, spec, image, levels)
+    out = {}
+    for name in levels:
+        fmap = values[name][0] if spec[name].kind == "maps" else values[name]
+        fmap = geometry.crop(fmap).float()
+        att = attention_map(fmap[None]).reshape(fmap.shape[-2:])
+        out[name] = normalise(att).cpu().numpy().astype(np.float32)
+    return out

@@ -1,0 +1,101 @@
+"""Models page: both models side by side, costs, latency, adapters, and every bad-checkpoint path."""
+from __future__ import annotations
+
+import torch
+from streamlit.testing.v1 import AppTest
+
+from hkd.models.presets import DEFAULT_STUDENT as STUDENT
+from hkd.models.presets import DEFAULT_TEACHER as TEACHER
+from tests.app.studio import APP, TIMEOUT, copy_models, no_exceptions
+
+
+def _text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+
+
+def test_models_page_shows_both_models_costs_and_adapters(app):
+    no_exceptions(app)
+    assert not app.error
+    assert app.selectbox(key="models_teacher").value.endswith("teacher.safetensors")
+    assert app.selectbox(key="models_student").value.endswith("student_hkd.safetensors")
+    text = _text(app)
+    assert TEACHER in text and STUDENT in text and "fewer parameters" in text
+    assert len(app.get("plotly_chart")) == 2  # params and FLOPs per hierarchy
+    adapters = app.dataframe[-1].value
+    assert {"neck.p3", "backbone.c3", "roi.features"} <= set(adapters["level"])
+    assert any("1×1 conv" in str(a) for a in adapters["adapter"])
+    metrics = [str(v) for df in app.dataframe for v in df.value.get("metric", [])]
+    assert "mr_reasonable" in metrics
+
+
+def test_latency_button_measures_both_models(app):
+    app.number_input(key="models_latency_runs").set_value(1)
+    app.button(key="models_latency").click().run()
+    no_exceptions(app)
+    labels = [m.label for m in app.metric]
+    assert labels == ["Teacher, median", "Student, median", "Speed-up"]
+    assert all(m.value.endswith(("ms", "×")) for m in app.metric)
+
+
+def test_corrupt_checkpoint_is_reported_and_the_others_still_load(studio_world, monkeypatch, tmp_path):
+    folder = copy_models(studio_world, tmp_path / "models")
+    (folder / "broken.safetensors").write_bytes(b"\x00garbage" * 100)
+    monkeypatch.setenv("HKD_MODELS_DIR", str(folder))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    no_exceptions(at)
+    assert any("broken.safetensors" in e.value for e in at.error)
+    assert len(at.get("plotly_chart")) == 2  # the good pair still loads and is compared
+
+
+def test_foreign_weights_need_a_preset_and_the_wrong_one_is_a_clear_error(studio_world, monkeypatch, tmp_path):
+    folder = copy_models(studio_world, tmp_path / "models")
+    from hkd.models.checkpoint import load_checkpoint
+
+    state = load_checkpoint(folder / "student_hkd.safetensors").model.state_dict()
+    torch.save({"model": state}, folder / "foreign_student.pth")
+    monkeypatch.setenv("HKD_MODELS_DIR", str(folder))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.selectbox(key="models_student").set_value(str((folder / "foreign_student.pth").resolve())).run()
+    preset = at.selectbox(key="models_student_preset")
+    preset.set_value("fasterrcnn_resnet50_fpn.coco_person").run()
+    no_exceptions(at)
+    assert any("do not fit preset" in e.value for e in at.error)
+    at.selectbox(key="models_student_preset").set_value(STUDENT).run()
+    no_exceptions(at)
+    assert not at.error
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_uploaded_checkpoint_that_is_corrupt_is_an_error(app):
+    app.file_uploader(key="models_upload").upload("weights.safetensors", b"not a checkpoint").run()
+    no_exceptions(app)
+    assert any("weights" in e.value and "cannot be used" in e.value for e in app.error)
+    assert len(app.get("plotly_chart")) == 2
+
+
+def test_uploaded_checkpoint_can_be_chosen(app, studio_world):
+    data = (studio_world["models"] / "student_hkd.safetensors").read_bytes()
+    app.file_uploader(key="models_upload").upload("my_student.safetensors", data).run()
+    options = app.selectbox(key="models_student").options
+    uploaded = [o for o in options if "my_student" in o]
+    assert uploaded, options
+    app.selectbox(key="models_student").set_value(
+        next(p for p in app.selectbox(key="models_student").options if "my_student" in p)).run()
+    no_exceptions(app)
+    assert not app.error
+
+
+def test_empty_models_folder_says_what_to_do(studio_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("HKD_MODELS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    no_exceptions(at)
+    assert any("No usable checkpoints" in w.value and "HKD_MODELS_DIR" in w.value for w in at.warning)
+    at.switch_page("app_pages/detections.py").run()
+    no_exceptions(at)
+    assert any("No usable checkpoints" in w.value for w in at.warning)
+
+
+def test_models_folder_outside_the_allowed_roots_is_refused(app):
+    app.text_input(key="models_folder_input").set_value("/etc").run()
+    no_exceptions(app)
+    assert any("outside the folders" in e.value for e in app.error)

@@ -1,0 +1,83 @@
+"""Drawing boxes and comparing the teacher's detections with the student's."""
+import numpy as np
+import pytest
+
+from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
+
+
+def _blank(h=120, w=160):
+    return np.zeros((h, w, 3), np.uint8)
+
+
+def test_compare_detections_classifies_hand_made_boxes():
+    teacher = np.array([[10, 10, 50, 90], [100, 20, 130, 100], [60, 60, 80, 110]], np.float32)
+    t_scores = np.array([0.9, 0.8, 0.7], np.float32)
+    student = np.array([[12, 12, 52, 92], [140, 10, 155, 60], [60, 80, 80, 130]], np.float32)
+    s_scores = np.array([0.6, 0.95, 0.55], np.float32)
+    rows = compare_detections(teacher, t_scores, student, s_scores, iou_thresh=0.5)
+    status = [(r["status"], r["score_teacher"], r["score_student"]) for r in rows]
+    assert status == [
+        ("agreed", pytest.approx(0.9), pytest.approx(0.6)),
+        ("teacher_only", pytest.approx(0.8), None),
+        ("teacher_only", pytest.approx(0.7), None),  # IoU with [60,80,80,130] is 30/70 < 0.5
+        ("student_only", None, pytest.approx(0.95)),
+        ("student_only", None, pytest.approx(0.55)),
+    ]
+    agreed = rows[0]
+    assert agreed["box"] == [10.0, 10.0, 50.0, 90.0]
+    assert agreed["iou"] == pytest.approx((38 * 78) / (40 * 80 * 2 - 38 * 78))
+    assert all(r["iou"] is None for r in rows[1:])
+    # a looser threshold lets the third pair agree
+    loose = compare_detections(teacher, t_scores, student, s_scores, iou_thresh=0.4)
+    assert [r["status"] for r in loose].count("agreed") == 2
+
+
+def test_greedy_matching_serves_the_highest_teacher_score_first():
+    teacher = np.array([[0, 0, 10, 20], [1, 0, 11, 20]], np.float32)
+    student = np.array([[0, 0, 10, 20]], np.float32)
+    rows = compare_detections(teacher, np.array([0.5, 0.9]), student, np.array([0.7]))
+    assert rows[0]["status"] == "agreed" and rows[0]["score_teacher"] == pytest.approx(0.9)
+    assert rows[0]["box"] == [1.0, 0.0, 11.0, 20.0]
+    assert rows[1]["status"] == "teacher_only" and rows[1]["score_teacher"] == pytest.approx(0.5)
+
+
+def test_compare_with_no_detections_on_one_side():
+    boxes = np.array([[0, 0, 10, 20]], np.float32)
+    assert [r["status"] for r in compare_detections(boxes, [0.8], np.zeros((0, 4)), [])] == ["teacher_only"]
+    assert [r["status"] for r in compare_detections(np.zeros((0, 4)), [], boxes, [0.8])] == ["student_only"]
+    assert compare_detections(np.zeros((0, 4)), [], np.zeros((0, 4)), []) == []
+    with pytest.raises(ValueError, match="one score"):
+        compare_detections(boxes, [0.8, 0.1], boxes, [0.8])
+
+
+def test_draw_boxes_draws_on_a_copy():
+    image = _blank()
+    out = draw_boxes(image, [[20, 30, 60, 100]], scores=[0.87], labels=["pedestrian"], color=(255, 0, 0))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert image.max() == 0  # input untouched
+    assert tuple(out[65, 20]) == (255, 0, 0)  # left edge, mid-height, in the given RGB colour
+    assert out[10:30, 20:120].any()  # the caption tab above the box
+    assert np.array_equal(draw_boxes(image, np.zeros((0, 4))), image)
+    with pytest.raises(ValueError, match="labels"):
+        draw_boxes(image, [[0, 0, 5, 5]], labels=["a", "b"])
+    with pytest.raises(ValueError, match=r"\(K, 4\)"):
+        draw_boxes(image, [[0, 0, 5]])
+
+
+def test_draw_comparison_uses_the_legend_colours_and_dashes_ground_truth():
+    rows = [
+        {"box": [10, 20, 40, 100], "score_teacher": 0.9, "score_student": 0.8, "iou": 0.9, "status": "agreed"},
+        {"box": [60, 20, 90, 100], "score_teacher": 0.7, "score_student": None, "iou": None, "status": "teacher_only"},
+        {"box": [110, 20, 140, 100], "score_teacher": None, "score_student": 0.6, "iou": None,
+         "status": "student_only"},
+    ]
+    out = draw_comparison(_blank(), rows, gt_boxes=[[5, 110, 150, 118]])
+    for row in rows:
+        x1, y1, x2, y2 = row["box"]
+        assert tuple(out[(y1 + y2) // 2, x1]) == COLORS[row["status"]], row["status"]
+    gt_edge = out[110, 5:150]
+    lit = (gt_edge > 0).any(axis=1)
+    assert 0.3 < lit.mean() < 0.9  # dashed: partly drawn
+    assert set(COLORS) >= {"agreed", "teacher_only", "student_only", "ground_truth"}
+    with pytest.raises(ValueError, match="unknown status"):
+        draw_comparison(_blank(), [{**rows[0], "status": "maybe"}])
