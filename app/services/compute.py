@@ -30,7 +30,14 @@ def _profile(model_key: str, _model) -> dict[str, dict[str, int]]:
 
 
 def profile(m: LoadedModel) -> dict[str, dict[str, int]]:
-    """``{"params": {hierarchy: n}, "flops": {hierarchy: n}}`` (FLOPs of one 640×480 forward)."""
+    """``{"params": {hierarchy: n}, "flops": {hierarchy: n}}`` (FLOPs of one 640×480 forward).
+
+    Checkpoints written by ``hkd train``/``hkd distill`` carry this in their metadata, which
+    spares the Models page a FLOPs-counting forward on first load.
+    """
+    cost = m.meta.cost or {}
+    if cost.get("flops_size") == list(PROFILE_SIZE) and "params" in cost and "flops" in cost:
+        return {"params": cost["params"], "flops": cost["flops"]}
     return _profile(m.key, m.model)
 
 
@@ -90,29 +97,8 @@ def level_view(m: LoadedModel, picture: Picture, level: str, *, k: int = 4, box:
                   m.model, m.spec, picture.pixels)[level]
 
 
-def fit_adapter(teacher_map: torch.Tensor, student_map: torch.Tensor, ridge: float = 1e-6) -> nn.Conv2d:
-    """The 1×1 conv C_s→C_t that best maps the student's map onto the teacher's on this image.
-
-    Ridge least squares over all positions (student resized to the teacher's h×w; a 1×1
-    conv and a bilinear resize commute). teacher_map: (C_t, h, w); student_map: (C_s, h', w').
-    """
-    from hkd.viz.featmaps import resize_map
-
-    target = teacher_map.double().flatten(1).T  # (N, C_t)
-    source = resize_map(student_map.double(), teacher_map.shape[-2:]).flatten(1).T  # (N, C_s)
-    source = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
-    gram = source.T @ source
-    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-    weights = torch.linalg.solve(gram, source.T @ target)  # (C_s + 1, C_t)
-    conv = nn.Conv2d(student_map.shape[0], teacher_map.shape[0], kernel_size=1)
-    with torch.no_grad():
-        conv.weight.copy_(weights[:-1].T[:, :, None, None].float())
-        conv.bias.copy_(weights[-1].float())
-    return conv
-
-
 def _difference_of(t_map: torch.Tensor, s_map: torch.Tensor, fitted: bool) -> dict:
-    from hkd.viz.featmaps import adapter_difference
+    from hkd.viz.featmaps import adapter_difference, fit_adapter
 
     t_map, s_map = t_map.float().cpu(), s_map.float().cpu()
     # a 1×1 adapter has C_s + 1 unknowns per teacher channel: fit it only where the map has

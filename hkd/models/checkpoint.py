@@ -51,6 +51,8 @@ class CheckpointMeta:
     dtype: str = "float32"
     step: int | None = None
     notes: str = ""
+    # {"params": {hierarchy: n}, "flops": {hierarchy: n}, "flops_size": [w, h]}, measured when saved
+    cost: dict = field(default_factory=dict)
     format: str = FORMAT
 
     def to_json(self) -> str:

@@ -303,6 +303,11 @@ def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int,
                           min_size=cfg.model.min_size or preset.min_size, max_size=cfg.model.max_size or preset.max_size, train_config=cfg.to_dict(), metrics=metrics or {},
                           parent=parent or (Path(cfg.teacher).name if cfg.teacher else None), step=step,
                           notes="distilled from " + Path(cfg.teacher).name if cfg.teacher else "")
+    if name == "final":
+        from hkd.models.profile import flops_by_hierarchy, params_by_hierarchy
+
+        meta.cost = {"params": params_by_hierarchy(student), "flops": flops_by_hierarchy(student, 640, 480),
+                     "flops_size": [640, 480]}
     dtype = torch.float16 if cfg.train.save_dtype == "float16" and name == "final" else torch.float32
     save_checkpoint(run.checkpoint(name), student, meta, dtype=dtype)
     if name == "last":

@@ -372,3 +372,22 @@ def _has_parts(model: nn.Module) -> bool:
 def model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def fit_adapter(teacher_map: torch.Tensor, student_map: torch.Tensor, ridge: float = 1e-6) -> nn.Conv2d:
+    """The 1×1 conv C_s→C_t that best maps the student's map onto the teacher's on this image.
+
+    Ridge least squares over all positions (student resized to the teacher's h×w; a 1×1
+    conv and a bilinear resize commute). teacher_map: (C_t, h, w); student_map: (C_s, h', w').
+    """
+    target = teacher_map.double().flatten(1).T  # (N, C_t)
+    source = resize_map(student_map.double(), teacher_map.shape[-2:]).flatten(1).T  # (N, C_s)
+    source = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
+    gram = source.T @ source
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    weights = torch.linalg.solve(gram, source.T @ target)  # (C_s + 1, C_t)
+    conv = nn.Conv2d(student_map.shape[0], teacher_map.shape[0], kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(weights[:-1].T[:, :, None, None].float())
+        conv.bias.copy_(weights[-1].float())
+    return conv

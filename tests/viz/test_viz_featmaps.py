@@ -159,3 +159,19 @@ def test_two_threads_get_the_same_views_as_sequential(student, student_spec, mak
                 np.testing.assert_array_equal(views[name].pca_rgb, sequential[i][name].pca_rgb)
                 assert [c for c, _ in views[name].topk] == [c for c, _ in sequential[i][name].topk]
     assert count_hooks(student) == 0 and not student.training
+
+
+def test_fit_adapter_recovers_a_linear_map_and_leaves_no_residual():
+    from hkd.viz.featmaps import adapter_difference, fit_adapter
+
+    gen = torch.Generator().manual_seed(0)
+    student_map = torch.randn(8, 12, 16, generator=gen)
+    mix = torch.randn(5, 8, generator=gen)
+    teacher_map = torch.einsum("ts,shw->thw", mix, student_map) + 0.5
+    adapter = fit_adapter(teacher_map, student_map)
+    residual = adapter_difference(teacher_map, student_map, adapter)
+    assert residual.shape == (12, 16)
+    assert float(residual.max()) < 1e-3
+    # an unrelated teacher leaves a clear residual
+    other = torch.randn(5, 12, 16, generator=gen)
+    assert float(adapter_difference(other, student_map, fit_adapter(other, student_map)).mean()) > 0.1
