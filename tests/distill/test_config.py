@@ -69,7 +69,7 @@ def test_two_globs_giving_a_level_the_same_loss_is_an_error(specs):
     ({"neck.p9": "mse"}, None, "'neck.p9'", ["neck.p3", "backbone.c2", "roi.logits"]),
     ({"nek.*": "mse"}, None, "'nek.*'", ["neck.p3"]),
     ({"neck.p3": "mse2"}, None, "'mse2'", ["mse", "masked_mse", "attention", "kd_kl"]),
-    ({"neck.p3": "kd_kl"}, None, "'kd_kl'", ["losses for it: mse, masked_mse, attention"]),
+    ({"neck.p3": "kd_kl"}, None, "'kd_kl'", ["losses for it: mse, masked_mse, nmse, masked_nmse, attention"]),
     ({"roi.logits": "mse"}, None, "'mse'", ["losses for it: kd_kl"]),
     ({"roi.logits": {"loss": "kd_kl", "temprature": 2.0}}, None, "'temprature'", ["weight, temperature, bg_weight"]),
     ({"neck.p3": {"loss": "mse", "psi": 0.5}}, None, "'psi'", ["params: weight"]),

@@ -27,9 +27,9 @@ BOXES = [torch.tensor([[16.0, 8.0, 40.0, 56.0]]), torch.zeros(0, 4)]
 
 def _example(name: str, g: torch.Generator):
     """(student, teacher, inputs) of the shapes the distiller passes to loss ``name``."""
-    if name in ("mse", "attention"):
+    if name in ("mse", "nmse", "attention"):
         return torch.randn(2, 8, 6, 5, generator=g), torch.randn(2, 8, 6, 5, generator=g), {}
-    if name == "masked_mse":
+    if name in ("masked_mse", "masked_nmse"):
         inputs = {"gt_boxes": BOXES, "cell_anchors": CELL, "stride": (8, 8)}
         return torch.randn(2, 8, 8, 8, generator=g), torch.randn(2, 8, 8, 8, generator=g), inputs
     if name == "soft_bce":
@@ -208,3 +208,20 @@ def test_focal_kd_weights_anchors_by_teacher_confidence():
     assert abs(focal - per_anchor[0].item()) < 0.05 * abs(per_anchor[0].item() - per_anchor[1].item())
     t3 = focal_kd(student, teacher, temperature=3.0).item()
     assert math.isfinite(t3) and t3 > 0
+
+
+def test_normalised_hint_losses_are_scale_free():
+    from hkd.distill.losses.feature import masked_mse, masked_nmse, mse, nmse
+
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 8, 8, 8, generator=g), torch.randn(2, 8, 8, 8, generator=g)
+    inputs = {"gt_boxes": BOXES, "cell_anchors": CELL, "stride": (8, 8)}
+    # an all-zero student scores exactly 1, whatever the teacher's scale
+    for scale in (0.01, 1.0, 100.0):
+        torch.testing.assert_close(nmse(torch.zeros_like(t), scale * t), torch.tensor(1.0))
+        torch.testing.assert_close(masked_nmse(torch.zeros_like(t), scale * t, **inputs), torch.tensor(1.0))
+    # and scaling both maps leaves the normalised losses unchanged, unlike the plain ones
+    torch.testing.assert_close(nmse(10 * s, 10 * t), nmse(s, t))
+    torch.testing.assert_close(masked_nmse(10 * s, 10 * t, **inputs), masked_nmse(s, t, **inputs))
+    assert float(mse(10 * s, 10 * t)) > 50 * float(mse(s, t))
+    assert float(masked_mse(10 * s, 10 * t, **inputs)) > 50 * float(masked_mse(s, t, **inputs))

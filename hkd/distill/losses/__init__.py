@@ -34,8 +34,10 @@ from hkd.distill.losses.feature import (
     attention_map,
     imitation_mask,
     masked_mse,
+    masked_nmse,
     masked_squared_error,
     mse,
+    nmse,
 )
 from hkd.distill.losses.focal import focal_kd
 from hkd.distill.losses.roi import class_deltas, kd_kl
@@ -153,6 +155,10 @@ register("mse", mse, ("feature", "regions", "embedding"),
          summary="hint loss: mean squared difference (through an adapter)")
 register("masked_mse", masked_mse, ("feature",),
          summary="fine-grained imitation: squared difference near objects (Wang et al. 2019)")
+register("nmse", nmse, ("feature", "regions", "embedding"),
+         summary="hint loss relative to the teacher's energy: mean (s - t)² / mean t²")
+register("masked_nmse", masked_nmse, ("feature",),
+         summary="fine-grained imitation relative to the teacher's energy near objects")
 register("attention", attention, ("feature",), adapt="spatial",
          summary="attention transfer: squared difference of L2-normalised attention maps")
 register("soft_bce", soft_bce, ("objectness",),
@@ -166,6 +172,6 @@ register("focal_kd", focal_kd, ("dense_logits",),
 
 __all__ = [
     "LOSSES", "ROLES", "INPUTS", "LossSpec", "register", "losses_for", "level_role",
-    "mse", "masked_mse", "masked_squared_error", "attention", "attention_map", "imitation_mask",
+    "mse", "masked_mse", "nmse", "masked_nmse", "masked_squared_error", "attention", "attention_map", "imitation_mask",
     "soft_bce", "bounded_l2", "kd_kl", "class_deltas", "focal_kd",
 ]

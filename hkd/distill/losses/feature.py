@@ -4,6 +4,9 @@
   difference between the adapted student map and the teacher map.
 * :func:`masked_mse` — fine-grained feature imitation (Wang et al., CVPR 2019):
   the hint loss only at the locations near objects, given by :func:`imitation_mask`.
+* :func:`nmse` / :func:`masked_nmse` — the same, divided by the teacher's mean
+  energy, so that every level starts near 1 whatever the scale of its activations
+  (raw teacher maps differ by two orders of magnitude between C3 and P6).
 * :func:`attention` — attention transfer (Zagoruyko & Komodakis, ICLR 2017) on
   :func:`attention_map`, which the visualisation code reuses.
 
@@ -66,6 +69,36 @@ def masked_mse(
         raise ValueError(f"masked_mse: {len(gt_boxes)} sets of boxes for {n} images")
     mask = imitation_mask(gt_boxes, cell_anchors, (h, w), stride, psi=psi).to(student.dtype)
     return masked_squared_error(student, teacher, mask)
+
+
+def nmse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Hint loss relative to the teacher's energy: ``mean((s - t)²) / mean(t²)``.
+
+    student, teacher: same shape, e.g. (N, C, H, W) or (K, C, 7, 7). Returns a scalar,
+    0 when equal and 1 for an all-zero student.
+    """
+    _same_shape(student, teacher, "nmse")
+    teacher = teacher.detach()
+    return F.mse_loss(student, teacher, reduction="mean") / teacher.pow(2).mean().clamp(min=1e-12)
+
+
+def masked_nmse(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    gt_boxes: list[Tensor],
+    cell_anchors: Tensor,
+    stride: tuple[int, int],
+    psi: float = 0.5,
+) -> Tensor:
+    """:func:`masked_mse` divided by the teacher's mean energy at the imitated locations."""
+    _same_shape(student, teacher, "masked_nmse")
+    n, c, h, w = teacher.shape
+    if len(gt_boxes) != n:
+        raise ValueError(f"masked_nmse: {len(gt_boxes)} sets of boxes for {n} images")
+    mask = imitation_mask(gt_boxes, cell_anchors, (h, w), stride, psi=psi).to(student.dtype)
+    energy = masked_squared_error(torch.zeros_like(teacher), teacher, mask)
+    return masked_squared_error(student, teacher, mask) / energy.clamp(min=1e-12)
 
 
 def masked_squared_error(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
