@@ -142,6 +142,22 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+SHIPPED = {"teacher": "teacher", "student_baseline_s0": "student_baseline", "student_hkd_s0": "student_hkd"}
+
+
+def ship(rows: list[dict]) -> None:
+    """Copy the demo checkpoints to assets/checkpoints/ with their validation metrics."""
+    from hkd.models.checkpoint import update_metadata
+
+    for r in rows:
+        if r["name"] in SHIPPED:
+            out = ROOT / "assets" / "checkpoints" / f"{SHIPPED[r['name']]}.safetensors"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            metrics = {**r["metrics"], "dataset": "SynthPed val (500 images, seed 1000)"}
+            update_metadata(r["ckpt"], out, metrics=metrics, notes=f"HKD Studio demo checkpoint ({r['role']})")
+            print(f"shipped {out}")
+
+
 def write_docs(text: str) -> None:
     docs = ROOT / "docs" / "BENCHMARKS.md"
     begin, end = "<!-- distill-table:begin -->", "<!-- distill-table:end -->"
@@ -165,6 +181,7 @@ def main() -> int:
     p.add_argument("--only", nargs="*", help="run names to train (default: all)")
     p.add_argument("--table-only", action="store_true", help="only evaluate finished runs and print the table")
     p.add_argument("--write-docs", action="store_true", help="put the table into docs/BENCHMARKS.md")
+    p.add_argument("--ship", action="store_true", help="copy the demo checkpoints to assets/checkpoints/")
     args = p.parse_args()
     ensure_data(args)
     plan = runs(args.root / "teacher" / "checkpoints" / "final.safetensors")
@@ -181,6 +198,8 @@ def main() -> int:
     (args.root / "table.md").write_text(text + "\n")
     if args.write_docs:
         write_docs(text)
+    if args.ship:
+        ship(rows)
     return 0
 
 

@@ -129,6 +129,24 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: meta.to_json()}))
 
 
+def update_metadata(path: str | os.PathLike, out: str | os.PathLike | None = None, **changes: Any) -> Path:
+    """Rewrite an HKD checkpoint's metadata (e.g. ``metrics`` measured after training).
+
+    The tensors are copied unchanged (same dtype); the file is replaced atomically,
+    or written to ``out``.
+    """
+    path = _existing(path)
+    meta = read_meta(path)
+    unknown = set(changes) - set(CheckpointMeta.__dataclass_fields__)
+    if unknown:
+        raise KeyError(f"unknown metadata fields {sorted(unknown)}; fields: {sorted(CheckpointMeta.__dataclass_fields__)}")
+    for key, value in changes.items():
+        setattr(meta, key, value)
+    with _open_safetensors(path) as fh:
+        state = {key: fh.get_tensor(key) for key in fh.keys()}
+    return atomic_write(out or path, lambda tmp: save_file(state, tmp, metadata={META_KEY: meta.to_json()}))
+
+
 def _open_safetensors(path: Path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")

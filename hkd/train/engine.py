@@ -210,7 +210,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
                      run.root, cfg.model.preset, t.steps, t.batch_size, world, len(train_set))
         bar = tqdm(total=t.steps, initial=start, disable=not (progress and main_process), unit="step")
         window_start, window_images = time.perf_counter(), 0
-        run_start = time.perf_counter()
+        # wall time of earlier segments of a resumed run, so "seconds" covers the whole run
+        run_start = time.perf_counter() - (float(run.read_status().get("seconds", 0.0)) if resume else 0.0)
         step = start
         last_eval: dict | None = None
         for step in range(start, t.steps):
@@ -244,7 +245,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
                           "images_per_s": round(rate, 3)}
                 run.append_metrics(record)
                 eta = (t.steps - done) * t.batch_size * world / max(rate, 1e-9)
-                run.write_status("running", step=done, total=t.steps, eta_s=round(eta, 1))
+                run.write_status("running", step=done, total=t.steps, eta_s=round(eta, 1),
+                                 seconds=round(now - run_start, 1))
                 bar.set_postfix(loss=f"{float(total.detach()):.3f}")
                 window_start, window_images = now, 0
             if main_process and t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:

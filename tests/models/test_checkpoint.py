@@ -162,3 +162,15 @@ def test_info_cli_bad_file_is_a_clear_error(tmp_path, capsys):
     assert main(["info", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "hkd info: error:" in err and "x.safetensors" in err
+
+
+def test_update_metadata_keeps_the_weights(tmp_path, saved):
+    from hkd.models.checkpoint import update_metadata
+
+    out = update_metadata(saved, tmp_path / "shipped.safetensors", metrics={"ap50": 0.5}, notes="demo")
+    a, b = load_checkpoint(saved), load_checkpoint(out)
+    assert b.meta.metrics == {"ap50": 0.5} and b.meta.notes == "demo" and b.meta.preset == a.meta.preset
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=0)
+    with pytest.raises(KeyError, match="unknown metadata fields"):
+        update_metadata(saved, tmp_path / "x.safetensors", accuracy=1.0)
