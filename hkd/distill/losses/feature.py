@@ -63,12 +63,18 @@ def masked_mse(
     Returns:
         scalar.
     """
-    _same_shape(student, teacher, "masked_mse")
-    n, c, h, w = teacher.shape
-    if len(gt_boxes) != n:
-        raise ValueError(f"masked_mse: {len(gt_boxes)} sets of boxes for {n} images")
-    mask = imitation_mask(gt_boxes, cell_anchors, (h, w), stride, psi=psi).to(student.dtype)
+    mask = _checked_mask("masked_mse", student, teacher, gt_boxes, cell_anchors, stride, psi)
     return masked_squared_error(student, teacher, mask)
+
+
+def _checked_mask(name: str, student: Tensor, teacher: Tensor, gt_boxes: list[Tensor], cell_anchors: Tensor,
+                  stride: tuple[int, int], psi: float) -> Tensor:
+    """The (N, H, W) imitation mask for a pair of maps, after checking shapes and box count."""
+    _same_shape(student, teacher, name)
+    n, _, h, w = teacher.shape
+    if len(gt_boxes) != n:
+        raise ValueError(f"{name}: {len(gt_boxes)} sets of boxes for {n} images")
+    return imitation_mask(gt_boxes, cell_anchors, (h, w), stride, psi=psi).to(student.dtype)
 
 
 def nmse(student: Tensor, teacher: Tensor) -> Tensor:
@@ -92,11 +98,7 @@ def masked_nmse(
     psi: float = 0.5,
 ) -> Tensor:
     """:func:`masked_mse` divided by the teacher's mean energy at the imitated locations."""
-    _same_shape(student, teacher, "masked_nmse")
-    n, c, h, w = teacher.shape
-    if len(gt_boxes) != n:
-        raise ValueError(f"masked_nmse: {len(gt_boxes)} sets of boxes for {n} images")
-    mask = imitation_mask(gt_boxes, cell_anchors, (h, w), stride, psi=psi).to(student.dtype)
+    mask = _checked_mask("masked_nmse", student, teacher, gt_boxes, cell_anchors, stride, psi)
     energy = masked_squared_error(torch.zeros_like(teacher), teacher, mask)
     return masked_squared_error(student, teacher, mask) / energy.clamp(min=1e-12)
 
