@@ -54,8 +54,8 @@ from hkd.models.taps import Tap
 # inputs the distiller provides, by level role
 PROVIDES: dict[str, set[str]] = {
     "feature": {"gt_boxes", "cell_anchors", "stride"},
-    "anchor_deltas": {"target"},
-    "box_deltas": {"target"},
+    "anchor_deltas": {"target", "num_samples"},
+    "box_deltas": {"target", "num_samples"},
 }
 # transform attributes that must agree for teacher and student to share a batch. The
 # sizes need not: the student's transform resizes the batch once and both models see
@@ -310,12 +310,12 @@ class Distiller(nn.Module):
         elif role == "anchor_deltas":
             positive, target = context.rpn_targets()
             student, teacher = _per_anchor(student, 4)[positive], _per_anchor(teacher, 4)[positive]
-            inputs = {"target": target[positive]}
+            inputs = {"target": target[positive], "num_samples": context.rpn_samples()}
         elif role == "box_deltas":
             positive = context.roi_labels > 0
             labels = context.roi_labels[positive]
             student, teacher = class_deltas(student[positive], labels), class_deltas(teacher[positive], labels)
-            inputs = {"target": context.roi_targets[positive]}
+            inputs = {"target": context.roi_targets[positive], "num_samples": context.roi_labels.numel()}
         return spec.fn(student, teacher, **{k: v for k, v in inputs.items() if k in spec.inputs}, **term.params)
 
 
@@ -359,6 +359,10 @@ class _StepInputs:
         nearest = min(range(len(anchor_strides)), key=lambda i: abs(math.log2(anchor_strides[i] / stride[0])))
         cell = self.anchor_generator.cell_anchors[nearest].to(self.batch.tensors.device)
         return {"gt_boxes": [t["boxes"] for t in self.targets], "cell_anchors": cell, "stride": stride}
+
+    def rpn_samples(self) -> int:
+        """Anchors torchvision's RPN samples for its losses in this batch (its box-loss normaliser)."""
+        return self.rpn.fg_bg_sampler.batch_size_per_image * len(self.targets)
 
     def rpn_targets(self) -> tuple[Tensor, Tensor]:
         """(positive mask (M,), regression targets (M, 4)) over all anchors of the batch."""

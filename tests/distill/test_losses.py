@@ -35,7 +35,7 @@ def _example(name: str, g: torch.Generator):
     if name == "soft_bce":
         return torch.randn(50, 1, generator=g), torch.randn(50, 1, generator=g), {}
     if name == "bounded_l2":
-        return torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g), {"target": torch.randn(7, 4, generator=g)}
+        return torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g), {"target": torch.randn(7, 4, generator=g), "num_samples": 20}
     if name == "kd_kl":
         return torch.randn(12, 3, generator=g), torch.randn(12, 3, generator=g), {}
     if name == "focal_kd":
@@ -69,7 +69,7 @@ def test_registry_params_come_from_signatures():
     assert LOSSES["kd_kl"].params == {"temperature": 2.0, "bg_weight": 0.5}
     assert LOSSES["masked_mse"].params == {"psi": 0.5}
     assert set(LOSSES["masked_mse"].inputs) == {"gt_boxes", "cell_anchors", "stride"}
-    assert LOSSES["bounded_l2"].inputs == ("target",)
+    assert LOSSES["bounded_l2"].inputs == ("target", "num_samples")
     assert LOSSES["mse"].params == {} and LOSSES["attention"].adapt == "spatial"
     assert all(set(spec.inputs) <= set(INPUTS) for spec in LOSSES.values())
 
@@ -152,14 +152,18 @@ def test_bounded_l2_pulls_only_while_the_student_is_worse():
     teacher = torch.full((3, 4), 0.5)  # teacher error 1.0 per row
     worse = torch.full((3, 4), 1.0)    # student error 4.0 per row
     better = torch.full((3, 4), 0.25)  # student error 0.25 per row
-    assert bounded_l2(worse, teacher, target=target).item() == pytest.approx(4.0)
-    assert bounded_l2(better, teacher, target=target).item() == 0.0
+    assert bounded_l2(worse, teacher, target=target, num_samples=3).item() == pytest.approx(4.0)
+    assert bounded_l2(better, teacher, target=target, num_samples=3).item() == 0.0
     # a margin keeps pulling a student that is better by less than the margin
-    assert bounded_l2(better, teacher, target=target, margin=1.0).item() == pytest.approx(0.25)
+    assert bounded_l2(better, teacher, target=target, num_samples=3, margin=1.0).item() == pytest.approx(0.25)
     mixed = torch.cat([worse[:1], better[1:]])
-    assert bounded_l2(mixed, teacher, target=target).item() == pytest.approx(4.0 / 3)
+    assert bounded_l2(mixed, teacher, target=target, num_samples=3).item() == pytest.approx(4.0 / 3)
+    # normalised like torchvision's box losses: by every sampled row, not by the positives
+    assert bounded_l2(worse, teacher, target=target, num_samples=12).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        bounded_l2(worse, teacher, target=target, num_samples=2)
     empty = torch.zeros(0, 4, requires_grad=True)
-    loss = bounded_l2(empty, torch.zeros(0, 4), target=torch.zeros(0, 4))
+    loss = bounded_l2(empty, torch.zeros(0, 4), target=torch.zeros(0, 4), num_samples=8)
     loss.backward()
     assert loss.item() == 0.0
 

@@ -72,6 +72,7 @@ INPUTS: dict[str, str] = {
     "cell_anchors": "(A, 4) zero-centred anchors of the student's anchor level closest to the map's stride",
     "stride": "(sy, sx) input pixels per cell of the map",
     "target": "ground-truth regression targets (P, 4) of the positive rows",
+    "num_samples": "the detection loss's normaliser: anchors (RPN) or proposals (ROI) sampled in the batch",
 }
 
 # How the student tensor is adapted before the loss: "full" (1×1 conv / linear

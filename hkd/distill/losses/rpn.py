@@ -56,17 +56,21 @@ def soft_bce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> T
     return binary_kl(student, teacher, temperature).mean() * temperature**2
 
 
-def bounded_l2(student: Tensor, teacher: Tensor, *, target: Tensor, margin: float = 0.0) -> Tensor:
+def bounded_l2(student: Tensor, teacher: Tensor, *, target: Tensor, num_samples: int, margin: float = 0.0) -> Tensor:
     """Teacher-bounded L2 regression (Chen et al. 2017, eq. 3).
 
     Per row, ``‖R_s − y‖²`` if ``‖R_s − y‖² + margin > ‖R_t − y‖²``, else 0;
-    averaged over the rows (the positive anchors or proposals). With no rows
-    the loss is 0.
+    summed over the rows (the positive anchors or proposals) and divided by
+    ``num_samples``, the number of anchors or proposals the detection loss was
+    sampled over: the normalisation torchvision's own box losses use, so that
+    the bound sits next to ``det/loss_box_reg`` as in the paper
+    (``L_reg = L_sL1 + ν·L_b``) instead of growing with the share of positives.
 
     Args:
         student: (P, 4) student box deltas of the positive anchors/proposals.
         teacher: (P, 4) teacher box deltas of the same rows.
         target: (P, 4) ground-truth regression targets ``y`` (same box coder).
+        num_samples: the normaliser (≥ P; ≥ 1).
         margin: m ≥ 0; with 0 the student is only pulled while worse than the teacher.
     Returns:
         scalar.
@@ -76,10 +80,12 @@ def bounded_l2(student: Tensor, teacher: Tensor, *, target: Tensor, margin: floa
             f"bounded_l2: student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and "
             f"target {tuple(target.shape)} must have one shape"
         )
+    if int(num_samples) < max(1, student.shape[0]):
+        raise ValueError(f"bounded_l2: num_samples must be ≥ the {student.shape[0]} rows and ≥ 1, got {num_samples}")
     if student.shape[0] == 0:
         return student.sum()
     target = target.detach()
     student_err = (student - target).pow(2).sum(dim=-1)
     teacher_err = (teacher.detach() - target).pow(2).sum(dim=-1)
     active = (student_err.detach() + margin > teacher_err).to(student_err.dtype)
-    return (student_err * active).mean()
+    return (student_err * active).sum() / int(num_samples)
