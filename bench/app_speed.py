@@ -122,7 +122,7 @@ def call_timings(rows: list, folder: Path, image: Path) -> None:
 
     pixels = load_image(image)
     for role, name in zip(("teacher", "student"), DEMO):
-        loaded = timed(rows, f"load_checkpoint ({role})", name, lambda: load_checkpoint(folder / name))
+        loaded = timed(rows, f"load_checkpoint ({role})", name, lambda: load_checkpoint(folder / name, inference=True))
         spec = get_preset(loaded.meta.preset).hierarchy
         detect(loaded.model, [pixels])  # warm-up
         timed(rows, f"detect ({role})", "warm, 2 threads", lambda: detect(loaded.model, [pixels]))

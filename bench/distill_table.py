@@ -100,7 +100,7 @@ def cost(ckpt: str, cache: dict) -> dict:
     from hkd.models.checkpoint import load_checkpoint
     from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
 
-    loaded = load_checkpoint(ckpt)
+    loaded = load_checkpoint(ckpt, inference=True)
     key = loaded.meta.preset
     if key not in cache:
         torch.set_num_threads(2)

@@ -32,7 +32,7 @@ def main() -> int:
     image = load_image(args.frame)
     panels = []
     for name, color in (("teacher", (30, 120, 255)), ("student_baseline", (255, 140, 0)), ("student_hkd", (40, 180, 60))):
-        model = load_checkpoint(ROOT / "assets/checkpoints" / f"{name}.safetensors").model
+        model = load_checkpoint(ROOT / "assets/checkpoints" / f"{name}.safetensors", inference=True).model
         detect(model, [image])  # warm-up
         (found,) = detect(model, [image], score_thresh=args.score)
         print(f"{name}: {len(found)} pedestrians ≥ {args.score}, {found.seconds * 1000:.0f} ms")

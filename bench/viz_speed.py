@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_speed import machine  # noqa: E402
 
 from hkd.models.inference import detect  # noqa: E402
+from hkd.models.optimize import prepare_for_inference  # noqa: E402
 from hkd.models.presets import DEFAULT_STUDENT, DEFAULT_TEACHER, build_detector, get_preset  # noqa: E402
 from hkd.viz import detection_cam, level_views, similarity_profile  # noqa: E402
 
@@ -35,10 +36,10 @@ def load(path: str | None, preset: str, seed: int):
     if path:
         from hkd.models.checkpoint import load_checkpoint
 
-        loaded = load_checkpoint(path)
-        return loaded.model.eval(), get_preset(loaded.meta.preset).hierarchy, loaded.meta.preset
+        loaded = load_checkpoint(path, inference=True)
+        return loaded.model, get_preset(loaded.meta.preset).hierarchy, loaded.meta.preset
     torch.manual_seed(seed)
-    return build_detector(preset).eval(), get_preset(preset).hierarchy, f"{preset} (random init)"
+    return prepare_for_inference(build_detector(preset)), get_preset(preset).hierarchy, f"{preset} (random init)"
 
 
 def street(h: int = 480, w: int = 640, seed: int = 0) -> np.ndarray:

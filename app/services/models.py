@@ -182,7 +182,7 @@ def _sha(path: str, mtime_ns: int, size: int) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _load(key: str, preset: str | None, _path: str) -> LoadedModel:
-    return LoadedModel(load_checkpoint(_path, preset=preset), key)
+    return LoadedModel(load_checkpoint(_path, preset=preset, inference=True), key)
 
 
 def load(ref: dict) -> LoadedModel:

@@ -47,7 +47,10 @@ def describe(checkpoint: str, *, preset: str | None = None, size=(640, 480), ben
         "levels": p.hierarchy.to_rows(),
     }
     if bench:
-        info["latency"] = cpu_latency(loaded.model, *size, threads=threads)
+        from hkd.models.optimize import prepare_for_inference
+
+        # timed as it is run: frozen norms folded, channels-last (FLOPs above are unchanged by it)
+        info["latency"] = cpu_latency(prepare_for_inference(loaded.model), *size, threads=threads)
     return info
 
 

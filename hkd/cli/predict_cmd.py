@@ -46,7 +46,7 @@ def run(args) -> int:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CLIError(f"--gt {args.gt}: not a COCO-style GT file ({exc})") from None
     try:
-        loaded = load_checkpoint(args.checkpoint, preset=args.preset)
+        loaded = load_checkpoint(args.checkpoint, preset=args.preset, inference=True)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     if args.threads:

@@ -174,13 +174,24 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, inference: bool = False) -> LoadedCheckpoint:
     """Rebuild the detector stored in ``path``.
 
     ``.safetensors`` with HKD metadata need nothing else; a foreign file
     (``.pth``/``.pt``/``.bin`` or bare safetensors) needs ``preset``.
-    The returned model is in eval mode on the CPU.
+    The returned model is in eval mode on the CPU. With ``inference=True`` it is
+    also prepared for fast inference (:func:`hkd.models.optimize.prepare_for_inference`:
+    frozen norms folded, channels-last): for running, not for training or saving.
     """
+    loaded = _load_checkpoint(path, preset)
+    if inference:
+        from hkd.models.optimize import prepare_for_inference
+
+        prepare_for_inference(loaded.model)
+    return loaded
+
+
+def _load_checkpoint(path: str | os.PathLike, preset: str | None) -> LoadedCheckpoint:
     path = _existing(path)
     if preset is not None or path.suffix.lower() in PICKLE_SUFFIXES:
         if preset is None:
