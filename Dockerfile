@@ -20,5 +20,5 @@ RUN pip install --no-cache-dir --no-deps -e .
 
 EXPOSE 8501
 # Inside a container the app must listen on all interfaces to be reachable.
-CMD ["streamlit", "run", "app/streamlit_app.py", "--server.address", "0.0.0.0", "--server.port", "8501", \
+CMD ["python", "-m", "app.serve", "--server.address", "0.0.0.0", "--server.port", "8501", \
      "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--server.headless", "true"]

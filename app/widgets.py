@@ -69,6 +69,21 @@ def require_pair() -> tuple[models.LoadedModel, models.LoadedModel]:
     return loaded["teacher"], loaded["student"]
 
 
+def flat_metrics(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """``{"mr": {"Reasonable": 28.3}, "dataset": "…"}`` → ``[("mr/Reasonable", "28.3"), ("dataset", "…")]``:
+    nested dicts flattened with ``/``, numbers rounded, everything text (one column type)."""
+    rows: list[tuple[str, str]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flat_metrics(value, f"{name}/")
+        elif isinstance(value, float):
+            rows.append((name, f"{value:.4g}"))
+        else:
+            rows.append((name, str(value)))
+    return rows
+
+
 def model_card(m: models.LoadedModel) -> None:
     """Preset, classes, input size, provenance and metrics from a checkpoint's metadata."""
     meta, preset = m.meta, m.preset
@@ -81,7 +96,7 @@ def model_card(m: models.LoadedModel) -> None:
     st.dataframe([{"field": k, "value": str(v)} for k, v in provenance.items()], hide_index=True,
                  width="stretch")
     if meta.metrics:
-        st.dataframe([{"metric": k, "value": v} for k, v in meta.metrics.items()], hide_index=True,
+        st.dataframe([{"metric": k, "value": v} for k, v in flat_metrics(meta.metrics)], hide_index=True,
                       width="stretch")
     else:
         st.caption("No evaluation metrics recorded in this checkpoint.")

@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/streamlit run app/streamlit_app.py \
+exec .venv/bin/python -m app.serve \
   --server.address "${HKD_ADDRESS:-127.0.0.1}" --server.port "${HKD_PORT:-8501}" \
   --server.fileWatcherType none --browser.gatherUsageStats false --server.headless true "$@"

@@ -91,3 +91,11 @@ def test_one_cached_model_serves_concurrent_sessions_and_stays_untouched(studio_
     assert not student.model.training
     assert count_hooks(student.model) == 0
     assert all(p.grad is None for p in student.model.parameters())
+
+
+def test_metrics_table_is_text_with_nested_keys_flattened():
+    from app.widgets import flat_metrics
+
+    rows = flat_metrics({"mr": {"Reasonable": 28.2811, "Small": 21.0}, "ap50": 0.6884, "dataset": "SynthPed val"})
+    assert rows == [("mr/Reasonable", "28.28"), ("mr/Small", "21"), ("ap50", "0.6884"), ("dataset", "SynthPed val")]
+    assert all(isinstance(v, str) for _, v in rows)

@@ -36,12 +36,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = STARTUP_TIME
 
 
 def start_server(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``streamlit run app/streamlit_app.py`` in its own process group; returns (process, base url)."""
+    """``python -m app.serve`` (= ``streamlit run app/streamlit_app.py`` + warm-up, as scripts/app.sh
+    starts it) in its own process group; returns (process, base url)."""
     port = free_port()
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
+            [sys.executable, "-m", "app.serve", "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
              "--browser.gatherUsageStats", "false"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
