@@ -12,7 +12,7 @@ up to float rounding.
 
 Channels-last (NHWC) memory lets oneDNN run the depthwise and 1×1 convs
 without layout reorders; together with the folding it takes the default
-student from ~190 to ~125 ms at 640×480 on two cores (docs/BENCHMARKS.md).
+default student 1.5× faster at 640×480 on two cores (docs/BENCHMARKS.md, both columns).
 
 The prepared model has fewer state-dict keys: prepare copies that are only
 run, never saved (the CLI's ``predict``/``info --bench``, the app, the

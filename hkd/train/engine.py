@@ -123,7 +123,7 @@ def build_step(cfg: RunConfig, student: nn.Module) -> tuple[nn.Module, Callable]
     from hkd.distill.config import ConfigError as DistillConfigError
     from hkd.distill.distiller import Distiller
 
-    # the teacher only runs forward (eval, no grad): prepared for inference, ~1.3× faster on CPU
+    # the teacher only runs forward (eval, no grad): prepared for inference, ~1.2× faster on CPU
     teacher = load_checkpoint(cfg.teacher, inference=True)
     t_spec = get_preset(teacher.meta.preset).hierarchy
     s_spec = get_preset(cfg.model.preset).hierarchy
