@@ -4,9 +4,10 @@ plus a warm-up thread.
 Streamlit runs the app's script only when a browser connects, so a first visitor
 would wait for torch, torchvision and timm to import (several seconds on a small
 CPU) before the Models page can draw. Here a background thread imports them, and
-the app's own modules, and loads the default teacher and student into the app's
-shared model cache, while the server starts and the browser loads the frontend;
-the script then finds them ready. Nothing else changes:
+the app's own modules, while the server starts and the browser loads the
+frontend; the script then finds them in ``sys.modules``. (Models are not
+preloaded: a try that loaded the default pair here brought no measurable gain.)
+Nothing else changes:
 the same server, the same options (``scripts/app.sh`` and the Dockerfile use it).
 """
 from __future__ import annotations
@@ -35,17 +36,6 @@ def warm_up() -> None:
         import pyarrow  # noqa: F401
     except Exception as exc:  # pragma: no cover - the page shows the real error
         log.warning("warm-up import failed: %s", exc)
-        return
-    try:  # the default pair, through the app's own cached loader (shared by every session)
-        from app.services import models, settings
-
-        entries = models.scan_folder(settings.models_dir())
-        for role in models.ROLES:
-            ref = models.default_ref(role, entries)
-            if ref:
-                models.load(ref)
-    except Exception as exc:  # pragma: no cover - the Models page reports problems itself
-        log.warning("warm-up model load skipped: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:
