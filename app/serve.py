@@ -1,14 +1,16 @@
 """Start HKD Studio: ``python -m app.serve [streamlit options]`` = ``streamlit run app/streamlit_app.py``
 plus a warm-up thread.
 
-Streamlit runs the app's script only when a browser connects, so a first visitor
-would wait for torch, torchvision and timm to import (several seconds on a small
-CPU) before the Models page can draw. Here a background thread imports them, and
-the app's own modules, while the server starts and the browser loads the
-frontend; the script then finds them in ``sys.modules``. (Models are not
-preloaded: a try that loaded the default pair here brought no measurable gain.)
-Nothing else changes:
-the same server, the same options (``scripts/app.sh`` and the Dockerfile use it).
+The Models page is drawn from the checkpoints' headers and needs neither torch
+nor the models; the other pages do, and importing torch, torchvision (which pulls
+in torch._dynamo) and timm takes about 8 s on a small CPU. Streamlit runs a
+page's script only when a browser asks for it, so here a background thread
+imports first what the Models page needs (pandas and pyarrow for its tables,
+plotly), then torch and the model code, while the server starts, the browser
+loads the frontend and the user reads the first page; later pages find them in
+``sys.modules``. (Models are not preloaded: a try that loaded the default pair
+here brought no measurable gain.) Nothing else changes: the same server, the
+same options (``scripts/app.sh`` and the Dockerfile use it).
 """
 from __future__ import annotations
 
@@ -24,16 +26,22 @@ log = logging.getLogger("hkd.app")
 def warm_up() -> None:
     """Import what every page needs (errors are left for the page to report)."""
     try:
+        # the Models page
+        import pandas  # noqa: F401  (st.dataframe imports it on first use)
         import plotly.graph_objects  # noqa: F401
+        import pyarrow  # noqa: F401
+
+        import hkd.distill.plan  # noqa: F401
+        import hkd.models.meta  # noqa: F401
+
+        # every other page
         import torch  # noqa: F401
         import torchvision  # noqa: F401
 
-        import hkd.models.checkpoint  # noqa: F401  (timm, safetensors, the presets)
+        import hkd.models.checkpoint  # noqa: F401  (timm, safetensors.torch)
         import hkd.models.inference  # noqa: F401
         import hkd.models.optimize  # noqa: F401
         import hkd.models.profile  # noqa: F401
-        import pandas  # noqa: F401  (st.dataframe imports it on first use)
-        import pyarrow  # noqa: F401
     except Exception as exc:  # pragma: no cover - the page shows the real error
         log.warning("warm-up import failed: %s", exc)
 

@@ -5,10 +5,9 @@ import json
 
 import streamlit as st
 
-from hkd.data.images import ImageError
-from hkd.models.checkpoint import CheckpointError
+from hkd.models.meta import CheckpointError
 
-from app.services import images, models, settings
+from app.services import models, settings
 
 
 # -- models -------------------------------------------------------------------
@@ -84,7 +83,7 @@ def flat_metrics(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def model_card(m: models.LoadedModel) -> None:
+def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
     """Preset, classes, input size, provenance and metrics from a checkpoint's metadata."""
     meta, preset = m.meta, m.preset
     st.markdown(f"**{preset.name}** · {preset.role}  \n{preset.description}")
@@ -107,6 +106,8 @@ def model_card(m: models.LoadedModel) -> None:
 # -- images -------------------------------------------------------------------
 def image_select(prefix: str) -> str | None:
     """Sidebar: a sample/uploaded image picker and an uploader. Returns the current image key."""
+    from app.services import images  # imports torch: only the image pages need it
+
     with st.sidebar:
         st.markdown("#### Image")
         picker = st.container()
@@ -128,8 +129,12 @@ def image_select(prefix: str) -> str | None:
     return st.session_state["image_key"]
 
 
-def require_image(prefix: str) -> images.Picture:
+def require_image(prefix: str) -> "images.Picture":
     """The current image, decoded; or a clear message and the end of this page run."""
+    from hkd.data.images import ImageError
+
+    from app.services import images
+
     key = image_select(prefix)
     if key is None:
         st.info("Choose a sample image or upload your own in the sidebar.")

@@ -1,10 +1,12 @@
 """Models: choose the teacher and the student, and compare what they are and what they cost."""
 import streamlit as st
 
-from hkd.models.checkpoint import CheckpointError
+from hkd.models.meta import CheckpointError
 
 from app import widgets
-from app.services import compute, figures, models, settings
+from app.services import figures, models, settings
+
+PROFILE_SIZE = (640, 480)  # the input size of the FLOPs and latency shown (as compute.PROFILE_SIZE)
 
 st.title("Models")
 st.caption("Pick a teacher and a student checkpoint. Every other page compares this pair.")
@@ -33,28 +35,36 @@ if not usable:
     widgets.no_checkpoints_help(models.models_folder())
     st.stop()
 
-loaded: dict[str, models.LoadedModel] = {}
+# Drawn from the checkpoints' headers: their weights load only where they are needed (other
+# pages, the latency button, or a checkpoint whose header does not record its cost).
+infos: dict[str, models.ModelInfo] = {}
+costs: dict[str, dict] = {}
+refs: dict[str, dict] = {}
 for column, role in zip(st.columns(2, gap="large"), models.ROLES):
     with column:
         st.subheader(role.title())
-        ref = widgets.checkpoint_select(role, usable)
+        refs[role] = widgets.checkpoint_select(role, usable)
         try:
-            with st.spinner(f"Loading {ref['path'].rsplit('/', 1)[-1]}…"):
-                loaded[role] = models.load(ref)
+            info = models.info(refs[role])
+            cost = models.recorded_cost(info.meta, PROFILE_SIZE)
+            if cost is None:  # foreign weights or an older checkpoint: load it and count
+                from app.services import compute
+
+                with st.spinner(f"Loading {info.name} and counting its FLOPs (one 640×480 forward)…"):
+                    cost = compute.profile(models.load(refs[role]))
         except (CheckpointError, settings.PathNotAllowed) as exc:
             st.error(f"This checkpoint cannot be loaded: {exc}")
             continue
-        widgets.model_card(loaded[role])
-if len(loaded) < 2:
+        infos[role], costs[role] = info, cost
+        widgets.model_card(info)
+if len(infos) < 2:
     st.stop()
-teacher, student = loaded["teacher"], loaded["student"]
+teacher, student = infos["teacher"], infos["student"]
 
 st.header("Cost per hierarchy")
 st.caption("FLOPs of one forward of a 640×480 image (each model resizes it to its input size, "
            f"teacher min side {teacher.meta.min_size} px, student {student.meta.min_size} px); the ROI head's share "
            "depends on the number of proposals each model keeps.")
-with st.spinner("Counting parameters and FLOPs (one 640×480 forward per model)…"):
-    costs = {role: compute.profile(m) for role, m in loaded.items()}
 ratio = costs["teacher"]["params"]["total"] / max(costs["student"]["params"]["total"], 1)
 flops_ratio = costs["teacher"]["flops"]["total"] / max(costs["student"]["flops"]["total"], 1)
 st.markdown(f"The student has **{ratio:.1f}× fewer parameters** and needs **{flops_ratio:.1f}× fewer FLOPs** "
@@ -66,8 +76,14 @@ st.subheader("CPU latency")
 controls = st.columns([1, 1, 2], vertical_alignment="bottom")
 runs = controls[0].number_input("Timed runs per model", 1, 10, 3, key="models_latency_runs")
 if controls[1].button("Measure CPU latency", key="models_latency", help="640×480 input, 2 threads, 1 warm-up run"):
-    with st.spinner("Timing both models on the CPU…"):
-        st.session_state["models_latency_result"] = {m.key: compute.latency(m, runs) for m in (teacher, student)}
+    from app.services import compute
+
+    try:
+        with st.spinner("Loading both models and timing them on the CPU…"):
+            pair = [models.load(refs[role]) for role in models.ROLES]
+            st.session_state["models_latency_result"] = {m.key: compute.latency(m, runs) for m in pair}
+    except (CheckpointError, settings.PathNotAllowed) as exc:
+        st.error(f"This checkpoint cannot be loaded: {exc}")
 measured = st.session_state.get("models_latency_result", {})
 if teacher.key in measured and student.key in measured:
     lat_t, lat_s = measured[teacher.key]["median_s"], measured[student.key]["median_s"]
@@ -81,11 +97,8 @@ else:
 st.header("Levels and distillation adapters")
 st.caption("Every tappable level of both models, and the adapter that maps the student's tensor onto "
            "the teacher's (channels × stride in input pixels).")
-try:
-    rows = compute.adapter_rows(teacher, student)
-except ImportError as exc:
-    st.info(f"The adapter plan needs hkd.distill.adapters ({exc}).")
-else:
+rows = models.adapter_rows(teacher, student)
+if rows:
     st.dataframe(rows, hide_index=True, width="stretch", column_order=[
         "level", "kind", "student_channels", "student_stride", "teacher_channels", "teacher_stride",
         "adapter", "params"], column_config={"params": st.column_config.NumberColumn("adapter params")})

@@ -17,7 +17,7 @@ from hkd.models.inference import Detections, detect
 from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
 
 from app.services.images import Picture
-from app.services.models import LoadedModel
+from app.services.models import LoadedModel, recorded_cost
 
 # the width × height the Models page reports FLOPs and latency at
 PROFILE_SIZE = (640, 480)
@@ -35,22 +35,13 @@ def profile(m: LoadedModel) -> dict[str, dict[str, int]]:
     Checkpoints written by ``hkd train``/``hkd distill`` carry this in their metadata, which
     spares the Models page a FLOPs-counting forward on first load.
     """
-    cost = m.meta.cost or {}
-    if cost.get("flops_size") == list(PROFILE_SIZE) and "params" in cost and "flops" in cost:
-        return {"params": cost["params"], "flops": cost["flops"]}
-    return _profile(m.key, m.model)
+    recorded = recorded_cost(m.meta, PROFILE_SIZE)
+    return recorded if recorded is not None else _profile(m.key, m.model)
 
 
 def latency(m: LoadedModel, runs: int = 3) -> dict[str, float]:
     """Measured now (never cached): median/min seconds of a 640×480 CPU forward, 2 threads."""
     return cpu_latency(m.model, *PROFILE_SIZE, threads=2, warmup=1, runs=runs)
-
-
-def adapter_rows(teacher: LoadedModel, student: LoadedModel) -> list[dict]:
-    """The level table of both models with the adapter each level pair needs."""
-    from hkd.distill.adapters import adapter_plan
-
-    return adapter_plan(teacher.spec, student.spec)
 
 
 # -- detections ---------------------------------------------------------------

@@ -7,8 +7,6 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from hkd.viz.featmaps import overlay
-
 ROLE_COLORS = {"teacher": "#1f77b4", "student": "#ff7f0e"}
 
 
@@ -24,6 +22,8 @@ def crop(pixels: np.ndarray, box: tuple | None) -> np.ndarray:
 
 def heat_on(pixels: np.ndarray, heat: np.ndarray, opacity: float, box: tuple | None = None) -> np.ndarray:
     """A (h, w) heat map in [0, 1] over the image (or over the region of ``box``)."""
+    from hkd.viz.featmaps import overlay  # torch: not needed by the Models page's charts
+
     return overlay(np.ascontiguousarray(crop(pixels, box)), heat, opacity)
 
 

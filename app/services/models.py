@@ -1,9 +1,11 @@
-"""Checkpoints for HKD Studio: list them, load each one once, remember the chosen pair.
+"""Checkpoints for HKD Studio: list them, describe them, load each one once, remember the chosen pair.
 
-A loaded detector is cached with ``st.cache_resource`` under its file's sha256
-(and the preset, for foreign weights), so every browser session shares one
-model object. ``load_checkpoint`` returns it in eval mode and nothing here or
-in the pages changes it afterwards: taps, CAMs and timings are per call.
+:func:`info` reads a checkpoint's header only (no torch): the Models page is drawn
+from it, so the app's first page appears before torch has even been imported.
+A loaded detector (:func:`load`) is cached with ``st.cache_resource`` under its
+file's sha256 (and the preset, for foreign weights), so every browser session
+shares one model object. ``load_checkpoint`` returns it in eval mode and nothing
+here or in the pages changes it afterwards: taps, CAMs and timings are per call.
 """
 from __future__ import annotations
 
@@ -11,24 +13,27 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 from safetensors import safe_open
 
-from hkd.models.checkpoint import (
+from hkd.models.hierarchy import HierarchySpec
+from hkd.models.meta import (
     META_KEY,
     PICKLE_SUFFIXES,
     SAFE_SUFFIXES,
     CheckpointError,
-    LoadedCheckpoint,
+    CheckpointMeta,
     file_sha256,
-    load_checkpoint,
     read_meta,
 )
-from hkd.models.hierarchy import HierarchySpec
 from hkd.models.presets import PRESETS, Preset, get_preset
 
 from app.services import settings
+
+if TYPE_CHECKING:
+    from hkd.models.checkpoint import LoadedCheckpoint
 
 SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
 ROLES = ("teacher", "student")
@@ -53,6 +58,27 @@ class CheckpointEntry:
     def label(self) -> str:
         kind = self.preset or "foreign weights — pick a preset"
         return f"{self.name} · {kind}" + (" (uploaded)" if self.source == "upload" else "")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a checkpoint says about itself, without its weights (header only)."""
+
+    path: str
+    key: str  # sha256 of the file, plus the preset for foreign weights
+    meta: CheckpointMeta
+
+    @property
+    def preset(self) -> Preset:
+        return get_preset(self.meta.preset)
+
+    @property
+    def spec(self) -> HierarchySpec:
+        return self.preset.hierarchy
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,19 +208,56 @@ def _sha(path: str, mtime_ns: int, size: int) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _load(key: str, preset: str | None, _path: str) -> LoadedModel:
+    from hkd.models.checkpoint import load_checkpoint  # torch: only when weights are needed
+
     return LoadedModel(load_checkpoint(_path, preset=preset, inference=True), key)
 
 
-def load(ref: dict) -> LoadedModel:
-    """The model of ``ref`` (loaded once per file content); raises CheckpointError with a clear message."""
+def _key(ref: dict) -> tuple[Path, str]:
     path = settings.confine(ref["path"])
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     stat = path.stat()
-    sha = _sha(str(path), stat.st_mtime_ns, stat.st_size)
+    return path, f"{_sha(str(path), stat.st_mtime_ns, stat.st_size)}:{ref.get('preset') or ''}"
+
+
+def info(ref: dict) -> ModelInfo:
+    """The header of ``ref``'s checkpoint (no weights, no torch); raises CheckpointError."""
+    path, key = _key(ref)
+    preset = ref.get("preset")
+    if preset is None:
+        return ModelInfo(str(path), key, read_meta(path))
+    try:
+        p = get_preset(preset)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
+    meta = CheckpointMeta(preset=preset, classes=list(p.classes), min_size=p.min_size, max_size=p.max_size,
+                          notes=f"foreign weights from {path.name}")
+    return ModelInfo(str(path), key, meta)
+
+
+def recorded_cost(meta: CheckpointMeta, size: tuple[int, int]) -> dict | None:
+    """``{"params": {hierarchy: n}, "flops": {hierarchy: n}}`` from the metadata if it was
+    measured at ``size`` (checkpoints written by ``hkd train``/``hkd distill`` carry it), else None."""
+    cost = meta.cost or {}
+    if cost.get("flops_size") == list(size) and "params" in cost and "flops" in cost:
+        return {"params": cost["params"], "flops": cost["flops"]}
+    return None
+
+
+def adapter_rows(teacher: ModelInfo | LoadedModel, student: ModelInfo | LoadedModel) -> list[dict]:
+    """The level table of both models with the adapter each level pair needs (from the presets)."""
+    from hkd.distill.plan import adapter_plan
+
+    return adapter_plan(teacher.spec, student.spec)
+
+
+def load(ref: dict) -> LoadedModel:
+    """The model of ``ref`` (loaded once per file content); raises CheckpointError with a clear message."""
+    path, key = _key(ref)
     preset = ref.get("preset")
     try:
-        return _load(f"{sha}:{preset or ''}", preset, str(path))
+        return _load(key, preset, str(path))
     except CheckpointError:
         raise
     except (RuntimeError, ValueError, KeyError, OSError) as exc:  # anything else a bad file may raise

@@ -2,15 +2,32 @@
 
     from hkd.distill import Distiller, load_config
     distiller = Distiller.build(teacher, teacher_spec, student, student_spec, "assets/configs/distill_full.yaml")
-"""
-from hkd.distill.adapters import LevelAdapter, adapter_key, adapter_plan, build_adapters, comparable_levels
-from hkd.distill.config import ConfigError, DistillConfig, LossTerm, Stage, load_config, parse_config
-from hkd.distill.distiller import Distiller, check_transforms, check_wiring, detection_losses, detector_family
-from hkd.distill.losses import LOSSES, LossSpec, attention_map, level_role, losses_for
 
-__all__ = [
-    "Distiller", "detection_losses", "detector_family", "check_transforms", "check_wiring",
-    "DistillConfig", "LossTerm", "Stage", "ConfigError", "load_config", "parse_config",
-    "LevelAdapter", "adapter_key", "adapter_plan", "build_adapters", "comparable_levels",
-    "LOSSES", "LossSpec", "attention_map", "level_role", "losses_for",
-]
+Names load on first use (PEP 562), so ``hkd.distill.plan`` — which levels a pair
+can distill and through which adapter — imports without torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "hkd.distill.adapters": ("LevelAdapter", "adapter_key", "build_adapters"),
+    "hkd.distill.plan": ("adapter_plan", "comparable_levels", "level_role"),
+    "hkd.distill.config": ("ConfigError", "DistillConfig", "LossTerm", "Stage", "load_config", "parse_config"),
+    "hkd.distill.distiller": ("Distiller", "check_transforms", "check_wiring", "detection_losses", "detector_family"),
+    "hkd.distill.losses": ("LOSSES", "LossSpec", "attention_map", "losses_for"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'hkd.distill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -14,6 +14,7 @@ Format (YAML through ``yaml.safe_load``, or JSON; see ``assets/configs/distill_f
       schedule:                               # optional; default: every hierarchy from step 0
         - {until_step: 500, hierarchies: [backbone, neck]}
         - {hierarchies: all}
+      adapters: {fit: least_squares, momentum: 0.9, ridge: 0.001}   # optional; these are the defaults
 
 ``levels`` maps a level name — or a glob such as ``neck.*`` that expands to every
 matching level both models have — to one loss term or a list of them. A term is
@@ -25,6 +26,14 @@ An exact level key overrides what a glob gives that level.
 first matching stage wins, and the last stage has no ``until_step`` (it lasts to
 the end). ``hierarchies`` is ``all`` or a list from ``backbone, neck, rpn, roi, head``;
 terms on other hierarchies are inactive at that step (an empty list: no KD).
+
+``adapters`` says how the 1×1 conv / linear adapters (student → teacher channels)
+are fitted. ``least_squares`` (default): at every step each adapter is set to the
+ridge least-squares map from the student's to the teacher's tensor, over running
+second moments of the recent batches (``momentum``: their decay; ``ridge``: the
+regulariser, relative to the mean variance of the student's channels); the student
+then learns through the best linear read-out of its features. ``gradient``: the
+adapters are trained by the optimiser with the student (FitNets' regressors).
 
 Validation happens in two steps: :func:`parse_config` checks the structure, loss
 names, params and hierarchies without knowing the models; :meth:`DistillConfig.resolve`
@@ -48,8 +57,10 @@ from hkd.distill.losses import LOSSES, level_role, losses_for
 from hkd.models.hierarchy import HIERARCHIES, HierarchySpec
 
 SECTION = "distill"
-SECTION_KEYS = ("levels", "schedule")
+SECTION_KEYS = ("levels", "schedule", "adapters")
 STAGE_KEYS = ("until_step", "hierarchies")
+ADAPTER_KEYS = ("fit", "momentum", "ridge")
+ADAPTER_FITS = ("least_squares", "gradient")
 ALL = "all"
 
 # Range checks of params shared by several losses (name -> (predicate, requirement)).
@@ -112,18 +123,32 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class AdapterFit:
+    """How adapters are fitted (see the module docstring)."""
+
+    fit: str = "least_squares"
+    momentum: float = 0.9
+    ridge: float = 1e-3
+
+    def to_dict(self) -> dict:
+        return {"fit": self.fit, "momentum": self.momentum, "ridge": self.ridge}
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """A validated ``distill:`` section.
 
     Attributes:
         terms: the loss terms, in level order after :meth:`resolve`.
         schedule: the stages; by default one stage with every hierarchy.
+        adapters: how the adapters are fitted.
         resolved: whether the levels were expanded and checked against two specs.
     """
 
     terms: tuple[LossTerm, ...]
     schedule: tuple[Stage, ...] = (Stage(None, HIERARCHIES),)
     resolved: bool = False
+    adapters: AdapterFit = AdapterFit()
 
     @property
     def levels(self) -> list[str]:
@@ -143,11 +168,12 @@ class DistillConfig:
         return [term for term in self.terms if term.hierarchy in active]
 
     def to_dict(self) -> dict:
-        """Plain data (``{"levels": …, "schedule": …}``) that :func:`parse_config` reads back."""
+        """Plain data (``{"levels": …, "schedule": …, "adapters": …}``) that :func:`parse_config` reads back."""
         levels: dict[str, list[dict]] = {}
         for term in self.terms:
             levels.setdefault(term.level if self.resolved else term.source or term.level, []).append(term.to_dict())
-        return {"levels": levels, "schedule": [stage.to_dict() for stage in self.schedule]}
+        return {"levels": levels, "schedule": [stage.to_dict() for stage in self.schedule],
+                "adapters": self.adapters.to_dict()}
 
     def resolve(self, teacher_spec: HierarchySpec, student_spec: HierarchySpec) -> "DistillConfig":
         """Expand globs and check every level and loss against the two models.
@@ -202,7 +228,7 @@ class DistillConfig:
                                       f"(from {seen[term.loss]!r} and {term.source!r})")
                 seen[term.loss] = term.source
                 ordered.append(term)
-        return DistillConfig(tuple(ordered), self.schedule, resolved=True)
+        return DistillConfig(tuple(ordered), self.schedule, resolved=True, adapters=self.adapters)
 
 
 def _is_glob(key: str) -> bool:
@@ -320,7 +346,29 @@ def parse_config(data: Mapping[str, Any]) -> DistillConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"{SECTION}.levels.{key}: loss {dupes[0]!r} listed twice")
-    return DistillConfig(tuple(terms), _parse_schedule(section.get("schedule")))
+    return DistillConfig(tuple(terms), _parse_schedule(section.get("schedule")),
+                         adapters=_parse_adapters(section.get("adapters")))
+
+
+def _parse_adapters(raw: Any) -> AdapterFit:
+    where = f"{SECTION}.adapters"
+    if raw is None:
+        return AdapterFit()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(ADAPTER_KEYS)}")
+    unknown = [k for k in raw if k not in ADAPTER_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(ADAPTER_KEYS)}")
+    fit = raw.get("fit", AdapterFit.fit)
+    if fit not in ADAPTER_FITS:
+        raise ConfigError(f"{where}.fit: unknown fit {fit!r}; choices: {', '.join(ADAPTER_FITS)}")
+    momentum = raw.get("momentum", AdapterFit.momentum)
+    if not _is_number(momentum) or not 0 <= momentum < 1:
+        raise ConfigError(f"{where}.momentum: expected a number in [0, 1), got {momentum!r}")
+    ridge = raw.get("ridge", AdapterFit.ridge)
+    if not _is_number(ridge) or not ridge > 0:
+        raise ConfigError(f"{where}.ridge: expected a number > 0, got {ridge!r}")
+    return AdapterFit(fit, float(momentum), float(ridge))
 
 
 def load_config(

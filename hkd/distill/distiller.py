@@ -162,6 +162,11 @@ class Distiller(nn.Module):
         self.adapters = build_adapters(teacher_spec, student_spec, self.config.levels)
         if first is not None:
             self.adapters.to(device=first.device, dtype=first.dtype)
+        if self.config.adapters.fit == "least_squares":
+            for adapter in self.adapters.values():
+                adapter.use_least_squares()
+            if first is not None:
+                self.adapters.to(device=first.device)
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -302,7 +307,13 @@ class Distiller(nn.Module):
         inputs: dict[str, Any] = {}
         if role in ("feature", "regions", "embedding"):
             size = tuple(teacher.shape[-2:]) if teacher.dim() == 4 else None
-            student = self.adapters[adapter_key(term.level)](student, size, channels=spec.adapt == "full")
+            adapter = self.adapters[adapter_key(term.level)]
+            fit = self.config.adapters
+            if (fit.fit == "least_squares" and spec.adapt == "full" and adapter.learned and self.training
+                    and term.level not in context.fitted):
+                adapter.fit_least_squares(student.detach(), teacher, fit.momentum, fit.ridge)
+                context.fitted.add(term.level)
+            student = adapter(student, size, channels=spec.adapt == "full")
             if role == "feature" and spec.inputs:
                 inputs = context.imitation_inputs(tuple(teacher.shape[-2:]))
         elif role == "objectness":
@@ -350,6 +361,7 @@ class _StepInputs:
         self.roi_labels = roi_labels
         self.roi_targets = roi_targets
         self._rpn_targets: tuple[Tensor, Tensor] | None = None
+        self.fitted: set[str] = set()  # levels whose least-squares adapter was updated this step
 
     def imitation_inputs(self, size: tuple[int, int]) -> dict[str, Any]:
         """GT boxes, stride and the cell anchors of the anchor level whose stride is closest to the map's."""

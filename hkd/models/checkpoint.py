@@ -10,65 +10,32 @@ untrusted file is ever unpickled into code.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import pickle
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-import hkd
+from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API predates hkd.models.meta)
+    FORMAT,
+    META_KEY,
+    PICKLE_SUFFIXES,
+    SAFE_SUFFIXES,
+    CheckpointError,
+    CheckpointMeta,
+    existing as _existing,
+    file_sha256,
+    open_safetensors,
+    preset_or_error as _preset_or_error,
+    read_meta,
+)
 from hkd.models.presets import adapt_coco_state_dict, get_preset
-
-FORMAT = "hkd-checkpoint/1"
-META_KEY = "hkd"
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read; the message names the file and the problem."""
-
-
-@dataclass
-class CheckpointMeta:
-    preset: str
-    classes: list[str] = field(default_factory=lambda: ["background", "pedestrian"])
-    min_size: int = 480
-    max_size: int = 640
-    train_config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    parent: str | None = None
-    library_version: str = hkd.__version__
-    created: str = ""
-    dtype: str = "float32"
-    step: int | None = None
-    notes: str = ""
-    # {"params": {hierarchy: n}, "flops": {hierarchy: n}, "flops_size": [w, h]}, measured when saved
-    cost: dict = field(default_factory=dict)
-    format: str = FORMAT
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "checkpoint") -> "CheckpointMeta":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{source}: HKD metadata is not valid JSON ({exc})") from None
-        if not isinstance(raw, dict) or "preset" not in raw:
-            raise CheckpointError(f"{source}: HKD metadata has no 'preset'")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
 
 @dataclass
 class LoadedCheckpoint:
@@ -76,14 +43,6 @@ class LoadedCheckpoint:
     meta: CheckpointMeta
     path: Path
     sha256: str
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _process_umask() -> int:
@@ -157,30 +116,7 @@ def update_metadata(path: str | os.PathLike, out: str | os.PathLike | None = Non
 
 
 def _open_safetensors(path: Path):
-    try:
-        return safe_open(str(path), framework="pt", device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        text = str(exc)
-        if "MetadataIncompleteBuffer" in text or "incomplete" in text.lower():
-            raise CheckpointError(f"{path}: truncated checkpoint (the file ends before its weights do)") from None
-        raise CheckpointError(f"{path}: not a safetensors checkpoint ({text})") from None
-
-
-def read_meta(path: str | os.PathLike) -> CheckpointMeta:
-    """Metadata of an HKD checkpoint, read from the header only (no weights loaded)."""
-    path = _existing(path)
-    if path.suffix.lower() not in SAFE_SUFFIXES:
-        raise CheckpointError(f"{path}: HKD checkpoints are .safetensors files; use load_foreign_weights for {path.suffix}")
-    with _open_safetensors(path) as fh:
-        header = fh.metadata() or {}
-    if META_KEY not in header:
-        raise CheckpointError(
-            f"{path}: safetensors file without HKD metadata; load it with an explicit preset "
-            "(load_foreign_weights(path, preset) / --preset)"
-        )
-    meta = CheckpointMeta.from_json(header[META_KEY], source=str(path))
-    _preset_or_error(meta.preset, path)
-    return meta
+    return open_safetensors(path, framework="pt")
 
 
 def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, inference: bool = False) -> LoadedCheckpoint:
@@ -287,15 +223,3 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, pr
     model.load_state_dict(state, strict=True)
 
 
-def _preset_or_error(name: str, path: Path):
-    try:
-        return get_preset(name)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: {exc.args[0]}") from None
-
-
-def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    return path

@@ -15,18 +15,14 @@ float tensors in [0, 1]. Label 1 is *pedestrian*.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from timm.layers import freeze_batch_norm_2d
-from torch import nn
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
-
-from hkd.models.backbones import BackboneWithFPN, EfficientNetLiteBody, efficientnet_lite
 from hkd.models.hierarchy import HierarchySpec, Level
+
+if TYPE_CHECKING:  # the registry is plain data: torch, torchvision and timm load when a model is built
+    import torch
+    from torch import nn
+    from torchvision.models.detection import FasterRCNN
 
 CLASSES = ("background", "pedestrian")
 # COCO category index of "person" in torchvision's 91-way heads
@@ -108,6 +104,14 @@ def _lite_frcnn(
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
 ) -> FasterRCNN:
+    from timm.layers import freeze_batch_norm_2d
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from hkd.models.backbones import BackboneWithFPN, EfficientNetLiteBody, efficientnet_lite
+
     # Detection batches are a few images: batch statistics would be noise, so the
     # backbone's BatchNorm layers are frozen at their ImageNet statistics (as
     # torchvision does for its ResNet detectors).

@@ -99,3 +99,29 @@ def test_models_folder_outside_the_allowed_roots_is_refused(app):
     app.text_input(key="models_folder_input").set_value("/etc").run()
     no_exceptions(app)
     assert any("outside the folders" in e.value for e in app.error)
+
+
+def test_models_page_is_drawn_from_checkpoint_headers_without_torch(tmp_path):
+    """The first page must not wait for torch (~8 s to import on a small CPU): it reads headers only."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json, sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(APP)!r}, default_timeout=120).run()\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'charts': len(at.get('plotly_chart')),\n"
+        "                  'errors': [e.value for e in at.error], 'exceptions': [e.message for e in at.exception],\n"
+        "                  'adapters': list(at.dataframe[-1].value['adapter'])}))\n")
+    env = {**os.environ, "HKD_MODELS_DIR": str(root / "assets" / "checkpoints"), "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["exceptions"] == [] and out["errors"] == []
+    assert out["charts"] == 2 and any("1×1 conv" in a for a in out["adapters"])
+    assert out["torch"] is False

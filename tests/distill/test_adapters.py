@@ -106,3 +106,54 @@ def test_levels_without_a_loss_say_so():
     assert rows["head.bbox_deltas"]["adapter"] == "not distilled (no loss applies to this level)"
     assert not rows["head.bbox_deltas"]["comparable"]
     assert rows["neck.p7"]["adapter"] == "—"
+
+
+def _ls_adapter(cs, ct, *, resize=False, linear=False):
+    layer = nn.Linear(cs, ct) if linear else nn.Conv2d(cs, ct, kernel_size=1)
+    from hkd.distill.adapters import LevelAdapter
+    return LevelAdapter(layer, resize=resize).use_least_squares()
+
+
+def test_least_squares_fit_recovers_a_linear_map_across_strides():
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
+    student = torch.randn(2, 4, 8, 10, generator=g)
+    # the teacher is a linear map of the student, at twice the resolution (a finer stride)
+    up = torch.nn.functional.interpolate(student, size=(16, 20), mode="bilinear", align_corners=False)
+    teacher = torch.einsum("oc,nchw->nohw", weight, up) + bias[None, :, None, None]
+    adapter = _ls_adapter(4, 6, resize=True)
+    assert not any(p.requires_grad for p in adapter.parameters())
+    before = (adapter(student, (16, 20)) - teacher).pow(2).mean()
+    adapter.fit_least_squares(student, teacher, momentum=0.9, ridge=1e-9)
+    after = (adapter(student, (16, 20)) - teacher).pow(2).mean()
+    assert after < 1e-8 * before
+    torch.testing.assert_close(adapter.channel.weight[:, :, 0, 0], weight, atol=1e-4, rtol=1e-4)
+    assert int(adapter.fits) == 1
+
+
+def test_least_squares_moments_decay_with_momentum_and_ridge_shrinks():
+    g = torch.Generator().manual_seed(1)
+    adapter = _ls_adapter(3, 2, linear=True)
+    a_x, b_x = torch.randn(50, 3, generator=g), torch.randn(50, 3, generator=g)
+    a_y, b_y = torch.randn(50, 2, generator=g), torch.randn(50, 2, generator=g)
+    adapter.fit_least_squares(a_x, a_y, momentum=0.75, ridge=1e-9)
+    adapter.fit_least_squares(b_x, b_y, momentum=0.75, ridge=1e-9)
+    # the weights solve the weighted problem 0.75·(batch a) + 0.25·(batch b)
+    x = torch.cat([a_x, b_x]).double()
+    x1 = torch.cat([x, torch.ones(100, 1, dtype=torch.float64)], dim=1)
+    w = torch.cat([torch.full((50,), 0.75), torch.full((50,), 0.25)]).double()[:, None]
+    solution = torch.linalg.solve(x1.T @ (w * x1), x1.T @ (w * torch.cat([a_y, b_y]).double()))
+    torch.testing.assert_close(adapter.channel.weight.double(), solution[:-1].T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adapter.channel.bias.double(), solution[-1], atol=1e-5, rtol=1e-5)
+    strong = _ls_adapter(3, 2, linear=True)
+    strong.fit_least_squares(a_x, a_y, ridge=100.0)
+    assert strong.channel.weight.norm() < 0.1 * adapter.channel.weight.norm()
+    assert set(adapter.state_dict()) >= {"moment_xx", "moment_xy", "fits"}  # resumable
+
+
+def test_least_squares_needs_a_switched_conv_adapter():
+    from hkd.distill.adapters import LevelAdapter
+    with pytest.raises(RuntimeError, match="use_least_squares"):
+        LevelAdapter(nn.Conv2d(2, 3, 1)).fit_least_squares(torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 2, 2))
+    identity = LevelAdapter(nn.Identity()).use_least_squares()
+    assert not identity.learned and not hasattr(identity, "moment_xx")

@@ -86,7 +86,11 @@ def test_typos_name_the_key_and_list_the_choices(specs, levels, schedule, bad, c
 
 
 @pytest.mark.parametrize("section, match", [
-    ({"levels": {}, "levles": {}}, "unknown key 'levles'; keys: levels, schedule"),
+    ({"levels": {}, "levles": {}}, "unknown key 'levles'; keys: levels, schedule, adapters"),
+    ({"levels": {}, "adapters": {"fit": "lsq"}}, "adapters.fit: unknown fit 'lsq'; choices: least_squares, gradient"),
+    ({"levels": {}, "adapters": {"momentum": 1.0}}, r"adapters.momentum: expected a number in \[0, 1\)"),
+    ({"levels": {}, "adapters": {"ridge": 0}}, "adapters.ridge: expected a number > 0"),
+    ({"levels": {}, "adapters": {"fits": "gradient"}}, "adapters: unknown key 'fits'; keys: fit, momentum, ridge"),
     ({"levels": {"neck.p3": {"weight": 1.0}}}, "missing 'loss'"),
     ({"levels": {"neck.p3": {"loss": "mse", "weight": -1}}}, r"weight: must be a number >= 0"),
     ({"levels": {"roi.logits": {"loss": "kd_kl", "temperature": 0}}}, r"temperature: must be > 0"),

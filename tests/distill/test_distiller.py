@@ -27,14 +27,18 @@ def twin():
                            {"levels": every_term(preset.hierarchy)})
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """The default teacher/student pair (random init), distilled at every level with every loss."""
+def _pair(fit: str = "least_squares") -> Distiller:
     t_preset, s_preset = get_preset(TEACHER), get_preset(STUDENT)
     torch.manual_seed(0)
     teacher, student = shrink(t_preset.build()), shrink(s_preset.build())
     return Distiller.build(teacher, t_preset.hierarchy, student, s_preset.hierarchy,
-                           {"levels": every_term(s_preset.hierarchy)})
+                           {"levels": every_term(s_preset.hierarchy), "adapters": {"fit": fit}})
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The default teacher/student pair (random init), distilled at every level with every loss."""
+    return _pair()
 
 
 def _expected_kd_keys(spec):
@@ -66,7 +70,9 @@ def test_every_kd_loss_responds_when_the_student_differs(twin, batch):
         assert out[key].item() > 0, key  # masked_mse > 0 also shows the imitation mask is not empty
 
 
-def test_default_pair_forward_backward_reaches_only_student_and_adapters(pair, batch):
+@pytest.mark.parametrize("fit", ["least_squares", "gradient"])
+def test_default_pair_forward_backward_reaches_only_student_and_adapters(fit, batch):
+    pair = _pair(fit)
     plan = {row["level"]: row for row in adapter_plan(pair.teacher_spec, pair.student_spec)}
     for level in ("backbone.c2", "backbone.c3", "backbone.c4", "backbone.c5",
                   "neck.p3", "neck.p4", "neck.p5", "neck.p6"):
@@ -84,12 +90,16 @@ def test_default_pair_forward_backward_reaches_only_student_and_adapters(pair, b
         for name, param in pair.teacher.named_parameters():
             assert not param.requires_grad and param.grad is None, name
         for name, param in pair.adapters.named_parameters():
-            assert param.grad is not None and param.grad.abs().sum() > 0, name
+            if fit == "gradient":  # trained by the optimiser
+                assert param.grad is not None and param.grad.abs().sum() > 0, name
+            else:  # set in closed form at each step, never by gradients
+                assert not param.requires_grad and param.grad is None, name
         for prefix in ("backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor"):
             grads = [p.grad for n, p in pair.student.named_parameters() if n.startswith(prefix)]
             assert any(g is not None and g.abs().sum() > 0 for g in grads), prefix
         trainable = {id(p) for p in pair.trainable_parameters()}
-        assert trainable == {id(p) for p in pair.student.parameters()} | {id(p) for p in pair.adapters.parameters()}
+        adapters = {id(p) for p in pair.adapters.parameters()} if fit == "gradient" else set()
+        assert pair.adapters and trainable == {id(p) for p in pair.student.parameters()} | adapters
         assert not trainable & {id(p) for p in pair.teacher.parameters()}
     finally:
         pair.zero_grad(set_to_none=True)

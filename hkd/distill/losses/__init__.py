@@ -27,7 +27,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from hkd.models.hierarchy import Level
+from hkd.distill.plan import ROLE_BY_NAME as _ROLE_BY_NAME, level_role  # noqa: F401
 
 from hkd.distill.losses.feature import (
     attention,
@@ -55,17 +55,6 @@ ROLES: dict[str, str] = {
     "dense_logits": "single-stage class logits per anchor, (N, A, classes)",
 }
 
-# non-map levels have a role by their logical name (names are stable by design)
-_ROLE_BY_NAME = {
-    "rpn.objectness": "objectness",
-    "rpn.deltas": "anchor_deltas",
-    "roi.features": "regions",
-    "roi.embedding": "embedding",
-    "roi.logits": "class_logits",
-    "roi.deltas": "box_deltas",
-    "head.cls_logits": "dense_logits",
-}
-
 # inputs (keyword-only, no default) the distiller knows how to provide
 INPUTS: dict[str, str] = {
     "gt_boxes": "per image, (G, 4) ground-truth boxes in the transformed batch's coordinates",
@@ -78,13 +67,6 @@ INPUTS: dict[str, str] = {
 # How the student tensor is adapted before the loss: "full" (1×1 conv / linear
 # + resize), "spatial" (resize only: the loss compares across channels itself).
 ADAPT_MODES = ("full", "spatial")
-
-
-def level_role(level: Level) -> str | None:
-    """The role of ``level`` for distillation, or ``None`` if no loss applies to it."""
-    if level.kind == "map":
-        return "feature"
-    return _ROLE_BY_NAME.get(level.name)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""Checkpoint metadata without torch: what the Models page and ``hkd info`` show before any
+weights load (reading it imports neither torch nor the model code).
+
+:mod:`hkd.models.checkpoint` re-exports everything here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+import hkd
+from hkd.models.presets import get_preset
+
+FORMAT = "hkd-checkpoint/1"
+META_KEY = "hkd"
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read; the message names the file and the problem."""
+
+
+@dataclass
+class CheckpointMeta:
+    preset: str
+    classes: list[str] = field(default_factory=lambda: ["background", "pedestrian"])
+    min_size: int = 480
+    max_size: int = 640
+    train_config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    parent: str | None = None
+    library_version: str = hkd.__version__
+    created: str = ""
+    dtype: str = "float32"
+    step: int | None = None
+    notes: str = ""
+    # {"params": {hierarchy: n}, "flops": {hierarchy: n}, "flops_size": [w, h]}, measured when saved
+    cost: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "checkpoint") -> "CheckpointMeta":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{source}: HKD metadata is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict) or "preset" not in raw:
+            raise CheckpointError(f"{source}: HKD metadata has no 'preset'")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_safetensors(path: Path, framework: str = "numpy"):
+    """``safe_open`` with a clear :class:`CheckpointError` for truncated or foreign files."""
+    try:
+        return safe_open(str(path), framework=framework, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        text = str(exc)
+        if "MetadataIncompleteBuffer" in text or "incomplete" in text.lower():
+            raise CheckpointError(f"{path}: truncated checkpoint (the file ends before its weights do)") from None
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({text})") from None
+
+
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """Metadata of an HKD checkpoint, read from the header only (no weights loaded)."""
+    path = existing(path)
+    if path.suffix.lower() not in SAFE_SUFFIXES:
+        raise CheckpointError(f"{path}: HKD checkpoints are .safetensors files; use load_foreign_weights for {path.suffix}")
+    with open_safetensors(path) as fh:
+        header = fh.metadata() or {}
+    if META_KEY not in header:
+        raise CheckpointError(
+            f"{path}: safetensors file without HKD metadata; load it with an explicit preset "
+            "(load_foreign_weights(path, preset) / --preset)"
+        )
+    meta = CheckpointMeta.from_json(header[META_KEY], source=str(path))
+    preset_or_error(meta.preset, path)
+    return meta
+
+
+def preset_or_error(name: str, path: Path):
+    try:
+        return get_preset(name)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from None
+
+
+def existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    return path
