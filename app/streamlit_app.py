@@ -16,9 +16,10 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import widgets  # noqa: E402
+from app import serve, widgets  # noqa: E402
 
-st.set_page_config(page_title="HKD Studio", page_icon=":material/directions_walk:", layout="wide")
+# an emoji, not a :material/…: icon, which the browser would fetch from fonts.gstatic.com
+st.set_page_config(page_title="HKD Studio", page_icon="🚶", layout="wide")
 
 # Shared by every page: the chosen pair, the models folder, the current image and uploads.
 SESSION_DEFAULTS = {
@@ -45,3 +46,4 @@ with st.sidebar:
     st.caption("Hierarchical knowledge distillation of pedestrian detectors")
     widgets.pair_summary()
 page.run()
+serve.first_page_done()  # lets python -m app.serve start importing torch for the other pages

@@ -92,11 +92,9 @@ def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
     provenance = {"created": meta.created or "—", "library version": meta.library_version,
                   "parent": meta.parent or "—", "step": meta.step if meta.step is not None else "—",
                   "notes": meta.notes or "—"}
-    st.dataframe([{"field": k, "value": str(v)} for k, v in provenance.items()], hide_index=True,
-                 width="stretch")
+    st.table([{"field": k, "value": str(v)} for k, v in provenance.items()], hide_index=True)
     if meta.metrics:
-        st.dataframe([{"metric": k, "value": v} for k, v in flat_metrics(meta.metrics)], hide_index=True,
-                      width="stretch")
+        st.table([{"metric": k, "value": v} for k, v in flat_metrics(meta.metrics)], hide_index=True)
     else:
         st.caption("No evaluation metrics recorded in this checkpoint.")
     with st.expander("Training configuration"):

@@ -33,7 +33,7 @@ PY = sys.executable
 def runs(teacher_ckpt: Path) -> list[dict]:
     """name, command, config, seed and extra overrides of every run, in training order."""
     out = [{"name": "teacher", "cmd": "train", "config": "teacher.yaml", "seed": 0, "role": "teacher"}]
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         out.append({"name": f"student_baseline_s{seed}", "cmd": "train", "config": "student_baseline.yaml",
                     "seed": seed, "role": "student (no KD)"})
         out.append({"name": f"student_hkd_s{seed}", "cmd": "distill", "config": "student_hkd.yaml",

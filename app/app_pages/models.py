@@ -97,8 +97,12 @@ else:
 st.header("Levels and distillation adapters")
 st.caption("Every tappable level of both models, and the adapter that maps the student's tensor onto "
            "the teacher's (channels × stride in input pixels).")
+# static tables (st.table), not st.dataframe: its grid is the heaviest script the browser would
+# have to load before the first page appears (about 1 s of the cold start on a 2-core machine)
+columns = {"level": "level", "kind": "kind", "student_channels": "student channels", "student_stride": "student stride",
+           "teacher_channels": "teacher channels", "teacher_stride": "teacher stride", "adapter": "adapter",
+           "params": "adapter params"}
 rows = models.adapter_rows(teacher, student)
 if rows:
-    st.dataframe(rows, hide_index=True, width="stretch", column_order=[
-        "level", "kind", "student_channels", "student_stride", "teacher_channels", "teacher_stride",
-        "adapter", "params"], column_config={"params": st.column_config.NumberColumn("adapter params")})
+    st.table([{title: ("—" if row[key] is None else str(row[key])) for key, title in columns.items()} for row in rows],
+             hide_index=True)

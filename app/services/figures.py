@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import plotly.graph_objects as go
 
@@ -30,6 +29,8 @@ def heat_on(pixels: np.ndarray, heat: np.ndarray, opacity: float, box: tuple | N
 def rgb_on(pixels: np.ndarray, rgb: np.ndarray, opacity: float, box: tuple | None = None) -> np.ndarray:
     """A (h, w, 3) uint8 colour map (e.g. PCA) blended over the image (or the region of ``box``)."""
     base = crop(pixels, box)
+    import cv2  # only the image pages need it
+
     resized = cv2.resize(rgb, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_NEAREST)
     return np.round(base * (1.0 - opacity) + resized * opacity).astype(np.uint8)
 

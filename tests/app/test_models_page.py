@@ -21,10 +21,10 @@ def test_models_page_shows_both_models_costs_and_adapters(app):
     text = _text(app)
     assert TEACHER in text and STUDENT in text and "fewer parameters" in text
     assert len(app.get("plotly_chart")) == 2  # params and FLOPs per hierarchy
-    adapters = app.dataframe[-1].value
+    adapters = app.table[-1].value
     assert {"neck.p3", "backbone.c3", "roi.features"} <= set(adapters["level"])
     assert any("1×1 conv" in str(a) for a in adapters["adapter"])
-    metrics = [str(v) for df in app.dataframe for v in df.value.get("metric", [])]
+    metrics = [str(v) for df in app.table for v in df.value.get("metric", [])]
     assert "mr_reasonable" in metrics
 
 
@@ -117,7 +117,7 @@ def test_models_page_is_drawn_from_checkpoint_headers_without_torch(tmp_path):
         f"at = AppTest.from_file({str(APP)!r}, default_timeout=120).run()\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'charts': len(at.get('plotly_chart')),\n"
         "                  'errors': [e.value for e in at.error], 'exceptions': [e.message for e in at.exception],\n"
-        "                  'adapters': list(at.dataframe[-1].value['adapter'])}))\n")
+        "                  'adapters': list(at.table[-1].value['adapter'])}))\n")
     env = {**os.environ, "HKD_MODELS_DIR": str(root / "assets" / "checkpoints"), "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
