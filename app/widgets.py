@@ -98,7 +98,8 @@ def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
     else:
         st.caption("No evaluation metrics recorded in this checkpoint.")
     with st.expander("Training configuration"):
-        st.code(json.dumps(meta.train_config, indent=2) if meta.train_config else "(none recorded)", language="json")
+        # st.text, not st.code: the code block's highlighter is ~1 s of script for the browser on the first page
+        st.text(json.dumps(meta.train_config, indent=2) if meta.train_config else "(none recorded)")
 
 
 # -- images -------------------------------------------------------------------
