@@ -154,6 +154,15 @@ def table(rows: list[dict], args) -> str:
         lines += ["", f"Mean MR⁻² Reasonable: no-KD student {b:.2f} ({len(base)} seeds), HKD student {h:.2f} "
                       f"({len(hkd)} seeds), teacher {t:.2f}: HKD gains {b - h:.2f} points and closes "
                       f"{100 * closed:.0f}% of the student→teacher gap."]
+        by_seed = {r["seed"]: r["metrics"]["mr"]["Reasonable"] for r in base}
+        paired = [f"seed {r['seed']}: {by_seed[r['seed']] - r['metrics']['mr']['Reasonable']:+.2f}"
+                  for r in hkd if r["seed"] in by_seed]
+        if paired:
+            lines.append(f"Paired by seed (same data order, augmentation and head init), points HKD gains: "
+                         f"{', '.join(paired)}.")
+        floors = {"gain ≥ 3 points": b - h >= 3, "closes ≥ 50% of the gap": closed >= 0.5}
+        lines.append("Floors: " + "; ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in floors.items())
+                     + ".")
     return "\n".join(lines)
 
 
