@@ -100,7 +100,9 @@ class LevelAdapter(nn.Module):
             self.moment_xx.mul_(momentum).add_(xx, alpha=1 - momentum)
             self.moment_xy.mul_(momentum).add_(xy, alpha=1 - momentum)
         self.fits += 1
-        gram = self.moment_xx.double()  # a copy in float64 even if the module was cast
+        # a copy (clone: .double() of a float64 buffer is the buffer itself), so that the ridge
+        # never enters the running moments
+        gram = self.moment_xx.double().clone()
         mean = gram[-1, :-1]
         variance = (gram.diagonal()[:-1] - mean.pow(2)).clamp(min=0).mean().clamp(min=1e-12)
         gram.diagonal()[:-1] += ridge * variance

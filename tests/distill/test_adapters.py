@@ -147,6 +147,8 @@ def test_least_squares_moments_decay_with_momentum_and_ridge_shrinks():
     torch.testing.assert_close(adapter.channel.bias.double(), solution[-1], atol=1e-5, rtol=1e-5)
     strong = _ls_adapter(3, 2, linear=True)
     strong.fit_least_squares(a_x, a_y, ridge=100.0)
+    first = torch.cat([a_x.double(), torch.ones(50, 1, dtype=torch.float64)], dim=1)
+    torch.testing.assert_close(strong.moment_xx, first.T @ first / 50)  # the ridge stays out of the moments
     assert strong.channel.weight.norm() < 0.1 * adapter.channel.weight.norm()
     assert set(adapter.state_dict()) >= {"moment_xx", "moment_xy", "fits"}  # resumable
 
