@@ -6,8 +6,6 @@ from hkd.models.meta import CheckpointError
 from app import widgets
 from app.services import figures, models, settings
 
-PROFILE_SIZE = (640, 480)  # the input size of the FLOPs and latency shown (as compute.PROFILE_SIZE)
-
 st.title("Models")
 st.caption("Pick a teacher and a student checkpoint. Every other page compares this pair.")
 
@@ -46,7 +44,7 @@ for column, role in zip(st.columns(2, gap="large"), models.ROLES):
         refs[role] = widgets.checkpoint_select(role, usable)
         try:
             info = models.info(refs[role])
-            cost = models.recorded_cost(info.meta, PROFILE_SIZE)
+            cost = models.recorded_cost(info.meta, models.PROFILE_SIZE)
             if cost is None:  # foreign weights or an older checkpoint: load it and count
                 from app.services import compute
 

@@ -17,10 +17,7 @@ from hkd.models.inference import Detections, detect
 from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
 
 from app.services.images import Picture
-from app.services.models import LoadedModel, recorded_cost
-
-# the width × height the Models page reports FLOPs and latency at
-PROFILE_SIZE = (640, 480)
+from app.services.models import PROFILE_SIZE, LoadedModel, recorded_cost
 
 
 # -- models -------------------------------------------------------------------

@@ -26,6 +26,7 @@ from hkd.models.meta import (
     CheckpointError,
     CheckpointMeta,
     file_sha256,
+    foreign_meta,
     read_meta,
 )
 from hkd.models.presets import PRESETS, Preset, get_preset
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
 ROLES = ("teacher", "student")
+# the width × height the Models page reports FLOPs and latency at
+PROFILE_SIZE = (640, 480)
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,9 @@ class CheckpointEntry:
         return f"{self.name} · {kind}" + (" (uploaded)" if self.source == "upload" else "")
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a checkpoint says about itself, without its weights (header only)."""
+class _Described:
+    """``preset`` and ``spec`` of anything with a checkpoint ``meta``."""
 
-    path: str
-    key: str  # sha256 of the file, plus the preset for foreign weights
     meta: CheckpointMeta
 
     @property
@@ -76,13 +76,22 @@ class ModelInfo:
     def spec(self) -> HierarchySpec:
         return self.preset.hierarchy
 
+
+@dataclass(frozen=True)
+class ModelInfo(_Described):
+    """What a checkpoint says about itself, without its weights (header only)."""
+
+    path: str
+    key: str  # sha256 of the file, plus the preset for foreign weights
+    meta: CheckpointMeta
+
     @property
     def name(self) -> str:
         return Path(self.path).name
 
 
 @dataclass(frozen=True, eq=False)
-class LoadedModel:
+class LoadedModel(_Described):
     """A loaded detector and what the pages need to know about it."""
 
     checkpoint: LoadedCheckpoint
@@ -93,16 +102,8 @@ class LoadedModel:
         return self.checkpoint.model
 
     @property
-    def meta(self):
+    def meta(self) -> CheckpointMeta:
         return self.checkpoint.meta
-
-    @property
-    def preset(self) -> Preset:
-        return get_preset(self.meta.preset)
-
-    @property
-    def spec(self) -> HierarchySpec:
-        return self.preset.hierarchy
 
     @property
     def name(self) -> str:
@@ -225,15 +226,7 @@ def info(ref: dict) -> ModelInfo:
     """The header of ``ref``'s checkpoint (no weights, no torch); raises CheckpointError."""
     path, key = _key(ref)
     preset = ref.get("preset")
-    if preset is None:
-        return ModelInfo(str(path), key, read_meta(path))
-    try:
-        p = get_preset(preset)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: {exc.args[0]}") from None
-    meta = CheckpointMeta(preset=preset, classes=list(p.classes), min_size=p.min_size, max_size=p.max_size,
-                          notes=f"foreign weights from {path.name}")
-    return ModelInfo(str(path), key, meta)
+    return ModelInfo(str(path), key, read_meta(path) if preset is None else foreign_meta(path, preset))
 
 
 def recorded_cost(meta: CheckpointMeta, size: tuple[int, int]) -> dict | None:

@@ -31,6 +31,7 @@ from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API pred
     CheckpointMeta,
     existing as _existing,
     file_sha256,
+    foreign_meta,
     open_safetensors,
     preset_or_error as _preset_or_error,
     read_meta,
@@ -145,10 +146,7 @@ def _load_checkpoint(path: str | os.PathLike, preset: str | None) -> LoadedCheck
                 "give the preset explicitly (e.g. --preset fasterrcnn_resnet50_fpn.coco_person)"
             )
         model = load_foreign_weights(path, preset)
-        p = get_preset(preset)
-        meta = CheckpointMeta(preset=preset, classes=list(p.classes), min_size=p.min_size, max_size=p.max_size,
-                              notes=f"foreign weights from {path.name}")
-        return LoadedCheckpoint(model.eval(), meta, path, file_sha256(path))
+        return LoadedCheckpoint(model.eval(), foreign_meta(path, preset), path, file_sha256(path))
     meta = read_meta(path)
     with _open_safetensors(path) as fh:
         try:

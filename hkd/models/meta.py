@@ -95,6 +95,17 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     return meta
 
 
+def foreign_meta(path: Path, preset: str) -> CheckpointMeta:
+    """The metadata of foreign weights (no HKD header), from the preset the user names for them.
+
+    Raises:
+        CheckpointError: an unknown preset (the message lists the available ones).
+    """
+    p = preset_or_error(preset, path)
+    return CheckpointMeta(preset=preset, classes=list(p.classes), min_size=p.min_size, max_size=p.max_size,
+                          notes=f"foreign weights from {path.name}")
+
+
 def preset_or_error(name: str, path: Path):
     try:
         return get_preset(name)
