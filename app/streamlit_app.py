@@ -45,5 +45,7 @@ with st.sidebar:
     st.markdown("### HKD Studio")
     st.caption("Hierarchical knowledge distillation of pedestrian detectors")
     widgets.pair_summary()
-page.run()
-serve.first_page_done()  # lets python -m app.serve start importing torch for the other pages
+try:
+    page.run()
+finally:  # also after st.stop(): lets python -m app.serve start importing torch for the other pages
+    serve.first_page_done()
