@@ -45,6 +45,25 @@ def test_boxes_are_those_of_detect_and_box_index_chooses_one(student, student_sp
     _untouched(student)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_gradient_through_the_explained_proposals_only_is_the_full_forwards(which, method, request, image):
+    """The fast path (ROI head re-run on the explained detections' proposals) gives the CAM of
+    the plain ``model(images)`` forward, for all detections and for one."""
+    model = request.getfixturevalue(which)
+    spec = request.getfixturevalue(f"{which}_spec")
+    everything = detection_cam(model, spec, image, method=method, score_thresh=0.3)
+    assert len(everything.boxes) >= 2  # else "all" and "one" would not differ
+    for box_index in (None, len(everything.boxes) - 1):
+        fast = detection_cam(model, spec, image, method=method, box_index=box_index, score_thresh=0.3)
+        full = detection_cam(model, spec, image, method=method, box_index=box_index, score_thresh=0.3,
+                             restrict_proposals=False)
+        np.testing.assert_array_equal(fast.boxes, full.boxes)
+        assert fast.heat.max() > 0.5
+        np.testing.assert_allclose(fast.heat, full.heat, atol=1e-4)
+    _untouched(model)
+
+
 def test_bad_arguments_give_clear_errors(student, student_spec, image, make_detector):
     with pytest.raises(ValueError, match="unknown CAM method 'scorecam'"):
         detection_cam(student, student_spec, image, method="scorecam")
