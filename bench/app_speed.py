@@ -133,15 +133,19 @@ def call_timings(rows: list, folder: Path, image: Path) -> None:
         timed(rows, f"level_views, 8 backbone/FPN levels ({role})", "one backbone forward",
               lambda: level_views(loaded.model, spec, pixels, [lv.name for lv in spec
                                                                  if lv.kind == "map"]))
-        timed(rows, f"Grad-CAM neck.p3, all boxes ≥ 0.5 ({role})", "",
-              lambda: _cam(detection_cam, loaded.model, spec, pixels))
+        for step, kwargs in ((f"Grad-CAM neck.p3, all boxes ≥ 0.5 ({role})", {}),
+                             (f"Grad-CAM neck.p3, full forward ({role})", {"restrict_proposals": False})):
+            what = timed(rows, step, "", lambda: _cam(detection_cam, loaded.model, spec, pixels, **kwargs))
+            rows[-1] = (*rows[-1][:2], f"{what}; {'restrict_proposals=False, for comparison' if kwargs else 'gradient through the explained proposals only'}")
 
 
-def _cam(detection_cam, model, spec, pixels):
+def _cam(detection_cam, model, spec, pixels, **kwargs):
     try:
-        return detection_cam(model, spec, pixels, method="gradcam", level="neck.p3")
+        result = detection_cam(model, spec, pixels, method="gradcam", level="neck.p3", **kwargs)
+        return f"{len(result.boxes)} boxes"
     except ValueError:  # nothing to explain at 0.5: time EigenCAM's forward instead
-        return detection_cam(model, spec, pixels, method="eigencam", level="neck.p3")
+        detection_cam(model, spec, pixels, method="eigencam", level="neck.p3")
+        return "no box ≥ 0.5: EigenCAM timed instead"
 
 
 def cold_start(rows: list, folder: Path) -> None:

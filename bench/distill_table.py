@@ -8,10 +8,11 @@ split with `hkd predict` + `hkd eval` (so the table is reproducible by hand).
 
 Each run is a subprocess of the public CLI writing runs/bench/<name>/; finished
 runs are skipped, interrupted ones resumed. Students share steps and seeds.
-The teacher trains first; then ``--jobs`` students train at once, each with
-``--threads`` torch threads (default: 2 jobs × 1 thread, which on a 2-core
-machine is ~1.5× the throughput of one 2-thread job: small CPU convolutions
-do not scale across threads, and oversubscribing cores makes OpenMP spin).
+``--jobs`` trainings run at once, each with ``--threads`` torch threads
+(default: 2 jobs × 1 thread, which on a 2-core machine is ~1.5× the throughput
+of one 2-thread job: small CPU convolutions do not scale across threads, and
+oversubscribing cores makes OpenMP spin). The teacher and the no-KD students
+start first (they need no teacher); the distilled students wait for the teacher.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,10 +32,17 @@ CONFIGS = ROOT / "assets" / "configs"
 PY = sys.executable
 
 
-def runs(teacher_ckpt: Path) -> list[dict]:
-    """name, command, config, seed and extra overrides of every run, in training order."""
-    out = [{"name": "teacher", "cmd": "train", "config": "teacher.yaml", "seed": 0, "role": "teacher"}]
-    for seed in (0, 1, 2):
+def runs(teacher_ckpt: Path, seeds: list[int], *, teacher_given: bool = False) -> list[dict]:
+    """name, command, config, seed and extra overrides of every run, in training order.
+
+    ``teacher_given``: ``teacher_ckpt`` is an existing checkpoint (``--teacher-checkpoint``);
+    the teacher run is then not trained, and its row evaluates that file.
+    """
+    teacher = {"name": "teacher", "cmd": "train", "config": "teacher.yaml", "seed": 0, "role": "teacher"}
+    if teacher_given:
+        teacher["given"] = teacher_ckpt
+    out = [teacher]
+    for seed in seeds:
         out.append({"name": f"student_baseline_s{seed}", "cmd": "train", "config": "student_baseline.yaml",
                     "seed": seed, "role": "student (no KD)"})
         out.append({"name": f"student_hkd_s{seed}", "cmd": "distill", "config": "student_hkd.yaml",
@@ -65,6 +74,8 @@ def ensure_data(args) -> None:
 
 
 def train_run(run: dict, args) -> None:
+    if "given" in run:
+        return
     out = args.root / run["name"]
     status = {}
     if (out / "status.json").exists():
@@ -86,9 +97,10 @@ def train_run(run: dict, args) -> None:
 
 def evaluate_run(run: dict, args) -> dict | None:
     out = args.root / run["name"]
-    ckpt = out / "checkpoints" / "final.safetensors"
+    ckpt = Path(run.get("given") or out / "checkpoints" / "final.safetensors")
     if not ckpt.exists():
         return None
+    out.mkdir(parents=True, exist_ok=True)
     dets = out / "val_dets.json"
     result = out / "val_eval.json"
     if not result.exists() or result.stat().st_mtime < ckpt.stat().st_mtime:
@@ -98,7 +110,7 @@ def evaluate_run(run: dict, args) -> dict | None:
                                "--dets", dets, "--json"], check=True, capture_output=True, text=True)
         result.write_text(proc.stdout)
     metrics = json.loads(result.read_text())
-    status = json.loads((out / "status.json").read_text())
+    status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
     return {**run, "metrics": metrics, "train_seconds": status.get("seconds"), "ckpt": str(ckpt)}
 
 
@@ -131,7 +143,10 @@ def table(rows: list[dict], args) -> str:
         f"every student {args.student_steps} steps, batch 2. Trainings ran {args.jobs} at a time with "
         f"{args.threads} torch thread(s) each (\"train min\" is wall time under that sharing); latency is "
         "the median of 9 eval forwards at 640×480 on 2 threads, models prepared for inference "
-        "(frozen norms folded, channels-last), on an otherwise idle machine.",
+        "(frozen norms folded, channels-last), on an otherwise idle machine."
+        + (f" The teacher was not trained by this run: every student distils from the existing checkpoint "
+           f"`{_shown(args.teacher_checkpoint)}` (`--teacher-checkpoint`), which the teacher row evaluates."
+           if args.teacher_checkpoint else ""),
         "",
         "| run | role | MR⁻² Reasonable | Small | Heavy | All | AP50 | params | GFLOPs 640×480 | CPU ms 640×480 | train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -139,10 +154,11 @@ def table(rows: list[dict], args) -> str:
     for r in rows:
         c = cost(r["ckpt"], cache)
         mr = r["metrics"]["mr"]
+        minutes = f"{r['train_seconds'] / 60:.0f}" if r.get("train_seconds") else "—"
         lines.append(
             f"| {r['name']} | {r['role']} | {mr['Reasonable']:.2f} | {mr['Small']:.2f} | {mr['Heavy']:.2f} | "
             f"{mr['All']:.2f} | {r['metrics']['ap50']:.3f} | {c['params'] / 1e6:.2f} M | {c['flops'] / 1e9:.1f} | "
-            f"{c['latency_ms']:.0f} | {(r['train_seconds'] or 0) / 60:.0f} |")
+            f"{c['latency_ms']:.0f} | {minutes} |")
     base = [r for r in rows if r["name"].startswith("student_baseline")]
     hkd = [r for r in rows if r["name"].startswith("student_hkd")]
     teacher = [r for r in rows if r["name"] == "teacher"]
@@ -166,6 +182,11 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def _shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 SHIPPED = {"teacher": "teacher", "student_baseline_s0": "student_baseline", "student_hkd_s0": "student_hkd"}
 
 
@@ -177,6 +198,8 @@ def ship(rows: list[dict]) -> None:
     for r in rows:
         if r["name"] in SHIPPED:
             out = ROOT / "assets" / "checkpoints" / f"{SHIPPED[r['name']]}.safetensors"
+            if Path(r["ckpt"]).resolve() == out.resolve():
+                continue  # a given teacher that is already the shipped one
             out.parent.mkdir(parents=True, exist_ok=True)
             metrics = {**r["metrics"], "dataset": "SynthPed val (500 images, seed 1000)"}
             changes = {}
@@ -209,7 +232,11 @@ def main() -> int:
     p.add_argument("--val-images", type=int, default=500)
     p.add_argument("--teacher-steps", type=int, default=400)
     p.add_argument("--student-steps", type=int, default=400)
-    p.add_argument("--jobs", type=int, default=2, help="students trained at once")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds of the no-KD / full-HKD student pair (the ablations use seed 1)")
+    p.add_argument("--teacher-checkpoint", type=Path,
+                   help="distil from this existing teacher checkpoint instead of training one")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training")
     p.add_argument("--only", nargs="*", help="run names to train (default: all)")
     p.add_argument("--table-only", action="store_true", help="only evaluate finished runs and print the table")
@@ -217,7 +244,8 @@ def main() -> int:
     p.add_argument("--ship", action="store_true", help="copy the demo checkpoints to assets/checkpoints/")
     args = p.parse_args()
     ensure_data(args)
-    plan = runs(args.root / "teacher" / "checkpoints" / "final.safetensors")
+    teacher_ckpt = args.teacher_checkpoint or args.root / "teacher" / "checkpoints" / "final.safetensors"
+    plan = runs(Path(teacher_ckpt).resolve(), args.seeds, teacher_given=args.teacher_checkpoint is not None)
     if not args.table_only:
         chosen = [run for run in plan if not args.only or run["name"] in args.only]
 
@@ -226,10 +254,23 @@ def main() -> int:
             train_run(run, args)
             print(f"{run['name']}: {(time.time() - start) / 60:.1f} min", flush=True)
 
-        for run in (r for r in chosen if r["role"] == "teacher"):
-            timed(run)  # the students distil from it
+        teacher_done = threading.Event()
+        if not any(r["role"] == "teacher" for r in chosen):
+            teacher_done.set()
+
+        def job(run: dict) -> None:
+            if "teacher" in run:
+                teacher_done.wait()  # the distilled students need the teacher's final checkpoint
+            try:
+                timed(run)
+            finally:
+                if run["role"] == "teacher":
+                    teacher_done.set()
+
+        # the teacher first, then the runs without a teacher, so they train beside it
+        order = sorted(chosen, key=lambda r: (r["role"] != "teacher", "teacher" in r))
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for future in [pool.submit(timed, r) for r in chosen if r["role"] != "teacher"]:
+            for future in [pool.submit(job, r) for r in order]:
                 future.result()
     rows = [r for r in (evaluate_run(run, args) for run in plan) if r]
     text = table(rows, args)
