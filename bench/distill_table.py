@@ -83,16 +83,24 @@ def train_run(run: dict, args) -> None:
         if status.get("state") == "succeeded":
             return
     steps = args.teacher_steps if run["role"] == "teacher" else args.student_steps
-    cmd = [PY, "-m", "hkd", run["cmd"], "--config", CONFIGS / run["config"], "--out", out, "--no-progress",
-           "--set", f"train.steps={steps}", "--set", f"train.seed={run['seed']}",
-           "--set", f"data.train={args.data / 'train'}", "--set", "data.val=null",
-           "--set", f"train.threads={args.threads}"]
-    if "teacher" in run:
-        cmd += ["--set", f"teacher={run['teacher']}"]
+    overrides = [f"teacher={run['teacher']}"] if "teacher" in run else []
+    cmd = train_command(run["cmd"], CONFIGS / run["config"], out, steps=steps, seed=run["seed"],
+                        train_data=args.data / "train", threads=args.threads, overrides=overrides)
     if status:
         cmd.append("--resume")
     args.root.mkdir(parents=True, exist_ok=True)
     sh(cmd, args.root / f"{run['name']}.console.log")
+
+
+def train_command(command: str, config: Path, out: Path, *, steps: int, seed: int, train_data: Path,
+                  threads: int, overrides: list[str] = ()) -> list:
+    """The ``hkd train|distill`` command line of one benchmark run (no validation during training)."""
+    cmd = [PY, "-m", "hkd", command, "--config", config, "--out", out, "--no-progress",
+           "--set", f"train.steps={steps}", "--set", f"train.seed={seed}",
+           "--set", f"data.train={train_data}", "--set", "data.val=null", "--set", f"train.threads={threads}"]
+    for override in overrides:
+        cmd += ["--set", override]
+    return cmd
 
 
 def evaluate_run(run: dict, args) -> dict | None:
@@ -100,18 +108,24 @@ def evaluate_run(run: dict, args) -> dict | None:
     ckpt = Path(run.get("given") or out / "checkpoints" / "final.safetensors")
     if not ckpt.exists():
         return None
-    out.mkdir(parents=True, exist_ok=True)
-    dets = out / "val_dets.json"
-    result = out / "val_eval.json"
-    if not result.exists() or result.stat().st_mtime < ckpt.stat().st_mtime:
-        sh([PY, "-m", "hkd", "predict", "--checkpoint", ckpt, "--images", args.data / "val" / "images",
-            "--gt", args.data / "val" / "annotations.json", "--out", dets, "--threads", "2"])
-        proc = subprocess.run([PY, "-m", "hkd", "eval", "--gt", args.data / "val" / "annotations.json",
-                               "--dets", dets, "--json"], check=True, capture_output=True, text=True)
-        result.write_text(proc.stdout)
-    metrics = json.loads(result.read_text())
+    metrics = evaluate_checkpoint(ckpt, args.data / "val", out, "val")
     status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
     return {**run, "metrics": metrics, "train_seconds": status.get("seconds"), "ckpt": str(ckpt)}
+
+
+def evaluate_checkpoint(ckpt: Path, split: Path, out: Path, name: str, threads: int = 2) -> dict:
+    """``hkd predict`` + ``hkd eval --json`` of ``ckpt`` on the dataset folder ``split``, kept as
+    ``out/<name>_dets.json`` and ``out/<name>_eval.json`` (redone only when the checkpoint is newer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    dets = out / f"{name}_dets.json"
+    result = out / f"{name}_eval.json"
+    if not result.exists() or result.stat().st_mtime < ckpt.stat().st_mtime:
+        sh([PY, "-m", "hkd", "predict", "--checkpoint", ckpt, "--images", split / "images",
+            "--gt", split / "annotations.json", "--out", dets, "--threads", threads])
+        proc = subprocess.run([PY, "-m", "hkd", "eval", "--gt", split / "annotations.json",
+                               "--dets", dets, "--json"], check=True, capture_output=True, text=True)
+        result.write_text(proc.stdout)
+    return json.loads(result.read_text())
 
 
 def cost(ckpt: str, cache: dict) -> dict:

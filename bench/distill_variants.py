@@ -1,0 +1,80 @@
+"""Distillation configs compared on the tune split: how the weights of distill_full.yaml were chosen.
+
+    hkd synth --out data/synthped/tune --num 200 --seed 2000
+    python bench/distill_variants.py --teacher assets/checkpoints/teacher.safetensors \\
+        --seed 1 none assets/configs/distill_full.yaml bench/variants/*.yaml
+
+Each variant is a distill config (``none``: the no-KD student) trained like a
+student of the distillation benchmark (same data, steps and seed, one torch
+thread, ``--jobs`` at a time) into runs/variants/<name>_s<seed>/, then
+evaluated with ``hkd predict`` + ``hkd eval`` on the *tune* split, never on
+val, so that choosing a config does not leak into the table. Finished runs are
+skipped, interrupted ones resumed; the table goes to stdout and
+runs/variants/table_s<seed>.md.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+from pathlib import Path
+
+from distill_table import CONFIGS, ROOT, evaluate_checkpoint, sh, train_command
+
+
+def variant_name(variant: str) -> str:
+    return "no_kd" if variant == "none" else Path(variant).stem
+
+
+def train_variant(variant: str, args) -> Path:
+    """Train (or resume) one variant; returns its run folder."""
+    out = args.root / f"{variant_name(variant)}_s{args.seed}"
+    status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
+    if status.get("state") != "succeeded":
+        if variant == "none":
+            command, config, overrides = "train", CONFIGS / "student_baseline.yaml", []
+        else:
+            command, config = "distill", CONFIGS / "student_hkd.yaml"
+            overrides = [f"distill={Path(variant).resolve()}", f"teacher={args.teacher.resolve()}"]
+        cmd = train_command(command, config, out, steps=args.steps, seed=args.seed,
+                            train_data=args.data / "train", threads=1, overrides=overrides)
+        if status:
+            cmd.append("--resume")
+        args.root.mkdir(parents=True, exist_ok=True)
+        sh(cmd, args.root / f"{out.name}.console.log")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="+", help="distill config files, or 'none' for the no-KD student")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synthped", help="holds train/ and tune/")
+    p.add_argument("--root", type=Path, default=ROOT / "runs" / "variants")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
+    args = p.parse_args()
+    for variant in args.variants:
+        if variant != "none" and not Path(variant).is_file():
+            p.error(f"{variant}: no such distill config (or 'none' for the no-KD student)")
+    if not (args.data / "tune" / "annotations.json").is_file():
+        p.error(f"{args.data / 'tune'}: no tune split; make it with "
+                "`hkd synth --out data/synthped/tune --num 200 --seed 2000`")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        folders = list(pool.map(lambda v: train_variant(v, args), args.variants))
+    lines = [f"Tune split ({args.data / 'tune'}), seed {args.seed}, {args.steps} steps, teacher {args.teacher}:", "",
+             "| variant | MR⁻² Reasonable | Small | Heavy | All | AP50 |", "|---|---|---|---|---|---|"]
+    for variant, out in zip(args.variants, folders):
+        m = evaluate_checkpoint(out / "checkpoints" / "final.safetensors", args.data / "tune", out, "tune")
+        mr = m["mr"]
+        lines.append(f"| {variant_name(variant)} | {mr['Reasonable']:.2f} | {mr['Small']:.2f} | {mr['Heavy']:.2f} | "
+                     f"{mr['All']:.2f} | {m['ap50']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    (args.root / f"table_s{args.seed}.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
