@@ -207,8 +207,7 @@ class _TwoStageForward:
         heads = model.roi_heads
         with torch.no_grad():
             self.proposals, _ = model.rpn(batch, self.features)
-            logits, deltas = heads.box_predictor(heads.box_head(
-                heads.box_roi_pool(self.features, self.proposals, self.image_sizes)))
+            logits, deltas = self._box_head(self.proposals)
             boxes, scores, labels = heads.postprocess_detections(logits, deltas, self.proposals, self.image_sizes)
             # every proposal's decoded pedestrian box, to find the proposal behind each detection
             decoded = heads.box_coder.decode(deltas, self.proposals).reshape(len(deltas), -1, 4)[:, PEDESTRIAN]
@@ -222,6 +221,11 @@ class _TwoStageForward:
         heads = getattr(model, "roi_heads", None)
         return (all(isinstance(getattr(model, a, None), nn.Module) for a in ("transform", "backbone", "rpn"))
                 and heads is not None and not heads.has_mask() and not heads.has_keypoint())
+
+    def _box_head(self, proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(class logits, box deltas) of the ROI head on ``proposals`` (per image (K, 4))."""
+        heads = self.model.roi_heads
+        return heads.box_predictor(heads.box_head(heads.box_roi_pool(self.features, proposals, self.image_sizes)))
 
     def _postprocess(self, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor]) -> list[dict[str, Tensor]]:
         detections = [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in zip(boxes, scores, labels)]
@@ -242,8 +246,7 @@ class _TwoStageForward:
         iou = box_ops.box_iou(self._boxes[index], self._decoded)  # (T, proposals)
         source = torch.nonzero((iou >= 1.0 - 1e-4).any(dim=0))[:, 0]
         proposals = [self.proposals[0][source]]
-        logits, deltas = heads.box_predictor(heads.box_head(
-            heads.box_roi_pool(self.features, proposals, self.image_sizes)))
+        logits, deltas = self._box_head(proposals)
         boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, self.image_sizes)
         detections = self._postprocess(boxes, scores, labels)[0]
         again = box_ops.box_iou(self.outputs[0]["boxes"][index], detections["boxes"].detach()).argmax(dim=1)
