@@ -76,20 +76,21 @@ def ensure_data(args) -> None:
 def train_run(run: dict, args) -> None:
     if "given" in run:
         return
-    out = args.root / run["name"]
-    status = {}
-    if (out / "status.json").exists():
-        status = json.loads((out / "status.json").read_text())
-        if status.get("state") == "succeeded":
-            return
     steps = args.teacher_steps if run["role"] == "teacher" else args.student_steps
     overrides = [f"teacher={run['teacher']}"] if "teacher" in run else []
-    cmd = train_command(run["cmd"], CONFIGS / run["config"], out, steps=steps, seed=run["seed"],
-                        train_data=args.data / "train", threads=args.threads, overrides=overrides)
-    if status:
-        cmd.append("--resume")
-    args.root.mkdir(parents=True, exist_ok=True)
-    sh(cmd, args.root / f"{run['name']}.console.log")
+    cmd = train_command(run["cmd"], CONFIGS / run["config"], args.root / run["name"], steps=steps,
+                        seed=run["seed"], train_data=args.data / "train", threads=args.threads, overrides=overrides)
+    run_training(cmd, args.root / run["name"])
+
+
+def run_training(cmd: list, out: Path) -> None:
+    """Run ``cmd`` (a :func:`train_command` writing into run folder ``out``) unless that run
+    succeeded already; an interrupted run is resumed. Console output: ``out.console.log`` beside it."""
+    status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
+    if status.get("state") == "succeeded":
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sh(cmd + (["--resume"] if status else []), out.parent / f"{out.name}.console.log")
 
 
 def train_command(command: str, config: Path, out: Path, *, steps: int, seed: int, train_data: Path,

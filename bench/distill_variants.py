@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 from pathlib import Path
 
-from distill_table import CONFIGS, ROOT, evaluate_checkpoint, sh, train_command
+from distill_table import CONFIGS, ROOT, evaluate_checkpoint, run_training, train_command
 
 
 def variant_name(variant: str) -> str:
@@ -29,19 +28,13 @@ def variant_name(variant: str) -> str:
 def train_variant(variant: str, args) -> Path:
     """Train (or resume) one variant; returns its run folder."""
     out = args.root / f"{variant_name(variant)}_s{args.seed}"
-    status = json.loads((out / "status.json").read_text()) if (out / "status.json").exists() else {}
-    if status.get("state") != "succeeded":
-        if variant == "none":
-            command, config, overrides = "train", CONFIGS / "student_baseline.yaml", []
-        else:
-            command, config = "distill", CONFIGS / "student_hkd.yaml"
-            overrides = [f"distill={Path(variant).resolve()}", f"teacher={args.teacher.resolve()}"]
-        cmd = train_command(command, config, out, steps=args.steps, seed=args.seed,
-                            train_data=args.data / "train", threads=1, overrides=overrides)
-        if status:
-            cmd.append("--resume")
-        args.root.mkdir(parents=True, exist_ok=True)
-        sh(cmd, args.root / f"{out.name}.console.log")
+    if variant == "none":
+        command, config, overrides = "train", CONFIGS / "student_baseline.yaml", []
+    else:
+        command, config = "distill", CONFIGS / "student_hkd.yaml"
+        overrides = [f"distill={Path(variant).resolve()}", f"teacher={args.teacher.resolve()}"]
+    run_training(train_command(command, config, out, steps=args.steps, seed=args.seed,
+                               train_data=args.data / "train", threads=1, overrides=overrides), out)
     return out
 
 
