@@ -6,7 +6,8 @@
 
 Each variant is a distill config (``none``: the no-KD student) trained like a
 student of the distillation benchmark (same data, steps and seed, one torch
-thread, ``--jobs`` at a time) into runs/variants/<name>_s<seed>/, then
+thread, ``--jobs`` at a time) into runs/variants/<name>_s<seed>/ (runs/variants<steps>/
+for another ``--steps``), then
 evaluated with ``hkd predict`` + ``hkd eval`` on the *tune* split, never on
 val, so that choosing a config does not leak into the table. Finished runs are
 skipped, interrupted ones resumed; the table goes to stdout and
@@ -45,9 +46,13 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synthped", help="holds train/ and tune/")
-    p.add_argument("--root", type=Path, default=ROOT / "runs" / "variants")
+    p.add_argument("--root", type=Path, default=None,
+                   help="where the runs go (default runs/variants, or runs/variants<steps> when --steps is not 400, "
+                        "so that runs of another length never pass for finished ones)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
     args = p.parse_args()
+    if args.root is None:
+        args.root = ROOT / "runs" / ("variants" if args.steps == 400 else f"variants{args.steps}")
     for variant in args.variants:
         if variant != "none" and not Path(variant).is_file():
             p.error(f"{variant}: no such distill config (or 'none' for the no-KD student)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from hkd.cli import CLIError
@@ -18,6 +19,8 @@ def add_parser(subparsers, name: str) -> None:
                    help="keep detections with score ≥ this (default 0.05: MR-2/AP need the low scores)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image (default 100)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     p.set_defaults(func=run)
 
 
@@ -52,7 +55,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results, skipped = [], []
-    for n, path in enumerate(tqdm(files, desc="predict", unit="img")):
+    for n, path in enumerate(tqdm(files, desc="predict", unit="img",
+                                      disable=args.no_progress or not sys.stderr.isatty())):
         rel = path.relative_to(images_dir).as_posix()
         if ids:
             image_id = ids.get(rel, ids.get(path.name))

@@ -38,7 +38,8 @@ def test_predict_then_eval(tmp_path, capsys):
     assert dets, "random weights with threshold 0 still give detections"
     assert {d["image_id"] for d in dets} <= {10, 11}
     assert all(d["category_id"] == 1 and len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in dets)
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "img/s" not in err and "%|" not in err, "no progress bar when stderr is not a terminal (logs, scripts)"
     assert main(["eval", "--gt", str(tmp_path / "gt.json"), "--dets", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["mr"]) == {"Reasonable", "Small", "Heavy", "All"}
