@@ -76,10 +76,12 @@ def ensure_data(args) -> None:
 def train_run(run: dict, args) -> None:
     if "given" in run:
         return
-    steps = args.teacher_steps if run["role"] == "teacher" else args.student_steps
+    is_teacher = run["role"] == "teacher"
+    steps = args.teacher_steps if is_teacher else args.student_steps
+    threads = args.teacher_threads if is_teacher else args.threads
     overrides = [f"teacher={run['teacher']}"] if "teacher" in run else []
     cmd = train_command(run["cmd"], CONFIGS / run["config"], args.root / run["name"], steps=steps,
-                        seed=run["seed"], train_data=args.data / "train", threads=args.threads, overrides=overrides)
+                        seed=run["seed"], train_data=args.data / "train", threads=threads, overrides=overrides)
     run_training(cmd, args.root / run["name"])
 
 
@@ -156,7 +158,9 @@ def table(rows: list[dict], args) -> str:
         f"date {time.strftime('%Y-%m-%d')}; SynthPed train {args.train_images} images (seed 0), "
         f"val {args.val_images} images (seed 1000); teacher {args.teacher_steps} steps, "
         f"every student {args.student_steps} steps, batch 2. Trainings ran {args.jobs} at a time with "
-        f"{args.threads} torch thread(s) each (\"train min\" is wall time under that sharing); latency is "
+        f"{args.threads} torch thread(s) each"
+        + (f" ({args.teacher_threads} for the teacher)" if args.teacher_threads != args.threads else "")
+        + " (\"train min\" is wall time under that sharing); latency is "
         "the median of 9 eval forwards at 640×480 on 2 threads, models prepared for inference "
         "(frozen norms folded, channels-last), on an otherwise idle machine."
         + (f" The teacher was not trained by this run: every student distils from the existing checkpoint "
@@ -252,12 +256,17 @@ def main() -> int:
     p.add_argument("--teacher-checkpoint", type=Path,
                    help="distil from this existing teacher checkpoint instead of training one")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per student training")
+    p.add_argument("--teacher-threads", type=int, default=None,
+                   help="torch threads of the teacher's training (default: --threads); the teacher is the "
+                        "longest run and the students that need it wait for it, so it may deserve more")
     p.add_argument("--only", nargs="*", help="run names to train (default: all)")
     p.add_argument("--table-only", action="store_true", help="only evaluate finished runs and print the table")
     p.add_argument("--write-docs", action="store_true", help="put the table into docs/BENCHMARKS.md")
     p.add_argument("--ship", action="store_true", help="copy the demo checkpoints to assets/checkpoints/")
     args = p.parse_args()
+    if args.teacher_threads is None:
+        args.teacher_threads = args.threads
     ensure_data(args)
     teacher_ckpt = args.teacher_checkpoint or args.root / "teacher" / "checkpoints" / "final.safetensors"
     plan = runs(Path(teacher_ckpt).resolve(), args.seeds, teacher_given=args.teacher_checkpoint is not None)
