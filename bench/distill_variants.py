@@ -22,6 +22,12 @@ from pathlib import Path
 from distill_table import CONFIGS, ROOT, evaluate_checkpoint, run_training, train_command
 
 
+def default_root(steps: int) -> Path:
+    """runs/variants for the benchmark's 400 steps, runs/variants<steps> otherwise: runs of another
+    length must never pass for finished ones."""
+    return ROOT / "runs" / ("variants" if steps == 400 else f"variants{steps}")
+
+
 def variant_name(variant: str) -> str:
     return "no_kd" if variant == "none" else Path(variant).stem
 
@@ -52,7 +58,7 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
     args = p.parse_args()
     if args.root is None:
-        args.root = ROOT / "runs" / ("variants" if args.steps == 400 else f"variants{args.steps}")
+        args.root = default_root(args.steps)
     for variant in args.variants:
         if variant != "none" and not Path(variant).is_file():
             p.error(f"{variant}: no such distill config (or 'none' for the no-KD student)")

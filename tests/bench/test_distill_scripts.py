@@ -1,0 +1,88 @@
+"""The distillation benchmark scripts' planning: which runs, which command lines, what is skipped."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("distill_table"), importlib.import_module("distill_variants")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _set(cmd: list) -> dict[str, str]:
+    """The ``--set key=value`` overrides of a command line."""
+    out = {}
+    for flag, value in zip(cmd, cmd[1:]):
+        if flag == "--set":
+            key, _, val = str(value).partition("=")
+            out[key] = val
+    return out
+
+
+def test_plan_has_every_run_of_the_table(scripts, tmp_path):
+    table, _ = scripts
+    plan = table.runs(tmp_path / "t.safetensors", [0, 1])
+    names = [r["name"] for r in plan]
+    assert names == ["teacher", "student_baseline_s0", "student_hkd_s0", "student_baseline_s1", "student_hkd_s1",
+                     "ablation_backbone_s1", "ablation_fpn_s1", "ablation_rpn_s1", "ablation_roi_s1"]
+    distilled = [r for r in plan if "teacher" in r]
+    assert {r["teacher"] for r in distilled} == {tmp_path / "t.safetensors"}
+    assert all(r["cmd"] == "distill" for r in distilled)
+    assert "given" not in plan[0]
+    assert table.runs(tmp_path / "t.safetensors", [0], teacher_given=True)[0]["given"] == tmp_path / "t.safetensors"
+
+
+def test_teacher_and_students_get_their_own_steps_and_threads(scripts, tmp_path, monkeypatch):
+    table, _ = scripts
+    calls = []
+    monkeypatch.setattr(table, "run_training", lambda cmd, out: calls.append((cmd, out)))
+    args = SimpleNamespace(teacher_steps=1500, student_steps=800, threads=1, teacher_threads=2,
+                           root=tmp_path, data=tmp_path / "data")
+    teacher, _, hkd = table.runs(tmp_path / "t.safetensors", [0])[:3]
+    table.train_run(teacher, args)
+    table.train_run(hkd, args)
+    (t_cmd, t_out), (s_cmd, s_out) = calls
+    assert _set(t_cmd)["train.steps"] == "1500" and _set(t_cmd)["train.threads"] == "2"
+    assert _set(s_cmd)["train.steps"] == "800" and _set(s_cmd)["train.threads"] == "1"
+    assert _set(s_cmd)["teacher"] == str(tmp_path / "t.safetensors")
+    assert _set(s_cmd)["data.val"] == "null" and _set(s_cmd)["train.seed"] == "0"
+    assert (t_out, s_out) == (tmp_path / "teacher", tmp_path / "student_hkd_s0")
+    calls.clear()
+    table.train_run(table.runs(tmp_path / "t.safetensors", [0], teacher_given=True)[0], args)
+    assert calls == [], "a given teacher is not trained"
+
+
+def test_run_training_skips_finished_runs_and_resumes_interrupted_ones(scripts, tmp_path, monkeypatch):
+    table, _ = scripts
+    ran = []
+    monkeypatch.setattr(table, "sh", lambda cmd, log=None: ran.append(list(cmd)))
+    out = tmp_path / "run"
+    table.run_training(["hkd", "train"], out)
+    assert ran == [["hkd", "train"]], "a new run starts from scratch"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"state": "cancelled", "step": 200}))
+    table.run_training(["hkd", "train"], out)
+    assert ran[-1] == ["hkd", "train", "--resume"]
+    (out / "status.json").write_text(json.dumps({"state": "succeeded", "step": 800}))
+    table.run_training(["hkd", "train"], out)
+    assert len(ran) == 2, "a succeeded run is not trained again"
+
+
+def test_variants_of_another_length_get_their_own_folder(scripts):
+    _, variants = scripts
+    assert variants.default_root(400).name == "variants"
+    assert variants.default_root(800).name == "variants800"
+    assert variants.variant_name("none") == "no_kd"
+    assert variants.variant_name("bench/variants/hints_x10.yaml") == "hints_x10"
