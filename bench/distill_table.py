@@ -222,6 +222,8 @@ def ship(rows: list[dict]) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             metrics = {**r["metrics"], "dataset": "SynthPed val (500 images, seed 1000)"}
             changes = {}
+            if "teacher" in r:  # name the parent as shipped, not as the run folder's final.safetensors
+                changes["parent"] = f"{SHIPPED['teacher']}.safetensors"
             if not read_meta(r["ckpt"]).cost:  # runs from before checkpoints recorded their cost
                 model = load_checkpoint(r["ckpt"]).model
                 changes["cost"] = {"params": params_by_hierarchy(model), "flops": flops_by_hierarchy(model, 640, 480),
