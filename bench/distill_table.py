@@ -209,14 +209,15 @@ def _shown(path: Path) -> str:
 SHIPPED = {"teacher": "teacher", "student_baseline_s0": "student_baseline", "student_hkd_s0": "student_hkd"}
 
 
-def ship(rows: list[dict]) -> None:
-    """Copy the demo checkpoints to assets/checkpoints/ with their validation metrics."""
+def ship(rows: list[dict], dest: Path = ROOT / "assets" / "checkpoints") -> None:
+    """Copy the demo checkpoints to ``dest`` (assets/checkpoints/) with their validation metrics;
+    a distilled student names the shipped teacher file as its parent."""
     from hkd.models.checkpoint import load_checkpoint, read_meta, update_metadata
     from hkd.models.profile import flops_by_hierarchy, params_by_hierarchy
 
     for r in rows:
         if r["name"] in SHIPPED:
-            out = ROOT / "assets" / "checkpoints" / f"{SHIPPED[r['name']]}.safetensors"
+            out = Path(dest) / f"{SHIPPED[r['name']]}.safetensors"
             if Path(r["ckpt"]).resolve() == out.resolve():
                 continue  # a given teacher that is already the shipped one
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,3 +86,29 @@ def test_variants_of_another_length_get_their_own_folder(scripts):
     assert variants.default_root(800).name == "variants800"
     assert variants.variant_name("none") == "no_kd"
     assert variants.variant_name("bench/variants/hints_x10.yaml") == "hints_x10"
+
+
+def test_ship_copies_the_demo_runs_with_metrics_and_the_shipped_parent(scripts, tmp_path):
+    from hkd.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+    from hkd.models.presets import build_detector
+
+    table, _ = scripts
+    student = build_detector("hkd_frcnn_lite0.student", min_size=96, max_size=128).eval()
+    rows = []
+    for name, teacher in (("student_baseline_s0", None), ("student_hkd_s0", tmp_path / "run/teacher/final.safetensors"),
+                          ("student_hkd_s1", tmp_path / "run/teacher/final.safetensors")):
+        ckpt = save_checkpoint(tmp_path / "run" / name / "final.safetensors", student,
+                               CheckpointMeta(preset="hkd_frcnn_lite0.student", min_size=96, max_size=128,
+                                              parent="final.safetensors" if teacher else None,
+                                              cost={"params": {"total": 1}}))
+        row = {"name": name, "role": "r", "ckpt": str(ckpt), "metrics": {"mr": {"Reasonable": 30.0}, "ap50": 0.5}}
+        if teacher:
+            row["teacher"] = teacher
+        rows.append(row)
+    table.ship(rows, dest=tmp_path / "shipped")
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["student_baseline.safetensors",
+                                                                         "student_hkd.safetensors"]
+    hkd = read_meta(tmp_path / "shipped" / "student_hkd.safetensors")
+    assert hkd.parent == "teacher.safetensors"
+    assert hkd.metrics["mr"]["Reasonable"] == 30.0 and hkd.metrics["dataset"].startswith("SynthPed val")
+    assert read_meta(tmp_path / "shipped" / "student_baseline.safetensors").parent is None
