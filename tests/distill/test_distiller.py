@@ -220,7 +220,7 @@ def test_shipped_full_config_builds_for_the_default_pair(pair):
                                 CONFIGS / "distill_full.yaml")
     assert set(distiller.adapters.keys()) == {
         "backbone_c3", "backbone_c4", "backbone_c5", "neck_p3", "neck_p4", "neck_p5", "neck_p6",
-        "rpn_objectness", "rpn_deltas", "roi_features", "roi_logits", "roi_deltas"}
+        "rpn_objectness", "rpn_deltas", "roi_features", "roi_embedding", "roi_logits", "roi_deltas"}
     assert distiller.config.hierarchies_at(0) == ("backbone", "neck")
 
 
