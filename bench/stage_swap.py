@@ -44,14 +44,9 @@ def _map(boxes: Tensor, src: tuple[int, int], dst: tuple[int, int]) -> Tensor:
 
 def _coco(pred: dict[str, Tensor], image_id: int, score_thresh: float = 0.05, max_dets: int = 100) -> list[dict]:
     """COCO results as ``hkd predict`` writes them (the same filtering and rounding as ``detect``)."""
-    import numpy as np
+    from hkd.models.inference import Detections
 
-    from hkd.models.inference import PEDESTRIAN, Detections
-
-    keep = (pred["labels"] == PEDESTRIAN) & (pred["scores"] >= score_thresh)
-    dets = Detections(pred["boxes"][keep][:max_dets].numpy().astype(np.float32),
-                      pred["scores"][keep][:max_dets].numpy().astype(np.float32))
-    return dets.to_coco(image_id)
+    return Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets).to_coco(image_id)
 
 
 def swap(teacher, students: dict[str, object], data, images: int) -> dict[str, list[dict]]:

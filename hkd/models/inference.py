@@ -26,6 +26,15 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    @classmethod
+    def from_prediction(cls, pred: dict, *, score_thresh: float = 0.05, max_dets: int = 100,
+                        seconds: float = 0.0) -> "Detections":
+        """Pedestrians (label 1) with score >= ``score_thresh`` from a torchvision prediction dict, at most ``max_dets``."""
+        keep = (pred["labels"] == PEDESTRIAN) & (pred["scores"] >= score_thresh)
+        boxes = pred["boxes"][keep][:max_dets].detach().cpu().numpy().astype(np.float32)
+        scores = pred["scores"][keep][:max_dets].detach().cpu().numpy().astype(np.float32)
+        return cls(boxes, scores, seconds)
+
     def filter(self, score_thresh: float = 0.0, nms_thresh: float | None = None) -> "Detections":
         """Keep scores >= ``score_thresh``; optionally re-run NMS at IoU ``nms_thresh``."""
         keep = self.scores >= score_thresh
@@ -68,8 +77,5 @@ def detect(model: nn.Module, images: list, *, score_thresh: float = 0.05, max_de
         start = time.perf_counter()
         (pred,) = model([tensor])
         seconds = time.perf_counter() - start
-        keep = (pred["labels"] == PEDESTRIAN) & (pred["scores"] >= score_thresh)
-        boxes = pred["boxes"][keep][:max_dets].numpy().astype(np.float32)
-        scores = pred["scores"][keep][:max_dets].numpy().astype(np.float32)
-        out.append(Detections(boxes, scores, seconds))
+        out.append(Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets, seconds=seconds))
     return out
