@@ -209,9 +209,17 @@ def _shown(path: Path) -> str:
 SHIPPED = {"teacher": "teacher", "student_baseline_s0": "student_baseline", "student_hkd_s0": "student_hkd"}
 
 
-def ship(rows: list[dict], dest: Path = ROOT / "assets" / "checkpoints") -> None:
-    """Copy the demo checkpoints to ``dest`` (assets/checkpoints/) with their validation metrics;
-    a distilled student names the shipped teacher file as its parent."""
+def dataset_label(split_dir: Path) -> str:
+    """``SynthPed val (500 images, seed 1000)``: what a split is, from its annotations' ``info``."""
+    info = json.loads((Path(split_dir) / "annotations.json").read_text()).get("info", {})
+    name = (info.get("description") or "").split(":")[0].strip() or "dataset"
+    seed = f", seed {info['seed']}" if "seed" in info else ""
+    return f"{name} {Path(split_dir).name} ({info.get('num_images', '?')} images{seed})"
+
+
+def ship(rows: list[dict], dataset: str, dest: Path = ROOT / "assets" / "checkpoints") -> None:
+    """Copy the demo checkpoints to ``dest`` (assets/checkpoints/) with their metrics on ``dataset``
+    (see ``dataset_label``); a distilled student names the shipped teacher file as its parent."""
     from hkd.models.checkpoint import load_checkpoint, read_meta, update_metadata
     from hkd.models.profile import flops_by_hierarchy, params_by_hierarchy
 
@@ -221,7 +229,7 @@ def ship(rows: list[dict], dest: Path = ROOT / "assets" / "checkpoints") -> None
             if Path(r["ckpt"]).resolve() == out.resolve():
                 continue  # a given teacher that is already the shipped one
             out.parent.mkdir(parents=True, exist_ok=True)
-            metrics = {**r["metrics"], "dataset": "SynthPed val (500 images, seed 1000)"}
+            metrics = {**r["metrics"], "dataset": dataset}
             changes = {}
             if "teacher" in r:  # name the parent as shipped, not as the run folder's final.safetensors
                 changes["parent"] = f"{SHIPPED['teacher']}.safetensors"
@@ -306,7 +314,7 @@ def main() -> int:
     if args.write_docs:
         write_docs(text)
     if args.ship:
-        ship(rows)
+        ship(rows, dataset_label(args.data / "val"))
     return 0
 
 

@@ -105,10 +105,23 @@ def test_ship_copies_the_demo_runs_with_metrics_and_the_shipped_parent(scripts, 
         if teacher:
             row["teacher"] = teacher
         rows.append(row)
-    table.ship(rows, dest=tmp_path / "shipped")
+    table.ship(rows, "SynthPed val (500 images, seed 1000)", dest=tmp_path / "shipped")
     assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["student_baseline.safetensors",
                                                                          "student_hkd.safetensors"]
     hkd = read_meta(tmp_path / "shipped" / "student_hkd.safetensors")
     assert hkd.parent == "teacher.safetensors"
     assert hkd.metrics["mr"]["Reasonable"] == 30.0 and hkd.metrics["dataset"].startswith("SynthPed val")
     assert read_meta(tmp_path / "shipped" / "student_baseline.safetensors").parent is None
+
+
+def test_dataset_label_reads_the_split_info(scripts, tmp_path):
+    import json
+
+    table, _ = scripts
+    (tmp_path / "val").mkdir()
+    info = {"description": "SynthPed: generated pedestrian benchmark (hkd synth)", "seed": 1000, "num_images": 500}
+    (tmp_path / "val" / "annotations.json").write_text(json.dumps({"info": info, "images": []}))
+    assert table.dataset_label(tmp_path / "val") == "SynthPed val (500 images, seed 1000)"
+    (tmp_path / "cp").mkdir()
+    (tmp_path / "cp" / "annotations.json").write_text(json.dumps({"images": []}))
+    assert table.dataset_label(tmp_path / "cp") == "dataset cp (? images)"
