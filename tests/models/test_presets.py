@@ -27,7 +27,7 @@ def test_default_pair_parameter_ratio_is_at_least_6():
 def test_pretrained_backbone_classifies_a_real_photo(arch):
     model = efficientnet_lite(arch, pretrained=True).eval()
     image = Image.open(DATA / "squirrel.jpg").convert("RGB").resize((224, 224))
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
     x = (x - 0.5) / 0.5  # [-1, 1], as tf_efficientnet_lite expects
     with torch.no_grad():
         probs = model(x[None]).softmax(-1)[0]
