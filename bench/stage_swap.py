@@ -42,11 +42,11 @@ def _map(boxes: Tensor, src: tuple[int, int], dst: tuple[int, int]) -> Tensor:
     return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
 
-def _coco(pred: dict[str, Tensor], image_id: int, score_thresh: float = 0.05, max_dets: int = 100) -> list[dict]:
-    """COCO results as ``hkd predict`` writes them (the same filtering and rounding as ``detect``)."""
+def _coco(pred: dict[str, Tensor], image_id: int) -> list[dict]:
+    """COCO results as ``hkd predict`` writes them (``detect``'s default filtering, the same rounding)."""
     from hkd.models.inference import Detections
 
-    return Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets).to_coco(image_id)
+    return Detections.from_prediction(pred).to_coco(image_id)
 
 
 def swap(teacher, students: dict[str, object], data, images: int) -> dict[str, list[dict]]:
