@@ -4,6 +4,9 @@
 * ``HKD_SAMPLES_DIR`` — sample images (default ``assets/samples``: ``synthped/`` and ``real/``).
 * ``HKD_DATA_ROOTS`` — extra folders the app may read, separated by ``os.pathsep``.
 * ``HKD_MAX_IMAGE_SIDE`` — longer image side above which inputs are downscaled (default 1280 px).
+* ``HKD_JOBS_DIR`` — the background jobs' queue (default ``runs/jobs``; ``hkd jobs`` reads the same).
+* ``HKD_CACHE_DIR`` — on-disk cache of dataset predictions and evaluations (default ``runs/cache``).
+* ``HKD_SYNTHPED_DIR`` — where the SynthPed splits live or are generated (default ``data/synthped``).
 
 Relative paths are taken from the repository root, so the app behaves the same
 whatever folder it was started from. Every path a user can name is confined to
@@ -42,12 +45,25 @@ def upload_dir() -> Path:
     return path.resolve()
 
 
+def jobs_dir() -> Path:
+    return _from_env("HKD_JOBS_DIR", "runs/jobs")
+
+
+def cache_dir() -> Path:
+    return _from_env("HKD_CACHE_DIR", "runs/cache")
+
+
+def synthped_dir() -> Path:
+    return _from_env("HKD_SYNTHPED_DIR", "data/synthped")
+
+
 def max_image_side() -> int:
     return int(os.environ.get("HKD_MAX_IMAGE_SIDE") or 1280)
 
 
 def allowed_roots() -> list[Path]:
-    roots = [models_dir(), samples_dir(), (REPO_ROOT / "assets").resolve(), upload_dir()]
+    roots = [models_dir(), samples_dir(), (REPO_ROOT / "assets").resolve(), upload_dir(), jobs_dir(),
+             synthped_dir()]
     for part in (os.environ.get("HKD_DATA_ROOTS") or "").split(os.pathsep):
         if part.strip():
             roots.append(Path(part.strip()).expanduser().resolve())

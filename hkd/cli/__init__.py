@@ -18,8 +18,10 @@ COMMANDS = {
     "synth": "hkd.cli.synth_cmd",
     "predict": "hkd.cli.predict_cmd",
     "eval": "hkd.cli.eval_cmd",
+    "compare": "hkd.cli.compare_cmd",
     "train": "hkd.cli.train_cmd",
     "distill": "hkd.cli.train_cmd",
+    "jobs": "hkd.cli.jobs_cmd",
 }
 
 

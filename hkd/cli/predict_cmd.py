@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from hkd.cli import CLIError
+from hkd.train.run_folder import write_status
 
 
 def add_parser(subparsers, name: str) -> None:
@@ -19,6 +21,10 @@ def add_parser(subparsers, name: str) -> None:
                    help="keep detections with score ≥ this (default 0.05: MR-2/AP need the low scores)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image (default 100)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N images (in the GT's image order with --gt, else sorted by path)")
+    p.add_argument("--status", type=Path, metavar="JSON",
+                   help="also write progress to this status file (state, step, total), as background jobs read it")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
     p.set_defaults(func=run)
@@ -38,6 +44,8 @@ def run(args) -> int:
     files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CLIError(f"--images {images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if args.limit is not None and args.limit <= 0:
+        raise CLIError(f"--limit must be a positive number of images, got {args.limit}")
     ids: dict[str, int] = {}
     if args.gt:
         try:
@@ -48,15 +56,26 @@ def run(args) -> int:
             raise CLIError(f"--gt {args.gt}: no such file") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CLIError(f"--gt {args.gt}: not a COCO-style GT file ({exc})") from None
+    if args.limit is not None:
+        if ids:  # the GT's first N images, whatever their file order
+            wanted = set(list(ids)[:args.limit])
+            files = [p for p in files if p.relative_to(images_dir).as_posix() in wanted or p.name in wanted]
+        files = files[:args.limit]
     try:
         loaded = load_checkpoint(args.checkpoint, preset=args.preset, inference=True)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.status:
+        write_status(args.status, "running", step=0, total=len(files))
     results, skipped = [], []
+    last_report = time.monotonic()
     for n, path in enumerate(tqdm(files, desc="predict", unit="img",
                                       disable=args.no_progress or not sys.stderr.isatty())):
+        if args.status and time.monotonic() - last_report >= 1.0:
+            write_status(args.status, "running", step=n, total=len(files))
+            last_report = time.monotonic()
         rel = path.relative_to(images_dir).as_posix()
         if ids:
             image_id = ids.get(rel, ids.get(path.name))
@@ -68,6 +87,8 @@ def run(args) -> int:
         try:
             image = load_image(path)
         except ImageError as exc:
+            if args.status:
+                write_status(args.status, "failed", message=str(exc))
             raise CLIError(str(exc)) from None
         (dets,) = detect(loaded.model, [image], score_thresh=args.score_thresh, max_dets=args.max_dets)
         results.extend(dets.to_coco(image_id))
@@ -78,4 +99,7 @@ def run(args) -> int:
     if skipped:
         msg += f" ({len(skipped)} images not in --gt skipped, e.g. {skipped[0]})"
     print(msg)
+    if args.status:
+        write_status(args.status, "succeeded", step=len(files), total=len(files), message=msg,
+                     outputs={"dets": str(out)})
     return 0

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from hkd.cli import CLIError
+from hkd.train.run_folder import write_status
 
 
 def add_parser(subparsers, name: str) -> None:
@@ -34,6 +35,8 @@ def add_parser(subparsers, name: str) -> None:
                         "green normal, yellow vis_ratio < 0.65, grey ignore/crowd")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--status", type=Path, metavar="JSON",
+                   help="also write progress to this status file (state, step, total), as background jobs read it")
     p.set_defaults(func=run)
 
 
@@ -58,6 +61,24 @@ def _config(args):
         raise CLIError(str(exc)) from None
 
 
+def _status_reporter(path: Path | None, total: int):
+    """``on_progress`` for generate(): the status file at most every second, or None."""
+    if path is None:
+        return None
+    import time
+
+    write_status(path, "running", step=0, total=total)
+    last = [0.0]
+
+    def report(done: int, num: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done == num:
+            write_status(path, "running", step=done, total=num)
+            last[0] = now
+
+    return report
+
+
 def run(args) -> int:
     from hkd.data.synth import compute_stats, contact_sheet, format_stats, generate, load
 
@@ -75,11 +96,16 @@ def run(args) -> int:
         if args.workers is not None and args.workers <= 0:
             raise CLIError(f"--workers must be >= 1, got {args.workers}")
         config = _config(args)
+        report = _status_reporter(args.status, args.num)
         try:
             coco = generate(args.out, args.num, args.seed, config, workers=args.workers, overwrite=args.overwrite,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, on_progress=report)
         except FileExistsError as exc:
+            if args.status:
+                write_status(args.status, "failed", message=str(exc))
             raise CLIError(str(exc)) from None
+        if args.status:
+            write_status(args.status, "succeeded", step=args.num, total=args.num, outputs={"dataset": str(args.out)})
         stats = coco["info"]["stats"]
         print(f"wrote {stats['images']} images, {stats['people']} people to {args.out}")
         print(json.dumps(stats, indent=2) if args.json else format_stats(stats))

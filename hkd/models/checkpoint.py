@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API pred
     PICKLE_SUFFIXES,
     SAFE_SUFFIXES,
     CheckpointError,
+    atomic_write,
     CheckpointMeta,
     existing as _existing,
     file_sha256,
@@ -46,31 +46,6 @@ class LoadedCheckpoint:
     sha256: str
 
 
-def _process_umask() -> int:
-    """The umask, read once at import: ``os.umask`` can only be read by setting it, which is
-    process-wide and would race with files other threads (app sessions) create meanwhile."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _process_umask()
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(

@@ -14,8 +14,10 @@ and ``data.train``)::
               threads: 2, workers: 0, save_dtype: float16}
     distill: {...}  or  distill_full.yaml                 # see hkd.distill.config
 
-Paths are resolved relative to the config file. A misspelt key is an error
-that names the key and lists the valid ones.
+Paths written in the config file are relative to the config file; paths given
+on the command line (``--set teacher=runs/t/final.safetensors``) are relative to
+the working directory, like any other command-line path. A misspelt key is an
+error that names the key and lists the valid ones.
 """
 from __future__ import annotations
 
@@ -181,14 +183,34 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
     if cfg.distill is not None and not isinstance(cfg.distill, (dict, str)):
         raise ConfigError("distill: expected a mapping, or the path of a distill config file")
     if base_dir is not None:
-        resolve = lambda p: p if p is None or Path(p).is_absolute() else str((base_dir / p).resolve())  # noqa: E731
-        cfg.data.train = resolve(cfg.data.train)
-        cfg.data.val = resolve(cfg.data.val)
-        cfg.model.init = resolve(cfg.model.init)
-        cfg.teacher = resolve(cfg.teacher)
+        cfg.data.train = _resolve(cfg.data.train, base_dir)
+        cfg.data.val = _resolve(cfg.data.val, base_dir)
+        cfg.model.init = _resolve(cfg.model.init, base_dir)
+        cfg.teacher = _resolve(cfg.teacher, base_dir)
         if isinstance(cfg.distill, str):
-            cfg.distill = resolve(cfg.distill)
+            cfg.distill = _resolve(cfg.distill, base_dir)
     return cfg
+
+
+# the keys that hold paths, as (section, key) or (key,)
+PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("teacher",), ("distill",))
+
+
+def _resolve(path: Any, base_dir: Path) -> Any:
+    if not isinstance(path, str) or not path:
+        return path
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else (base_dir / expanded).resolve())
+
+
+def _resolve_raw_paths(raw: dict, base_dir: Path) -> None:
+    """Resolve the path keys of a raw config mapping against ``base_dir`` in place."""
+    for key in PATH_KEYS:
+        node = raw
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key[-1]), str):
+            node[key[-1]] = _resolve(node[key[-1]], base_dir)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -202,13 +224,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
     raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    # the file's own paths are relative to the file; the command line's to the working directory
+    _resolve_raw_paths(raw, path.parent.resolve())
+    cwd = Path.cwd()
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
         node[parts[-1]] = yaml.safe_load(value)
-    return config_from_dict(raw, base_dir=path.parent, source=str(path))
+        if tuple(parts) in PATH_KEYS and isinstance(node[parts[-1]], str):
+            node[parts[-1]] = _resolve(node[parts[-1]], cwd)
+    return config_from_dict(raw, source=str(path))

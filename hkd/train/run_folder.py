@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hkd.models.checkpoint import atomic_write
+from hkd.models.meta import atomic_write
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -56,18 +56,10 @@ class RunFolder:
 
     # status
     def read_status(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.status_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return read_status(self.status_path)
 
     def write_status(self, state: str, **fields: Any) -> dict[str, Any]:
-        if state not in STATES:
-            raise ValueError(f"unknown run state {state!r}; one of {STATES}")
-        status = {**self.read_status(), **fields, "state": state, "updated": time.time()}
-        text = json.dumps(status, indent=2)
-        atomic_write(self.status_path, lambda tmp: Path(tmp).write_text(text))
-        return status
+        return write_status(self.status_path, state, **fields)
 
     # metrics
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -92,3 +84,28 @@ class RunFolder:
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_status(path: str | os.PathLike) -> dict[str, Any]:
+    """A status file's fields, or {} while it does not exist (or is being replaced)."""
+    try:
+        status = json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def write_status(path: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` and ``state`` into the status file at ``path`` (atomically).
+
+    The same shape serves run folders and the status files of ``hkd predict --status``
+    and ``hkd synth --status``, which the background jobs read.
+    """
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}; one of {STATES}")
+    path = Path(path)
+    status = {**read_status(path), **fields, "state": state, "updated": time.time()}
+    text = json.dumps(status, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return status

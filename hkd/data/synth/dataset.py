@@ -96,8 +96,12 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def generate(out_dir: Path | str, num: int, seed: int = 0, config: SynthConfig | None = None, *,
-             workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Write ``num`` images and ``annotations.json`` into ``out_dir``; returns the COCO dict."""
+             workers: int | None = None, overwrite: bool = False, progress: bool = True,
+             on_progress=None) -> dict[str, Any]:
+    """Write ``num`` images and ``annotations.json`` into ``out_dir``; returns the COCO dict.
+
+    ``on_progress(done, num)`` is called after each image (background jobs report through it).
+    """
     from tqdm import tqdm
 
     if num <= 0:
@@ -125,6 +129,8 @@ def generate(out_dir: Path | str, num: int, seed: int = 0, config: SynthConfig |
             for ann in anns:
                 annotations.append({"id": len(annotations) + 1, "image_id": record["id"], **ann})
             bar.update(1)
+            if on_progress is not None:
+                on_progress(len(images), num)
     finally:
         bar.close()
         if pool is not None:

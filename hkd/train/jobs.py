@@ -1,0 +1,697 @@
+"""Background jobs: a queue of subprocesses, each running the CLI a user would run.
+
+A job is ``python -m hkd distill|train|predict|synth …`` with absolute paths,
+started in its own session (process group) under a small supervisor process
+(``python -m hkd.train.jobs JOB_DIR``) that records how it exited. The queue is
+plain files, so the app, ``hkd jobs`` and an app restarted later all see the
+same jobs::
+
+    HKD_JOBS_DIR/                 (default runs/jobs)
+        .lock                     flock: one process changes the queue at a time
+        <id>/job.json             what was asked, and when/how it was launched (atomic)
+        <id>/output.txt           the job's stdout and stderr
+        <id>/exit.json            written by the supervisor when the command exits
+        <id>/heartbeat            touched by the supervisor every few seconds
+        <id>/run/                 the run folder of a train/distill job submitted without --out
+        <id>/status.json          progress of predict/synth jobs (train/distill: RUN/status.json)
+
+A job's state (``queued``, ``running``, ``succeeded``, ``failed``,
+``cancelled``) is derived, never trusted from a file alone: a launched job is
+``running`` only while its recorded process is alive (same pid *and* start
+time, on the same boot), so a job killed with SIGKILL, by the OOM killer or by
+a reboot shows ``failed`` with its log tail instead of ``running`` forever.
+Once a job has ended its final state is frozen into ``job.json``.
+
+At most ``HKD_MAX_JOBS`` (default 1) run at once; the rest wait in order and
+start as slots free. There is no daemon: :meth:`JobQueue.advance` starts what
+may start, and is called by every queue operation, by the app's pages and by
+each supervisor when its job ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from hkd.models.meta import atomic_write
+from hkd.train.run_folder import STATES, RunFolder, read_status
+
+KINDS = ("train", "distill", "predict", "synth")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+HEARTBEAT_S = 5.0
+# a supervisor whose heartbeat is older than this is dead even if its pid cannot be checked
+HEARTBEAT_DEAD_S = 60.0
+LOG_NAME = "output.txt"
+
+
+class JobError(ValueError):
+    """A job cannot be submitted, found or changed; the message says why."""
+
+
+def jobs_dir() -> Path:
+    """``HKD_JOBS_DIR``, else ``runs/jobs`` under the working directory."""
+    return Path(os.environ.get("HKD_JOBS_DIR") or "runs/jobs").expanduser().resolve()
+
+
+def max_jobs() -> int:
+    raw = os.environ.get("HKD_MAX_JOBS") or "1"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise JobError(f"HKD_MAX_JOBS={raw!r}: expected a whole number of jobs ≥ 1") from None
+    if value < 1:
+        raise JobError(f"HKD_MAX_JOBS={raw!r}: expected a whole number of jobs ≥ 1")
+    return value
+
+
+def default_threads() -> int:
+    """All cores but one (at least one), so the app stays responsive while a job runs."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass
+class Job:
+    """One job as the queue sees it now."""
+
+    id: str
+    kind: str
+    name: str
+    state: str
+    command: list[str]
+    run: str  # the run folder (train/distill) or the job folder
+    created: float
+    updated: float
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    message: str = ""
+    threads: int = 1
+    summary: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # e.g. {"checkpoint": …} or {"dets": …}
+    metrics: dict | None = None  # final evaluation of a train/distill run
+    pid: int | None = None
+    returncode: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    folder: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else (1.0 if self.state == "succeeded" else 0.0)
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_iso"] = _iso(self.created)
+        out["updated_iso"] = _iso(self.updated)
+        return out
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+# ---------------------------------------------------------------------------
+# process identity: pid + start time + boot
+# ---------------------------------------------------------------------------
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _proc_start(pid: int) -> tuple[int | None, str | None]:
+    """(start time in clock ticks since boot, process state letter) from /proc, or (None, None)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None, None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return int(fields[19]), fields[0]
+
+
+def process_alive(pid: int | None, start_ticks: int | None, boot_id: str | None) -> bool | None:
+    """True/False when it can be told whether the recorded process still runs; None when it cannot."""
+    if not pid:
+        return False
+    if boot_id is not None and _boot_id() is not None and boot_id != _boot_id():
+        return False  # the machine restarted since
+    if Path("/proc").is_dir() and start_ticks is not None:
+        ticks, state = _proc_start(pid)
+        return ticks == start_ticks and state not in ("Z", "X")  # a zombie has exited
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return None  # a process with that pid exists, but it may be another one
+
+
+# Popen objects of the supervisors this process launched, polled to reap them (no zombies)
+_children: dict[int, subprocess.Popen] = {}
+
+
+def _reap() -> None:
+    for pid, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[pid]
+
+
+# ---------------------------------------------------------------------------
+# the queue
+# ---------------------------------------------------------------------------
+class JobQueue:
+    """The jobs under ``root`` (default :func:`jobs_dir`), at most ``max_running`` running at once."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, max_running: int | None = None) -> None:
+        self.root = Path(root).expanduser().resolve() if root else jobs_dir()
+        self.max_running = max_running or max_jobs()
+
+    # -- files -------------------------------------------------------------
+    def folder(self, job_id: str) -> Path:
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise JobError(f"{job_id!r} is not a job id")
+        return self.root / job_id
+
+    def _record_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "job.json"
+
+    def _read(self, job_id: str) -> dict:
+        path = self._record_path(job_id)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise JobError(f"no job {job_id!r} in {self.root} (`hkd jobs list` shows the jobs)") from None
+        except json.JSONDecodeError as exc:
+            raise JobError(f"{path}: not a job record ({exc})") from None
+
+    def _write(self, record: dict) -> None:
+        text = json.dumps(record, indent=2)
+        atomic_write(self._record_path(record["id"]), lambda tmp: Path(tmp).write_text(text))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def ids(self) -> list[str]:
+        """Job ids, oldest first (ids start with their creation time)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "job.json").is_file())
+
+    # -- submitting --------------------------------------------------------
+    def submit(self, kind: str, command_args: list[str], *, run: str | os.PathLike | None = None,
+               name: str | None = None, threads: int | None = None, summary: dict | None = None,
+               outputs: dict | None = None, status_path: str | os.PathLike | None = None,
+               job_id: str | None = None) -> Job:
+        """Queue ``python -m hkd <kind> <command_args…>`` (already validated by the caller) and start it
+        if a slot is free. ``run`` is the run folder whose status.json reports progress (train/distill);
+        other kinds report through ``status_path`` (passed to the command as ``--status``)."""
+        if kind not in KINDS:
+            raise JobError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
+        job_id = job_id or new_job_id()
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True, exist_ok=False)
+        now = time.time()
+        record = {
+            "id": job_id, "kind": kind, "name": name or job_id, "created": now,
+            "command": [sys.executable, "-m", "hkd", kind, *[str(a) for a in command_args]],
+            "cwd": str(Path.cwd()), "run": str(Path(run).resolve()) if run else str(folder),
+            "status_path": str(Path(status_path).resolve()) if status_path else
+            str(Path(run).resolve() / "status.json") if run else str(folder / "status.json"),
+            "threads": int(threads or default_threads()), "summary": summary or {}, "outputs": outputs or {},
+            "launch": None, "cancel_requested": False, "final": None, "attempts": [],
+        }
+        self._write(record)
+        self.advance()
+        return self.get(job_id)
+
+    def submit_run(self, kind: str, config: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                   overrides: list[str] | None = None, resume: bool = False, name: str | None = None,
+                   threads: int | None = None) -> Job:
+        """Queue ``hkd train|distill --config CONFIG --out OUT``, checked first (:func:`check_run`).
+
+        Without ``out`` the run folder is ``<job folder>/run``. ``threads`` (default: all cores but
+        one) goes to the run as ``--set train.threads=N``.
+        """
+        if kind not in ("train", "distill"):
+            raise JobError(f"a run job is `train` or `distill`, not {kind!r}")
+        job_id = new_job_id()
+        out_path = Path(out).expanduser().resolve() if out else self.folder(job_id) / "run"
+        threads = int(threads or default_threads())
+        if threads < 1:
+            raise JobError(f"threads must be ≥ 1, got {threads}")
+        sets = [*(overrides or []), f"train.threads={threads}"]
+        cfg = check_run(kind, config, sets, out_path, resume=resume)
+        args = ["--config", str(Path(config).expanduser().resolve()), "--out", str(out_path), "--no-progress"]
+        for item in sets:
+            args += ["--set", item]
+        if resume:
+            args.append("--resume")
+        return self.submit(kind, args, run=out_path, name=name, threads=threads, summary=run_summary(cfg),
+                           job_id=job_id)
+
+    def submit_predict(self, *, checkpoint: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+                       gt: str | os.PathLike | None = None, preset: str | None = None, limit: int | None = None,
+                       threads: int | None = None, name: str | None = None) -> Job:
+        """Queue ``hkd predict`` (COCO results JSON at ``out``), checked first: the checkpoint's header,
+        the images folder, the GT file."""
+        from hkd.models.meta import CheckpointError, foreign_meta, read_meta
+
+        checkpoint, images, out = (Path(p).expanduser().resolve() for p in (checkpoint, images, out))
+        try:
+            meta = foreign_meta(checkpoint, preset) if preset else read_meta(checkpoint)
+        except CheckpointError as exc:
+            raise JobError(str(exc)) from None
+        if "pedestrian" not in meta.classes and "person" not in meta.classes:
+            raise JobError(f"{checkpoint}: its classes ({', '.join(meta.classes)}) include no pedestrian")
+        if not images.is_dir():
+            raise JobError(f"images {images}: not a folder")
+        if gt is not None and not Path(gt).is_file():
+            raise JobError(f"GT {gt}: no such file")
+        if limit is not None and limit <= 0:
+            raise JobError(f"limit must be a positive number of images, got {limit}")
+        threads = int(threads or default_threads())
+        job_id = new_job_id()
+        status = self.folder(job_id) / "status.json"
+        args = ["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--threads", str(threads),
+                "--no-progress", "--status", str(status)]
+        if gt is not None:
+            args += ["--gt", str(Path(gt).expanduser().resolve())]
+        if preset:
+            args += ["--preset", preset]
+        if limit:
+            args += ["--limit", str(limit)]
+        summary = {"checkpoint": checkpoint.name, "images": str(images), "limit": limit}
+        return self.submit("predict", args, name=name or f"predict {checkpoint.stem}", threads=threads,
+                           summary=summary, outputs={"dets": str(out)}, status_path=status, job_id=job_id)
+
+    def submit_synth(self, *, out: str | os.PathLike, num: int, seed: int, threads: int | None = None,
+                     name: str | None = None) -> Job:
+        """Queue ``hkd synth --out OUT --num N --seed S`` (a SynthPed split generated in the background)."""
+        out = Path(out).expanduser().resolve()
+        if num <= 0:
+            raise JobError(f"num must be a positive number of images, got {num}")
+        if out.exists() and any(out.iterdir()):
+            raise JobError(f"{out} is not empty; SynthPed is generated only into a new folder")
+        workers = int(threads or default_threads())
+        job_id = new_job_id()
+        status = self.folder(job_id) / "status.json"
+        args = ["--out", str(out), "--num", str(num), "--seed", str(seed), "--workers", str(workers),
+                "--no-progress", "--status", str(status)]
+        return self.submit("synth", args, name=name or f"SynthPed {out.name}", threads=workers,
+                           summary={"out": str(out), "num": num, "seed": seed}, outputs={"dataset": str(out)},
+                           status_path=status, job_id=job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a cancelled or failed train/distill job again, continuing its run folder (``--resume``)."""
+        with self._locked():
+            record = self._read(job_id)
+            job = self._job(record)
+            if job.kind not in ("train", "distill"):
+                raise JobError(f"job {job_id} is a {job.kind} job; only train/distill jobs can be resumed")
+            if job.state not in ("cancelled", "failed"):
+                raise JobError(f"job {job_id} is {job.state}; only a cancelled or failed job can be resumed")
+            run = RunFolder(record["run"])
+            if not run.checkpoint("last").is_file() or not run.state_path.is_file():
+                raise JobError(f"job {job_id} stopped before its first checkpoint ({run.root} holds none); "
+                               "submit it again instead")
+            record["attempts"].append({"launch": record["launch"], "final": record["final"]})
+            if "--resume" not in record["command"]:
+                record["command"].append("--resume")
+            record.update(launch=None, final=None, cancel_requested=False)
+            self._write(record)
+        self.advance()
+        return self.get(job_id)
+
+    # -- reading -----------------------------------------------------------
+    def get(self, job_id: str) -> Job:
+        _reap()
+        record = self._read(job_id)
+        if record.get("launch") and not record.get("final"):
+            job = self._job(record)
+            if job.finished:  # freeze it (under the lock, once)
+                with self._locked():
+                    record = self._read(job_id)
+                    if not record.get("final"):
+                        job = self._job(record)
+                        if job.finished:
+                            record["final"] = _final_of(job)
+                            self._write(record)
+        return self._job(record)
+
+    def list(self, *, advance: bool = True) -> list[Job]:
+        if advance:
+            self.advance()
+        jobs = []
+        for job_id in self.ids():
+            try:
+                jobs.append(self.get(job_id))
+            except JobError:
+                continue  # a folder being deleted right now
+        return jobs
+
+    def metrics(self, job_id: str) -> list[dict]:
+        record = self._read(job_id)
+        if record["kind"] not in ("train", "distill"):
+            return []
+        return RunFolder(record["run"]).read_metrics()
+
+    def log_tail(self, job_id: str, lines: int = 40) -> str:
+        """The last ``lines`` lines of the job's output (and of the run's log.txt for train/distill)."""
+        record = self._read(job_id)
+        parts = []
+        for path in (self.folder(job_id) / LOG_NAME, Path(record["run"]) / "log.txt"):
+            if path.is_file() and path.resolve() not in [p for p, _ in parts]:
+                parts.append((path.resolve(), _tail(path, lines)))
+        return "\n".join(text for _, text in parts if text).rstrip()
+
+    # -- changing ----------------------------------------------------------
+    def cancel(self, job_id: str) -> Job:
+        """A queued job never starts; a running one gets SIGTERM (its run saves a last checkpoint)."""
+        with self._locked():
+            record = self._read(job_id)
+            job = self._job(record)
+            if job.finished:
+                raise JobError(f"job {job_id} has already {job.state}; nothing to cancel")
+            record["cancel_requested"] = True
+            record["cancel_time"] = time.time()
+            self._write(record)
+            launch = record.get("launch")
+            if launch and job.state == "running":
+                try:
+                    os.killpg(launch["pgid"], signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job that is not running: its folder, with the run folder when it lies inside."""
+        import shutil
+
+        with self._locked():
+            job = self._job(self._read(job_id))
+            if job.state == "running":
+                raise JobError(f"job {job_id} is running; cancel it first")
+            shutil.rmtree(self.folder(job_id))
+
+    def advance(self) -> list[str]:
+        """Start queued jobs, oldest first, while fewer than ``max_running`` run; returns the started ids."""
+        _reap()
+        if not self.root.is_dir():
+            return []
+        started = []
+        with self._locked():
+            records = []
+            for job_id in self.ids():
+                try:
+                    records.append(self._read(job_id))
+                except JobError:
+                    continue
+            running = sum(1 for r in records if self._job(r).state == "running")
+            for record in records:
+                if running >= self.max_running:
+                    break
+                if record.get("launch") is None and not record.get("cancel_requested"):
+                    self._launch(record)
+                    running += 1
+                    started.append(record["id"])
+        return started
+
+    def _launch(self, record: dict) -> None:
+        folder = self.folder(record["id"])
+        for stale in ("exit.json", "heartbeat"):
+            (folder / stale).unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(record["threads"])}
+        with open(folder / LOG_NAME, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "hkd.train.jobs", str(folder)], cwd=record["cwd"],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True)
+        _children[proc.pid] = proc
+        ticks, _ = _proc_start(proc.pid)
+        record["launch"] = {"pid": proc.pid, "pgid": proc.pid, "start_ticks": ticks, "boot_id": _boot_id(),
+                            "started": time.time()}
+        self._write(record)
+
+    # -- state -------------------------------------------------------------
+    def _job(self, record: dict) -> Job:
+        folder = self.folder(record["id"])
+        base = dict(id=record["id"], kind=record["kind"], name=record.get("name") or record["id"],
+                    command=record["command"], run=record["run"], created=record["created"],
+                    threads=record.get("threads", 1), summary=record.get("summary") or {},
+                    outputs=dict(record.get("outputs") or {}), folder=str(folder))
+        final = record.get("final")
+        if final:
+            return Job(**{**base, **final})
+        launch = record.get("launch")
+        if launch is None:
+            state = "cancelled" if record.get("cancel_requested") else "queued"
+            message = "cancelled before it started" if state == "cancelled" else "waiting for a free slot"
+            return Job(**base, updated=record.get("cancel_time", record["created"]), state=state, message=message)
+        status = read_status(record["status_path"])
+        exit_info = _read_json(folder / "exit.json")
+        alive = process_alive(launch.get("pid"), launch.get("start_ticks"), launch.get("boot_id"))
+        if alive is None:  # cannot tell from the pid: trust a fresh heartbeat
+            alive = _heartbeat_age(folder) < HEARTBEAT_DEAD_S
+        alive = alive and exit_info is None  # after exit.json the supervisor is only finishing up
+        fields = dict(step=int(status.get("step") or 0), total=int(status.get("total") or 0),
+                      eta_s=status.get("eta_s"), metrics=status.get("metrics"), pid=launch.get("pid"),
+                      started=launch.get("started"),
+                      updated=max(status.get("updated") or 0, launch.get("started") or 0))
+        outputs = base.pop("outputs")
+        outputs.update(status.get("outputs") or {})
+        if status.get("checkpoint"):
+            outputs["checkpoint"] = status["checkpoint"]
+        if alive:
+            message = status.get("message") or ("cancelling…" if record.get("cancel_requested") else "")
+            return Job(**base, **fields, outputs=outputs, state="running", message=message)
+        returncode = exit_info.get("returncode") if exit_info else None
+        ended = (exit_info or {}).get("ended") or fields["updated"]
+        fields["updated"] = ended
+        state = status.get("state")
+        if state in FINAL_STATES:
+            message = status.get("message") or ""
+            if state == "failed" and not message:
+                message = _last_line(self.log_tail(record["id"], 5))
+        elif record.get("cancel_requested"):
+            state, message = "cancelled", "cancelled by the user"
+        else:
+            state = "failed"
+            if exit_info is None:
+                why = ("its process is gone without a trace: killed (SIGKILL), out of memory, "
+                       "or the machine restarted")
+            elif exit_info.get("signal"):
+                why = f"its process was killed by signal {exit_info['signal']} ({exit_info.get('signal_name')})"
+            else:
+                why = f"its process exited with code {returncode}"
+            last = _last_line(self.log_tail(record["id"], 5))
+            message = f"ended without writing a final state: {why}" + (f" — last output: {last}" if last else "")
+        return Job(**base, **fields, outputs=outputs, state=state, message=message, returncode=returncode, ended=ended)
+
+
+def _final_of(job: Job) -> dict:
+    keep = ("state", "step", "total", "message", "metrics", "outputs", "pid", "returncode", "started", "ended",
+            "updated")
+    out = {k: getattr(job, k) for k in keep}
+    out["eta_s"] = 0 if job.state == "succeeded" else None
+    return out
+
+
+def new_job_id() -> str:
+    """Sortable by creation time: ``20261203-174501-3f9a``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _heartbeat_age(folder: Path) -> float:
+    try:
+        return time.time() - (folder / "heartbeat").stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _tail(path: Path, lines: int) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 64 * 1024))
+        text = fh.read().decode("utf-8", errors="replace")
+    # tqdm/progress output uses carriage returns: keep each line's last state
+    rows = [row.rsplit("\r", 1)[-1] for row in text.splitlines()]
+    return "\n".join(rows[-lines:])
+
+
+def _last_line(text: str) -> str:
+    rows = [row.strip() for row in text.splitlines() if row.strip()]
+    return rows[-1][:300] if rows else ""
+
+
+assert set(FINAL_STATES) | {"queued", "running"} == set(STATES)
+
+
+# ---------------------------------------------------------------------------
+# checks before a launch: refuse what would die at step 0
+# ---------------------------------------------------------------------------
+def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: str | os.PathLike, *,
+              resume: bool = False):
+    """The validated run config of a train/distill job, or :class:`JobError` naming the problem:
+    an invalid config, a teacher/student pair that cannot be distilled, a missing dataset, an
+    ``out`` folder that already holds a run (without ``resume``) or has nothing to resume."""
+    from hkd.models.meta import CheckpointError, read_meta
+    from hkd.models.presets import get_preset
+    from hkd.train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        raise JobError(f"config {config}: {exc}") from None
+    if kind == "distill" and not cfg.teacher:
+        raise JobError(f"config {config}: a distill job needs a `teacher:` checkpoint")
+    if kind == "train" and cfg.teacher:
+        raise JobError(f"config {config}: names a teacher; submit it as a distill job")
+    student = get_preset(cfg.model.preset)
+    if cfg.model.init:
+        try:
+            init = read_meta(cfg.model.init)
+        except CheckpointError as exc:
+            raise JobError(f"model.init: {exc}") from None
+        if init.preset != cfg.model.preset:
+            raise JobError(f"model.init {cfg.model.init} holds {init.preset}, not {cfg.model.preset}")
+    if cfg.teacher:
+        try:
+            teacher = read_meta(cfg.teacher)
+        except CheckpointError as exc:
+            raise JobError(f"teacher: {exc}") from None
+        if list(teacher.classes) != list(student.classes):
+            raise JobError(f"teacher {Path(cfg.teacher).name} predicts {teacher.classes}, the student "
+                           f"({cfg.model.preset}) {list(student.classes)}: a pair must share its classes")
+        from hkd.distill.config import ConfigError as DistillConfigError
+        from hkd.distill.config import load_config as load_distill
+
+        try:
+            load_distill(cfg.distill or {}, get_preset(teacher.preset).hierarchy, student.hierarchy)
+        except (DistillConfigError, OSError) as exc:
+            raise JobError(f"distill: {exc}") from None
+    for what, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+        if path:
+            _check_dataset(what, path)
+    run = RunFolder(out)
+    if resume:
+        if not run.checkpoint("last").is_file() or not run.state_path.is_file():
+            raise JobError(f"{out}: nothing to resume (no checkpoints/last.safetensors or train_state.pt)")
+    elif run.read_status().get("state") not in (None, "queued"):
+        raise JobError(f"{out} already holds a run; resume it or choose another run folder")
+    return cfg
+
+
+def _check_dataset(what: str, path: str) -> None:
+    from hkd.data.datasets import DatasetError, open_dataset
+
+    try:
+        dataset = open_dataset(path)
+    except (DatasetError, FileNotFoundError, ValueError, OSError) as exc:
+        raise JobError(f"{what}: {exc}") from None
+    if len(dataset) == 0:
+        raise JobError(f"{what}: {path} holds no images")
+
+
+def run_summary(cfg) -> dict:
+    """A few words about a run config for the jobs table."""
+    levels = {}
+    distill = cfg.distill
+    if isinstance(distill, str):
+        import yaml
+
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            distill = (yaml.safe_load(Path(distill).read_text()) or {}).get("distill")
+    if isinstance(distill, dict):
+        distill = distill.get("distill", distill)
+        for level, terms in (distill.get("levels") or {}).items():
+            terms = terms if isinstance(terms, list) else [terms]
+            levels[level] = ", ".join(t if isinstance(t, str) else f"{t.get('loss')}×{t.get('weight', 1.0):g}"
+                                      for t in terms)
+    return {"preset": cfg.model.preset, "teacher": Path(cfg.teacher).name if cfg.teacher else None,
+            "init": Path(cfg.model.init).name if cfg.model.init else None, "steps": cfg.train.steps,
+            "lr": cfg.train.lr, "train": cfg.data.train, "levels": levels}
+
+
+# ---------------------------------------------------------------------------
+# the supervisor: python -m hkd.train.jobs JOB_DIR
+# ---------------------------------------------------------------------------
+def supervise(folder: Path) -> int:
+    """Run the job's command, forward SIGTERM to it, record its exit, then start the next queued job."""
+    record = json.loads((folder / "job.json").read_text())
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            (folder / "heartbeat").touch()
+
+    (folder / "heartbeat").touch()
+    threading.Thread(target=beat, daemon=True).start()
+    print(f"[hkd jobs] {record['id']}: {shlex.join(record['command'])}", flush=True)
+    child = subprocess.Popen(record["command"], cwd=record["cwd"], stdin=subprocess.DEVNULL)
+
+    def forward(signum, _frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except InterruptedError:
+            continue
+    stop.set()
+    info: dict[str, Any] = {"returncode": code, "ended": time.time()}
+    if code < 0:
+        info["signal"] = -code
+        info["signal_name"] = signal.Signals(-code).name
+    atomic_write(folder / "exit.json", lambda tmp: Path(tmp).write_text(json.dumps(info)))
+    print(f"[hkd jobs] {record['id']}: exited with code {code}", flush=True)
+    with contextlib.suppress(Exception):  # the next queued job, if any; never fail the finished one for it
+        JobQueue(folder.parent).advance()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1]).resolve()))
