@@ -1,67 +1,95 @@
-"""Detections: teacher and student boxes on the same image, and where they agree."""
+"""Detections: the pair's boxes (and an optional third model's) on one image, and where two of them agree."""
 from collections import Counter
+from itertools import combinations
 
 import streamlit as st
 
+from hkd.models.meta import CheckpointError
 from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
 
 from app import widgets
-from app.services import compute
+from app.services import compute, models, settings
+
+NONE = "none"
+COLOR = {"teacher": COLORS["teacher_only"], "student": COLORS["student_only"], "third": (170, 80, 220)}
+SHORT = {"teacher": "T", "student": "S", "third": "3rd"}
 
 st.title("Detections")
-st.caption("Both models on the same image; every box is classed as agreed, teacher-only or student-only.")
+st.caption("The models on the same image; any two of them compared box by box: agreed, or found by one only.")
 picture = widgets.require_image("det")
 teacher, student = widgets.require_pair()
+
+candidates = compute.third_candidates(models.available()[0], (teacher, student))
+options = [NONE] + [e.path for e in candidates]
+labels = {e.path: e.label for e in candidates} | {NONE: "none"}
+saved = st.session_state.get("third_ref")  # None: not chosen yet; {"path": None}: "none" chosen
+wanted = saved["path"] if saved else compute.default_third(candidates, student)
+third_path = st.selectbox("Third model", options, index=options.index(wanted) if wanted in options else 0,
+                          key="det_third", format_func=labels.get,
+                          help="Shown beside the pair, e.g. the no-KD student next to the HKD student.")
+st.session_state["third_ref"] = {"path": None if third_path == NONE else third_path, "preset": None}
 
 cols = st.columns(4)
 score = cols[0].slider("Score threshold", 0.05, 0.95, 0.5, 0.05, key="det_score")
 nms = cols[1].slider("NMS IoU", 0.3, 0.9, 0.5, 0.05, key="det_nms",
                      help="Non-maximum suppression over the kept boxes: overlaps above this IoU are merged.")
 match_iou = cols[2].slider("Agreement IoU", 0.3, 0.9, 0.5, 0.05, key="det_match",
-                           help="A teacher box and a student box with at least this IoU count as agreed.")
+                           help="Two boxes of the compared models with at least this IoU count as agreed.")
 has_gt = picture.gt_boxes is not None
 show_gt = has_gt and cols[3].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
                          help="Available for the SynthPed samples (from their annotations).")
 
-pair = {"teacher": teacher, "student": student}
-colors = {"teacher": COLORS["teacher_only"], "student": COLORS["student_only"]}
+shown = {"teacher": teacher, "student": student}
+# file names as chosen: identical files share one cached model, which keeps the first one's path
+names = {"teacher": teacher.name, "student": student.name, "third": third_path.rsplit("/", 1)[-1]}
+if third_path != NONE:
+    try:
+        with st.spinner("Loading the third model…"):
+            shown["third"] = models.load({"path": third_path, "preset": None})
+    except (CheckpointError, settings.PathNotAllowed) as exc:
+        st.error(f"The third checkpoint cannot be used: {exc}  \nPick another one or none.")
 found = {}
-for role, m in pair.items():
-    with st.spinner(f"Running the {role} ({m.name})…"):
+for role, m in shown.items():
+    with st.spinner(f"Running the {role} ({names[role]})…"):
         found[role] = compute.detections(m, picture).filter(score, nms)
 
 height, width = picture.pixels.shape[:2]
-for column, (role, m) in zip(st.columns(2, gap="large"), pair.items()):
+for column, (role, m) in zip(st.columns(len(shown), gap="large"), shown.items()):
     with column:
-        st.subheader(f"{role.title()} · {m.name}")
+        st.subheader(f"{role.title()} · {names[role]}")
         dets = found[role]
-        st.image(draw_boxes(picture.pixels, dets.boxes, scores=dets.scores, color=colors[role]), width="stretch")
+        st.image(draw_boxes(picture.pixels, dets.boxes, scores=dets.scores, color=COLOR[role]), width="stretch")
         st.caption(f"**{len(dets)} pedestrians** with score ≥ {score:.2f} · inference **{dets.seconds * 1000:.0f} ms** "
                    f"on the CPU for {picture.name} ({width}×{height}; first run, cached afterwards)")
 
 st.header("Agreement")
-rows = compare_detections(found["teacher"].boxes, found["teacher"].scores, found["student"].boxes,
-                          found["student"].scores, iou_thresh=match_iou)
+pairs = [f"{a}|{b}" for a, b in combinations(shown, 2)]
+pair = st.selectbox("Compare A with B", pairs, key="det_pair",
+                    format_func=lambda p: " with ".join(f"{r} ({names[r]})" for r in p.split("|")))
+a, b = pair.split("|")
+rows = compare_detections(found[a].boxes, found[a].scores, found[b].boxes, found[b].scores, iou_thresh=match_iou)
 counts = Counter(row["status"] for row in rows)
 metrics = st.columns(4)
 metrics[0].metric("Agreed", counts["agreed"])
-metrics[1].metric("Teacher only", counts["teacher_only"])
-metrics[2].metric("Student only", counts["student_only"])
+metrics[1].metric(f"{a.title()} only", counts["teacher_only"])
+metrics[2].metric(f"{b.title()} only", counts["student_only"])
 metrics[3].metric("Ground truth", len(picture.gt_boxes) if has_gt else "—")
 
+status = {"agreed": "agreed", "teacher_only": f"{a} only", "student_only": f"{b} only"}
+colors = {"teacher_only": COLOR[a], "student_only": COLOR[b]}  # each model keeps its colour
 left, right = st.columns([3, 2], gap="large")
 with left:
-    st.image(draw_comparison(picture.pixels, rows, picture.gt_boxes if show_gt else None), width="stretch")
-    legend = [("agreed", COLORS["agreed"]), ("teacher only", COLORS["teacher_only"]),
-              ("student only", COLORS["student_only"])]
+    st.image(draw_comparison(picture.pixels, rows, picture.gt_boxes if show_gt else None,
+                             labels=(SHORT[a], SHORT[b]), colors=colors), width="stretch")
+    legend = [("agreed", COLORS["agreed"]), (f"{a} only", COLOR[a]), (f"{b} only", COLOR[b])]
     widgets.legend(legend + ([("ground truth (dashed)", COLORS["ground_truth"])] if show_gt else []))
 with right:
-    st.dataframe([{"status": r["status"].replace("_", " "), "teacher score": r["score_teacher"],
-                   "student score": r["score_student"], "IoU": r["iou"],
-                   "box (x1, y1, x2, y2) px": ", ".join(f"{v:.0f}" for v in r["box"])} for r in rows],
+    st.dataframe([{"status": status[r["status"]], f"{a} score": r["score_teacher"], f"{b} score": r["score_student"],
+                   "IoU": r["iou"], "box (x1, y1, x2, y2) px": ", ".join(f"{v:.0f}" for v in r["box"])} for r in rows],
                  hide_index=True, width="stretch", height=360, column_config={
-                     name: st.column_config.NumberColumn(format="%.2f") for name in ("teacher score", "student score", "IoU")})
-    settings = {"score_thresh": score, "nms_iou": nms, "agreement_iou": match_iou}
+                     name: st.column_config.NumberColumn(format="%.2f") for name in (f"{a} score", f"{b} score", "IoU")})
+    settings_used = {"score_thresh": score, "nms_iou": nms, "agreement_iou": match_iou, "agreement_pair": [a, b]}
     st.download_button("Download detections (JSON)", key="det_download", mime="application/json",
                        file_name=f"{picture.name.rsplit('.', 1)[0]}_detections.json",
-                       data=compute.detections_json(picture, {r: (pair[r], found[r]) for r in pair}, rows, settings))
+                       data=compute.detections_json(picture, {r: (shown[r], found[r]) for r in shown}, rows,
+                                                    settings_used, pair=(a, b)))

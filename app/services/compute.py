@@ -148,13 +148,37 @@ def similarity(teacher: LoadedModel, student: LoadedModel, picture: Picture) -> 
                        student.spec, picture.pixels)
 
 
+def third_candidates(entries: list, pair: tuple[LoadedModel, LoadedModel]) -> list:
+    """Checkpoints that can be the Detections page's third model: readable HKD checkpoints
+    (no preset to pick) other than the pair's own files."""
+    from pathlib import Path
+
+    taken = {m.checkpoint.path.resolve() for m in pair}
+    return [e for e in entries if not e.error and not e.needs_preset and Path(e.path).resolve() not in taken]
+
+
+def default_third(candidates: list, student: LoadedModel) -> str | None:
+    """The no-KD student (``student_baseline*``) beside an HKD student (``*hkd*``), else None."""
+    if "hkd" not in student.name.lower():
+        return None
+    return next((e.path for e in sorted(candidates, key=lambda e: e.name) if e.name.startswith("student_baseline")),
+                None)
+
+
 def detections_json(picture: Picture, found: dict[str, tuple[LoadedModel, Detections]], rows: list[dict],
-                    settings: dict) -> str:
-    """The Detections page as JSON; boxes in the original image's pixels (xyxy)."""
+                    settings: dict, pair: tuple[str, str] = ("teacher", "student")) -> str:
+    """The Detections page as JSON; boxes in the original image's pixels (xyxy).
+
+    ``rows`` are :func:`hkd.viz.draw.compare_detections` rows of the models named ``pair``
+    (keys of ``found``); they are written with those names: ``score_<a>``, ``score_<b>``,
+    status ``agreed``, ``<a>_only`` or ``<b>_only``.
+    """
     import json
 
     to_original = 1.0 / picture.loaded.scale
     height, width = picture.pixels.shape[:2]
+    first, second = pair
+    status = {"agreed": "agreed", "teacher_only": f"{first}_only", "student_only": f"{second}_only"}
 
     def boxes(values) -> list[list[float]]:
         return [[round(float(v) * to_original, 2) for v in box] for box in values]
@@ -168,7 +192,9 @@ def detections_json(picture: Picture, found: dict[str, tuple[LoadedModel, Detect
                           "detections": [{"box_xyxy": b, "score": round(float(s), 4)}
                                          for b, s in zip(boxes(dets.boxes), dets.scores)]}
                    for role, (m, dets) in found.items()},
-        "comparison": [{**row, "box": boxes([row["box"]])[0]} for row in rows],
+        "comparison": [{"box": boxes([row["box"]])[0], f"score_{first}": row["score_teacher"],
+                        f"score_{second}": row["score_student"], "iou": row["iou"], "status": status[row["status"]]}
+                       for row in rows],
     }
     if picture.gt_boxes is not None:
         report["ground_truth"] = boxes(picture.gt_boxes)

@@ -22,6 +22,11 @@ Rules, per image and evaluation setup:
   official loop replaces on equality); only when no regular GT qualifies does
   it fall into the *first* ignored GT whose IoA qualifies. Ignored GTs absorb
   any number of detections, and such detections count neither as TP nor FP.
+
+:func:`match_pair` matches two models' detections with each other by the
+same overlap and greedy code (model B's boxes play the regular GTs), so the
+app's teacher/student agreement and :mod:`hkd.eval.compare`'s disagreements
+pair boxes exactly as the MR⁻² protocol pairs detections with people.
 """
 from __future__ import annotations
 
@@ -42,12 +47,14 @@ __all__ = [
     "SETUP_NAMES",
     "FppiMissRateCurve",
     "ImageMatch",
+    "PairMatch",
     "Setup",
     "box_overlaps",
     "fppi_miss_rate_curve",
     "get_setup",
     "match_image",
     "match_image_arrays",
+    "match_pair",
 ]
 
 # Official "infinite" upper bound (1e5 ** 2).
@@ -304,6 +311,94 @@ def match_image_arrays(
         gt_ignored=gt_ignored,
         gt_det_index=gt_det_index,
     )
+
+
+@dataclass(frozen=True)
+class PairMatch:
+    """One-to-one matching of model A's detections with model B's on one image.
+
+    Attributes:
+        a_to_b: (A,) int64 index of the B detection matched to each A detection, -1 if none.
+        b_to_a: (B,) int64 index of the A detection matched to each B detection, -1 if none.
+        iou: (A,) float64 IoU of each A detection with its match, 0 if unmatched.
+    """
+
+    a_to_b: np.ndarray
+    b_to_a: np.ndarray
+    iou: np.ndarray
+
+    @property
+    def a_only(self) -> np.ndarray:
+        """(A,) bool: A detections no B detection matched."""
+        return self.a_to_b < 0
+
+    @property
+    def b_only(self) -> np.ndarray:
+        """(B,) bool: B detections no A detection matched."""
+        return self.b_to_a < 0
+
+
+def match_pair(
+    boxes_a: Any,
+    scores_a: Any,
+    boxes_b: Any,
+    scores_b: Any,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> PairMatch:
+    """Match two models' detections of one image, greedily, by the protocol's own code.
+
+    Model A's detections are visited highest score first (stable for ties);
+    each takes the unmatched B detection with the largest IoU if that IoU is
+    at least ``iou_threshold`` — :func:`match_image_arrays`'s rule with B's
+    boxes as regular ground truths (:func:`box_overlaps`, the same greedy
+    loop). On equal IoU the higher-scoring B detection wins. There is no
+    height filter and no ``MAX_DETS`` cut: every box takes part.
+
+    Args:
+        boxes_a: (A, 4) boxes ``x1, y1, x2, y2`` in pixels (array, list or tensor).
+        scores_a: (A,) confidences of ``boxes_a``.
+        boxes_b: (B, 4) boxes ``x1, y1, x2, y2`` in pixels.
+        scores_b: (B,) confidences of ``boxes_b``.
+        iou_threshold: minimum IoU of a match.
+
+    Returns:
+        :class:`PairMatch`, arrays in input order.
+
+    Raises:
+        ValueError: a shape mismatch, non-finite values or inverted corners.
+    """
+    a_xyxy = _to_numpy(boxes_a, "boxes_a", (4,))
+    b_xyxy = _to_numpy(boxes_b, "boxes_b", (4,))
+    a_scores = _to_numpy(scores_a, "scores_a", ())
+    b_scores = _to_numpy(scores_b, "scores_b", ())
+    for name, boxes, scores in (("a", a_xyxy, a_scores), ("b", b_xyxy, b_scores)):
+        if len(scores) != len(boxes):
+            raise ValueError(f"scores_{name} has {len(scores)} entries for {len(boxes)} boxes_{name}")
+        if (boxes[:, 2:] < boxes[:, :2]).any():
+            raise ValueError(f"boxes_{name} must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1")
+
+    a_order = np.argsort(-a_scores, kind="stable")
+    # ascending score: the greedy loop gives equal IoUs to the *last* column
+    b_order = np.argsort(b_scores, kind="stable")
+    a_size = a_xyxy[a_order, 2:] - a_xyxy[a_order, :2]
+    b_size = b_xyxy[b_order, 2:] - b_xyxy[b_order, :2]
+    overlaps = box_overlaps(
+        a_xyxy[a_order],
+        a_size[:, 0] * a_size[:, 1],
+        b_xyxy[b_order],
+        b_size[:, 0] * b_size[:, 1],
+        np.zeros(len(b_order), dtype=bool),
+    )
+    column = _greedy_match(overlaps, len(b_order), min(iou_threshold, 1 - 1e-10))
+
+    a_to_b = np.full(len(a_xyxy), -1, dtype=np.int64)
+    b_to_a = np.full(len(b_xyxy), -1, dtype=np.int64)
+    iou = np.zeros(len(a_xyxy), dtype=np.float64)
+    hit = column >= 0
+    a_to_b[a_order[hit]] = b_order[column[hit]]
+    b_to_a[b_order[column[hit]]] = a_order[hit]
+    iou[a_order[hit]] = overlaps[hit, column[hit]]
+    return PairMatch(a_to_b=a_to_b, b_to_a=b_to_a, iou=iou)
 
 
 def _to_numpy(values: Any, name: str, shape_tail: tuple[int, ...], dtype=np.float64) -> np.ndarray:

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
-from torchvision.ops import box_iou
+
+from hkd.eval.matching import match_pair
 
 # Colours of the comparison (the app's legend reads these).
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -64,68 +64,76 @@ def compare_detections(
     student_scores: np.ndarray,
     iou_thresh: float = 0.5,
 ) -> list[dict]:
-    """Match the teacher's detections with the student's, greedily by IoU.
+    """Match the teacher's detections with the student's (:func:`hkd.eval.matching.match_pair`).
 
-    Teacher detections are visited highest score first; each takes the
-    unmatched student detection with the highest IoU if that IoU >=
-    ``iou_thresh`` (the way detections are matched to ground truth in COCO
-    evaluation, with the teacher as reference).
+    The one greedy matcher of :mod:`hkd.eval.matching`, with the teacher as
+    model A: teacher detections are visited highest score first, each takes
+    the unmatched student detection with the highest IoU if that IoU >=
+    ``iou_thresh`` (on equal IoU, the higher-scoring student box). Any two
+    models can be compared this way; "teacher" and "student" name the
+    first and second argument.
 
     Returns rows ``{"box", "score_teacher", "score_student", "iou", "status"}``:
-    ``agreed`` (the teacher's box, both scores, their IoU), then
-    ``teacher_only`` (student score and IoU ``None``) in teacher-score order,
-    then ``student_only`` (teacher score and IoU ``None``) by student score.
+    ``agreed`` (the teacher's box, both scores, their IoU) in teacher-score
+    order, then ``teacher_only`` (student score and IoU ``None``) in
+    teacher-score order, then ``student_only`` (teacher score and IoU
+    ``None``) by student score.
     """
     t_boxes, s_boxes = _as_boxes(teacher_boxes), _as_boxes(student_boxes)
-    t_scores = np.asarray(teacher_scores, dtype=np.float32).reshape(-1)
-    s_scores = np.asarray(student_scores, dtype=np.float32).reshape(-1)
+    t_scores = np.asarray(teacher_scores, dtype=np.float64).reshape(-1)
+    s_scores = np.asarray(student_scores, dtype=np.float64).reshape(-1)
     if len(t_scores) != len(t_boxes) or len(s_scores) != len(s_boxes):
         raise ValueError("each detection needs one score: "
                          f"teacher {len(t_boxes)} boxes/{len(t_scores)} scores, student {len(s_boxes)}/{len(s_scores)}")
-    iou = box_iou(torch.from_numpy(t_boxes), torch.from_numpy(s_boxes)).numpy() if len(t_boxes) and len(s_boxes) \
-        else np.zeros((len(t_boxes), len(s_boxes)), np.float32)
-    taken = np.zeros(len(s_boxes), dtype=bool)
+    pair = match_pair(t_boxes, t_scores, s_boxes, s_scores, iou_threshold=iou_thresh)
     matched, teacher_only = [], []
     for t in np.argsort(-t_scores, kind="stable"):
-        candidates = np.where(taken, -1.0, iou[t]) if len(s_boxes) else np.zeros(0)
-        s = int(np.argmax(candidates)) if len(candidates) else -1
-        if s >= 0 and candidates[s] >= iou_thresh:
-            taken[s] = True
-            matched.append(_row(t_boxes[t], t_scores[t], s_scores[s], iou[t, s], "agreed"))
+        s = int(pair.a_to_b[t])
+        if s >= 0:
+            matched.append(_row(t_boxes[t], t_scores[t], s_scores[s], pair.iou[t], "agreed"))
         else:
             teacher_only.append(_row(t_boxes[t], t_scores[t], None, None, "teacher_only"))
     student_only = [
         _row(s_boxes[s], None, s_scores[s], None, "student_only")
-        for s in np.argsort(-s_scores, kind="stable") if not taken[s]
+        for s in np.argsort(-s_scores, kind="stable") if pair.b_only[s]
     ]
     return matched + teacher_only + student_only
 
 
 def draw_comparison(
-    image: np.ndarray, rows: list[dict], gt_boxes: np.ndarray | Sequence[Sequence[float]] | None = None
+    image: np.ndarray,
+    rows: list[dict],
+    gt_boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
+    *,
+    labels: tuple[str, str] = ("T", "S"),
+    colors: dict[str, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """A copy of ``image`` with :func:`compare_detections` rows drawn in :data:`COLORS`.
 
     Agreed boxes green (caption ``T 0.91 S 0.85``), teacher-only blue
     (``T 0.91``), student-only orange (``S 0.85``); ground-truth boxes, if
-    given, dashed light grey underneath.
+    given, dashed light grey underneath. ``labels`` are the caption prefixes
+    of the first and second model compared (default teacher, student), and
+    ``colors`` overrides :data:`COLORS` per status (e.g. each model's own colour).
     """
+    palette = {**COLORS, **(colors or {})}
     out = _check_image(image).copy()
     if gt_boxes is not None:
         for box in _as_boxes(gt_boxes):
-            _dashed_rectangle(out, box, COLORS["ground_truth"], 1)
+            _dashed_rectangle(out, box, palette["ground_truth"], 1)
     for row in rows:
         status = row["status"]
-        if status not in COLORS:
+        if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {STATUSES}")
         parts = []
         if row.get("score_teacher") is not None:
-            parts.append(f"T {row['score_teacher']:.2f}")
+            parts.append(f"{labels[0]} {row['score_teacher']:.2f}")
         if row.get("score_student") is not None:
-            parts.append(f"S {row['score_student']:.2f}")
+            parts.append(f"{labels[1]} {row['score_student']:.2f}")
         x1, y1, x2, y2 = (int(round(float(v))) for v in row["box"])
-        cv2.rectangle(out, (x1, y1), (x2, y2), COLORS[status], 2, cv2.LINE_AA)
-        _caption(out, " ".join(parts), (x1, y1), COLORS[status])
+        color = tuple(int(c) for c in palette[status])
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, 2, cv2.LINE_AA)
+        _caption(out, " ".join(parts), (x1, y1), color)
     return out
 
 

@@ -1,12 +1,16 @@
-"""Detections page: both models' boxes, the agreement view, ground truth, uploads and bad images."""
+"""Detections page: the models' boxes, the agreement view, ground truth, uploads and bad images."""
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
 
+import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
-from tests.app.studio import captions, images, no_exceptions, png_bytes
+from tests.app.studio import APP, TIMEOUT, captions, copy_models, images, no_exceptions, png_bytes
 
 
 def test_sample_image_shows_both_models_agreement_and_ground_truth(open_page):
@@ -29,6 +33,95 @@ def test_sample_image_shows_both_models_agreement_and_ground_truth(open_page):
     at.slider(key="det_match").set_value(0.3).run()
     no_exceptions(at)
     assert len(images(at)) == 3
+
+
+def test_without_a_no_kd_student_the_third_model_is_none(open_page):
+    at = open_page("detections")
+    assert at.selectbox(key="det_third").value == "none"
+    assert at.selectbox(key="det_pair").options == ["teacher (teacher.safetensors) with student (student_hkd.safetensors)"]
+    assert at.session_state["third_ref"] == {"path": None, "preset": None}
+
+
+@pytest.fixture()
+def three_models(studio_world, monkeypatch, tmp_path):
+    """A models folder with a no-KD student beside the HKD one; the page opened on it."""
+    folder = copy_models(studio_world, tmp_path / "models")
+    shutil.copy(folder / "student_hkd.safetensors", folder / "student_baseline.safetensors")
+    monkeypatch.setenv("HKD_MODELS_DIR", str(folder))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    return at.switch_page("app_pages/detections.py").run()
+
+
+def test_the_no_kd_student_is_the_default_third_model(three_models):
+    at = three_models
+    no_exceptions(at)
+    assert not at.error
+    assert at.selectbox(key="det_third").value.endswith("student_baseline.safetensors")
+    assert at.session_state["third_ref"]["path"].endswith("student_baseline.safetensors")
+    assert len(images(at)) == 4  # teacher, student, third, combined
+    assert len(re.findall(r"inference \*\*\d+ ms\*\*", captions(at))) == 3
+    assert [h.value for h in at.subheader] == ["Teacher · teacher.safetensors", "Student · student_hkd.safetensors",
+                                               "Third · student_baseline.safetensors"]
+    assert at.selectbox(key="det_pair").options == [
+        "teacher (teacher.safetensors) with student (student_hkd.safetensors)",
+        "teacher (teacher.safetensors) with third (student_baseline.safetensors)",
+        "student (student_hkd.safetensors) with third (student_baseline.safetensors)"]
+    assert {m.label for m in at.metric} == {"Agreed", "Teacher only", "Student only", "Ground truth"}
+
+
+def test_any_two_shown_models_can_be_compared(three_models):
+    at = three_models
+    at.slider(key="det_score").set_value(0.05).run()
+    at.selectbox(key="det_pair").set_value("student|third").run()
+    no_exceptions(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"Agreed", "Student only", "Third only", "Ground truth"}
+    # the third model is a copy of the student: every box agrees
+    assert metrics["Student only"] == "0" and metrics["Third only"] == "0"
+    rows = at.dataframe[0].value
+    assert list(rows.columns[:3]) == ["status", "student score", "third score"]
+    assert set(rows["status"]) <= {"agreed"}
+    assert (rows["student score"] == rows["third score"]).all()
+    assert at.get("download_button")
+
+    at.selectbox(key="det_pair").set_value("teacher|third").run()
+    no_exceptions(at)
+    assert {m.label for m in at.metric} == {"Agreed", "Teacher only", "Third only", "Ground truth"}
+    assert set(at.dataframe[0].value["status"]) <= {"agreed", "teacher only", "third only"}
+
+
+def test_the_third_model_can_be_switched_off_and_stays_off(three_models):
+    at = three_models
+    at.selectbox(key="det_third").set_value("none").run()
+    no_exceptions(at)
+    assert len(images(at)) == 3
+    assert at.session_state["third_ref"] == {"path": None, "preset": None}
+    assert len(at.selectbox(key="det_pair").options) == 1
+    at.switch_page("app_pages/models.py").run()
+    at.switch_page("app_pages/detections.py").run()
+    no_exceptions(at)
+    assert at.selectbox(key="det_third").value == "none"  # the choice outlives the page
+    assert len(images(at)) == 3
+
+
+def test_detections_json_names_the_compared_pair():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from app.services import compute
+    from hkd.data.images import LoadedImage
+    from app.services.images import Picture
+    from hkd.models.inference import Detections
+
+    picture = Picture("upload:x", "street.jpg", LoadedImage(np.zeros((50, 100, 3), np.uint8), (100, 50), 1.0), None)
+    dets = Detections(np.array([[10, 10, 20, 40]], np.float32), np.array([0.9], np.float32), 0.25)
+    model = SimpleNamespace(name="student_baseline.safetensors", key="abc:", meta=SimpleNamespace(preset="p"))
+    rows = [{"box": [10.0, 10.0, 20.0, 40.0], "score_teacher": 0.8, "score_student": None, "iou": None,
+             "status": "teacher_only"}]
+    report = json.loads(compute.detections_json(picture, {"third": (model, dets)}, rows, {}, pair=("student", "third")))
+    assert report["comparison"] == [{"box": [10.0, 10.0, 20.0, 40.0], "score_student": 0.8, "score_third": None,
+                                     "iou": None, "status": "student_only"}]
 
 
 def test_uploaded_images_become_selectable_and_current(open_page):

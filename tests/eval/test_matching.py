@@ -6,7 +6,7 @@ import pytest
 
 import hkd.eval.mr as mr_module
 from hkd.eval import evaluate_mr, fppi_miss_rate_curve, match_image
-from hkd.eval.matching import MAX_DETS, box_overlaps
+from hkd.eval.matching import MAX_DETS, box_overlaps, match_pair
 
 
 def test_statuses_indices_and_ious():
@@ -167,3 +167,52 @@ def test_fppi_miss_rate_curve_sorts_stably_by_score():
 def test_fppi_miss_rate_curve_needs_positives():
     with pytest.raises(ValueError, match="num_positives must be positive"):
         fppi_miss_rate_curve(np.zeros(0), np.zeros(0, bool), num_images=1, num_positives=0)
+
+
+# -- match_pair: two models' detections, by the same overlap and greedy code ----------------
+def test_match_pair_greedy_by_score_of_a():
+    a = [[0, 0, 40, 100], [1, 0, 41, 100], [300, 0, 340, 100]]
+    b = [[0, 0, 40, 100], [500, 0, 540, 100]]
+    pair = match_pair(a, [0.5, 0.9, 0.8], b, [0.7, 0.6])
+    # A's 0.9 box is visited first and takes B's only overlapping box
+    assert pair.a_to_b.tolist() == [-1, 0, -1]
+    assert pair.b_to_a.tolist() == [1, -1]
+    assert pair.iou[1] == pytest.approx(39 * 100 / (2 * 4000 - 39 * 100))
+    assert pair.iou[[0, 2]].tolist() == [0.0, 0.0]
+    assert pair.a_only.tolist() == [True, False, True] and pair.b_only.tolist() == [False, True]
+
+
+def test_match_pair_threshold_and_equal_iou_goes_to_the_higher_b_score():
+    a = [[100, 0, 150, 100]]
+    b = [[90, 0, 140, 100], [110, 0, 160, 100]]  # IoU 2/3 with both
+    assert match_pair(a, [1.0], b, [0.3, 0.8]).a_to_b.tolist() == [1]
+    assert match_pair(a, [1.0], b, [0.8, 0.3]).a_to_b.tolist() == [0]
+    assert match_pair(a, [1.0], b, [0.8, 0.3], iou_threshold=0.7).a_to_b.tolist() == [-1]
+
+
+def test_match_pair_follows_the_protocol_matching():
+    """With B as regular ground truth (no height filter), match_pair pairs like match_image."""
+    from hkd.eval.matching import Setup
+
+    everything = Setup("Everything", (0.0, 1e10), (0.0, 1e10))
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        b = rng.uniform(0, 200, (8, 2))
+        b = np.concatenate([b, b + rng.uniform(20, 80, (8, 2))], axis=1)
+        a = np.concatenate([b[:6] + rng.normal(0, 8, (6, 4)), rng.uniform(0, 250, (3, 4))])
+        a[:, 2:] = np.maximum(a[:, 2:], a[:, :2] + 5)
+        scores_a, scores_b = rng.uniform(0, 1, len(a)), rng.uniform(0, 1, len(b))
+        pair = match_pair(a, scores_a, b, scores_b)
+        m = match_image(b, a, scores_a, setup=everything)
+        assert pair.a_to_b.tolist() == m.det_gt_index.tolist()
+        np.testing.assert_allclose(pair.iou, m.det_iou)
+
+
+def test_match_pair_empty_and_validation():
+    box = [[0, 0, 10, 20]]
+    assert match_pair(np.zeros((0, 4)), [], box, [0.5]).b_to_a.tolist() == [-1]
+    assert match_pair(box, [0.5], [], []).a_to_b.tolist() == [-1]
+    with pytest.raises(ValueError, match="scores_a has 2 entries for 1 boxes_a"):
+        match_pair(box, [0.5, 0.4], box, [0.5])
+    with pytest.raises(ValueError, match="boxes_b must be x1, y1, x2, y2"):
+        match_pair(box, [0.5], [[10, 0, 5, 20]], [0.5])

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from hkd.eval.matching import match_pair
 from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
 
 
@@ -39,6 +40,34 @@ def test_greedy_matching_serves_the_highest_teacher_score_first():
     assert rows[0]["status"] == "agreed" and rows[0]["score_teacher"] == pytest.approx(0.9)
     assert rows[0]["box"] == [1.0, 0.0, 11.0, 20.0]
     assert rows[1]["status"] == "teacher_only" and rows[1]["score_teacher"] == pytest.approx(0.5)
+
+
+def test_agreement_is_the_eval_matcher():
+    """compare_detections classes boxes by hkd.eval.matching.match_pair, the matcher of MR-2."""
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        teacher = rng.uniform(0, 150, (7, 2))
+        teacher = np.concatenate([teacher, teacher + rng.uniform(15, 60, (7, 2))], axis=1)
+        student = np.concatenate([teacher[:5] + rng.normal(0, 6, (5, 4)), rng.uniform(0, 200, (2, 4))])
+        student[:, 2:] = np.maximum(student[:, 2:], student[:, :2] + 4)
+        t_scores, s_scores = rng.uniform(0, 1, 7), rng.uniform(0, 1, 7)
+        rows = compare_detections(teacher, t_scores, student, s_scores, iou_thresh=0.5)
+        pair = match_pair(teacher.astype(np.float32), t_scores, student.astype(np.float32), s_scores, 0.5)
+        agreed = sorted((r["score_teacher"], r["score_student"], r["iou"]) for r in rows if r["status"] == "agreed")
+        expected = sorted((t_scores[t], s_scores[s], pair.iou[t]) for t, s in enumerate(pair.a_to_b) if s >= 0)
+        assert len(agreed) == len(expected) > 0
+        np.testing.assert_allclose(agreed, expected, rtol=1e-6)
+        assert sum(r["status"] == "teacher_only" for r in rows) == int(pair.a_only.sum())
+        assert sum(r["status"] == "student_only" for r in rows) == int(pair.b_only.sum())
+
+
+def test_equal_iou_goes_to_the_higher_scoring_student_box():
+    teacher = np.array([[100, 0, 150, 100]], np.float32)
+    student = np.array([[90, 0, 140, 100], [110, 0, 160, 100]], np.float32)  # IoU 2/3 with both
+    rows = compare_detections(teacher, [0.9], student, [0.3, 0.8])
+    assert rows[0]["status"] == "agreed" and rows[0]["score_student"] == pytest.approx(0.8)
+    assert rows[1] == {"box": [90.0, 0.0, 140.0, 100.0], "score_teacher": None, "score_student": pytest.approx(0.3),
+                       "iou": None, "status": "student_only"}
 
 
 def test_compare_with_no_detections_on_one_side():
@@ -81,3 +110,19 @@ def test_draw_comparison_uses_the_legend_colours_and_dashes_ground_truth():
     assert set(COLORS) >= {"agreed", "teacher_only", "student_only", "ground_truth"}
     with pytest.raises(ValueError, match="unknown status"):
         draw_comparison(_blank(), [{**rows[0], "status": "maybe"}])
+    with pytest.raises(ValueError, match="unknown status"):
+        draw_comparison(_blank(), [{**rows[0], "status": "ground_truth"}])
+
+
+def test_draw_comparison_takes_each_models_colour_and_caption_prefix():
+    rows = [{"box": [10, 20, 40, 100], "score_teacher": 0.9, "score_student": None, "iou": None,
+             "status": "teacher_only"},
+            {"box": [60, 20, 90, 100], "score_teacher": None, "score_student": 0.6, "iou": None,
+             "status": "student_only"}]
+    purple, red = (170, 80, 220), (250, 10, 10)
+    out = draw_comparison(_blank(), rows, colors={"teacher_only": purple, "student_only": red}, labels=("S", "3rd"))
+    assert tuple(out[60, 10]) == purple and tuple(out[60, 60]) == red
+    default = draw_comparison(_blank(), rows)
+    assert tuple(default[60, 10]) == COLORS["teacher_only"]
+    # a longer prefix makes a wider caption tab
+    assert (out[:20, 60:120] > 0).sum() > (default[:20, 60:120] > 0).sum()

@@ -1,0 +1,208 @@
+"""``hkd compare``: several detectors on one GT set — MR⁻², operating points, bins, disagreements.
+
+    hkd compare --gt GT.json --dets teacher=T.json student=S.json [name=X.json ...]
+                [--score S] [--fppi 0.1] [--setup Reasonable] [--iou 0.5]
+                [--max-disagreements N] [--top 10] [--json] [--out DIR]
+
+``GT.json`` is CityPersons-style COCO (as for ``hkd eval``); each
+``NAME=DETS.json`` is a COCO results list (as ``hkd predict`` writes). Each
+model is looked at at the score where it reaches FPPI 0.1 on Reasonable, or at
+``--score``. ``--json`` prints ``{"models", "breakdown", "disagreements"}``
+(:meth:`hkd.eval.compare.ComparisonReport.to_dict`). ``--out DIR`` also
+writes ``models.csv``, ``breakdown.csv``, ``disagreements.csv``,
+``fppi_miss_rate.html`` (plotly) and ``fppi_miss_rate.png`` (matplotlib).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from hkd.cli import CLIError
+from hkd.cli.eval_cmd import _load_json
+from hkd.eval.matching import SETUP_NAMES
+
+_HELP = "compare detectors on one ground truth: MR-2, miss rate by height/visibility, disagreements"
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=_HELP, description=_HELP)
+    parser.add_argument("--gt", required=True, type=Path, metavar="GT.json",
+                        help="ground truth, CityPersons-style COCO JSON")
+    parser.add_argument("--dets", required=True, nargs="+", metavar="NAME=DETS.json",
+                        help="two or more models: a name and its COCO results JSON list")
+    parser.add_argument("--score", type=float, default=None,
+                        help="one score threshold for every model (default: each model's score at --fppi)")
+    parser.add_argument("--fppi", type=float, default=0.1,
+                        help="false positives per image that fix each model's operating point (default 0.1)")
+    parser.add_argument("--setup", choices=SETUP_NAMES, default="Reasonable",
+                        help="setup of the operating point and the plotted curves (default Reasonable)")
+    parser.add_argument("--iou", type=float, default=0.5,
+                        help="IoU of a match in the bins and disagreements (MR-2 always uses 0.5)")
+    parser.add_argument("--max-disagreements", type=int, default=None, metavar="N",
+                        help="keep the N most severe disagreements per model pair and kind (default all)")
+    parser.add_argument("--top", type=int, default=10, metavar="N",
+                        help="disagreements printed in the text output (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="also write CSV tables and the FPPI-miss-rate plot (HTML and PNG) here")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _model_files(specs: list[str]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise CLIError(f"--dets {spec!r}: expected NAME=DETS.json, e.g. teacher=teacher_dets.json")
+        if name in files:
+            raise CLIError(f"--dets: model name {name!r} is given twice")
+        files[name] = Path(path)
+    if len(files) < 2:
+        raise CLIError("--dets: give at least two models to compare, e.g. teacher=T.json student=S.json")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here so that `hkd --help` stays cheap
+    from hkd.eval.compare import ComparisonInputError, compare_models
+
+    files = _model_files(args.dets)
+    if args.top < 0:
+        raise CLIError(f"--top must be >= 0, got {args.top}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {args.out} exists and is not a directory")
+    gt = _load_json(args.gt, "ground-truth")
+    dets = {name: _load_json(path, f"detections ({name})") for name, path in files.items()}
+    try:
+        report = compare_models(gt, dets, score=args.score, fppi=args.fppi, setup=args.setup, iou=args.iou,
+                                max_disagreements=args.max_disagreements)
+    except ComparisonInputError as exc:
+        path = args.gt if exc.source == "gt" else files[exc.source]
+        raise CLIError(f"{'ground-truth' if exc.source == 'gt' else 'detections'} file {path}: {exc}") from None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    for line in report.skipped:
+        print(f"hkd compare: skipped: {line}", file=sys.stderr)
+
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        _print_text(report, args.top)
+    if args.out is not None:
+        written = write_outputs(report, args.out)
+        if not args.json:
+            print(f"\nwrote {', '.join(p.name for p in written)} to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "   —  " if value is None else f"{100 * value:5.1f}%"
+
+
+def _mr(value: float) -> str:
+    return "   n/a" if value < 0 else f"{value:6.2f}"
+
+
+def _print_text(report, top: int) -> None:
+    names = list(report.models)
+    width = max(8, *(len(n) for n in names))
+    print(f"MR-2 (%, lower is better), AP50 and operating point (setup {report.setup})")
+    print(f"  {'model':<{width}} {'Reason.':>7} {'Small':>7} {'Heavy':>7} {'All':>7} {'AP50':>6}"
+          f"  {'score':>6} {'rule':<9} {'FPPI':>6} {'miss':>6}  dets")
+    for name, m in report.models.items():
+        op = m["operating_point"]
+        mr = m["mr"]
+        fppi = "     —" if op["fppi"] is None else f"{op['fppi']:6.3f}"
+        print(f"  {name:<{width}} {_mr(mr['Reasonable']):>7} {_mr(mr['Small']):>7} {_mr(mr['Heavy']):>7} "
+              f"{_mr(mr['All']):>7} {m['ap50']:6.3f}  {op['score']:6.3f} {op['rule']:<9} {fppi} "
+              f"{_pct(op['miss_rate'])}  {m['num_detections']}")
+
+    for axis, title in (("height", "height (px)"), ("visibility", "visibility")):
+        bins = [row["bin"] for row in report.breakdown[names[0]][axis]]
+        print(f"\nMiss rate at the operating point by GT {title}; GTs counted per bin in brackets")
+        print(f"  {'model':<{width}} " + " ".join(f"{b:>14}" for b in bins))
+        for name in names:
+            cells = [f"{_pct(r['miss_rate'])} ({r['missed']}/{r['gt']})" for r in report.breakdown[name][axis]]
+            print(f"  {name:<{width}} " + " ".join(f"{c:>14}" for c in cells))
+
+    print("\nDisagreements (per ordered pair: GTs a finds that b misses, FPs a makes that b does not)")
+    for a in names:
+        for b, counts in report.models[a]["versus"].items():
+            print(f"  {a} vs {b}: {counts['found_by_a_missed_by_b']} found by {a} and missed by {b}, "
+                  f"{counts['fp_of_a_only']} false positives of {a} only")
+    shown = report.disagreements[:top]
+    if shown:
+        print(f"\nMost confident disagreements (top {len(shown)} of {len(report.disagreements)})")
+    for r in shown:
+        box = ", ".join(f"{v:.0f}" for v in r["box"])
+        what = (f"{r['a']} finds, {r['b']} misses (h {r['height']:.0f} px, vis {r['visibility']:.2f})"
+                if r["kind"] == "found_by_a_missed_by_b" else f"false positive of {r['a']} only")
+        image = r["file_name"] or f"image {r['image_id']}"
+        print(f"  {r['severity']:5.2f}  {image} [{box}]  {what}; "
+              f"{r['a']} {r['score_a']:.2f}, {r['b']} {r['score_b']:.2f}")
+
+
+# ---------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------
+
+MODEL_COLUMNS = ("model", "mr_reasonable", "mr_small", "mr_heavy", "mr_all", "ap50", "ap", "num_detections",
+                 "op_score", "op_rule", "op_setup", "op_fppi", "op_miss_rate")
+BREAKDOWN_COLUMNS = ("model", "by", "bin", "low", "high", "gt", "missed", "miss_rate")
+DISAGREEMENT_COLUMNS = ("a", "b", "kind", "image_id", "file_name", "x1", "y1", "x2", "y2", "score_a", "score_b",
+                        "iou_a", "iou_b", "height", "visibility", "severity")
+
+
+def _csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return path
+
+
+def write_outputs(report, out: Path) -> list[Path]:
+    """``models.csv``, ``breakdown.csv``, ``disagreements.csv``, ``fppi_miss_rate.html`` and ``.png``."""
+    from hkd.viz.plots import fppi_figure, fppi_png
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create --out directory {out}: {exc.strerror or exc}") from None
+    models = []
+    for name, m in report.models.items():
+        op = m["operating_point"]
+        models.append({"model": name, **{f"mr_{k.lower()}": v for k, v in m["mr"].items()}, "ap50": m["ap50"],
+                       "ap": m["ap"], "num_detections": m["num_detections"], "op_score": op["score"],
+                       "op_rule": op["rule"], "op_setup": op["setup"], "op_fppi": op["fppi"],
+                       "op_miss_rate": op["miss_rate"]})
+    breakdown = [{"model": name, "by": axis, **row}
+                 for name, b in report.breakdown.items() for axis in ("height", "visibility") for row in b[axis]]
+    disagreements = [{**{k: v for k, v in r.items() if k != "box"}, **dict(zip(("x1", "y1", "x2", "y2"), r["box"]))}
+                     for r in report.disagreements]
+    mr = {name: m["mr"][report.setup] for name, m in report.models.items()}
+    points = {name: m["operating_point"] for name, m in report.models.items()}
+    try:
+        written = [
+            _csv(out / "models.csv", MODEL_COLUMNS, models),
+            _csv(out / "breakdown.csv", BREAKDOWN_COLUMNS, breakdown),
+            _csv(out / "disagreements.csv", DISAGREEMENT_COLUMNS, disagreements),
+        ]
+        html = out / "fppi_miss_rate.html"
+        fppi_figure(report.curves, mr=mr, operating_points=points).write_html(html, include_plotlyjs=True)
+        written.append(html)
+        written.append(fppi_png(report.curves, out / "fppi_miss_rate.png", mr=mr, operating_points=points))
+    except OSError as exc:
+        raise CLIError(f"cannot write to --out directory {out}: {exc.strerror or exc}") from None
+    return written
