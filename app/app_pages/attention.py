@@ -1,10 +1,11 @@
 """Attention: which pixels drive each model's detections (CAMs), and attention-transfer maps per level."""
+import numpy as np
 import streamlit as st
 
 from hkd.viz.draw import COLORS, draw_boxes
 
 from app import widgets
-from app.services import compute, figures
+from app.services import compute, figures, images
 
 st.title("Attention")
 st.caption("Class activation maps of pedestrian detections, teacher and student side by side.")
@@ -25,6 +26,21 @@ cols = st.columns([3, 2, 2, 2])
 with st.spinner("Finding detections…"):
     found = {role: compute.detections(m, picture).filter(score) for role, m in pair.items()}
 targets = ["all"] + list(range(min(len(found["teacher"]), 20)))
+try:
+    focus = images.focus_for(picture)
+except ValueError as exc:
+    st.warning(f"The box sent from another page cannot be used: {exc}")
+    focus = None
+if focus is not None:
+    match = compute.matching_index(np.asarray(focus.box), found["teacher"])
+    match = match if match in targets else None
+    if match is not None and images.take_focus("att"):  # once: the user may explain another box afterwards
+        st.session_state["att_target"] = match
+    note, clear = st.columns([8, 1], vertical_alignment="center")
+    note.info(f"Looking at the {focus.describe()}: " + (
+        f"it is teacher detection #{match + 1}." if match is not None else
+        f"no teacher detection with score ≥ {score:.2f} overlaps it (IoU ≥ 0.3); lower the score threshold."))
+    clear.button("Clear", key="att_focus_clear", on_click=images.clear_focus)
 target = cols[0].selectbox("Explain", targets, key="att_target", disabled=method == "eigencam",
                           help="EigenCAM has no target: it shows the first principal component of the level.",
                           format_func=lambda t: "all pedestrians" if t == "all" else

@@ -2,16 +2,31 @@
 import streamlit as st
 
 from app import widgets
-from app.services import compute, figures
+from app.services import compute, figures, images
+
+FOCUS = "focus"  # the feat_box option of the box picked on Evaluate
 
 st.title("Features")
 st.caption("What both models compute at each level of their hierarchy, on the same image.")
 picture = widgets.require_image("feat")
 teacher, student = widgets.require_pair()
+levels = compute.feature_levels(teacher, student)
+
+try:
+    focus = images.focus_for(picture) if "roi.features" in levels else None
+except ValueError as exc:
+    st.warning(f"The box sent from another page cannot be shown: {exc}")
+    focus = None
+if focus is not None:
+    if images.take_focus("feat"):  # once per focus: the user may pick another level or box afterwards
+        st.session_state.update(feat_level="roi.features", feat_box=FOCUS)
+    note, clear = st.columns([8, 1], vertical_alignment="center")
+    note.info(f"Looking at the {focus.describe()}: `roi.features` shows its region "
+              "(pick it under Detection); the other levels show the whole image.")
+    clear.button("Clear", key="feat_focus_clear", on_click=images.clear_focus)
 
 cols = st.columns([3, 3, 2])
-level = cols[0].selectbox("Hierarchy level", compute.feature_levels(teacher, student), key="feat_level",
-                          format_func=widgets.level_label)
+level = cols[0].selectbox("Hierarchy level", levels, key="feat_level", format_func=widgets.level_label)
 mode = cols[1].radio("Show", ["Channel energy", "Top-k channels", "PCA → RGB"], horizontal=True, key="feat_view")
 opacity = cols[2].slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="feat_opacity")
 
@@ -19,13 +34,16 @@ box = None
 if level == "roi.features":
     with st.spinner("Finding the teacher's detections…"):
         found = compute.detections(teacher, picture).filter(0.3, 0.5)
-    if not len(found):
+    options = ([FOCUS] if focus is not None else []) + list(range(min(len(found), 20)))
+    if not options:
         st.info("The teacher finds no pedestrian with score ≥ 0.3 here: choose another image or level.")
         st.stop()
-    index = st.selectbox("Detection (teacher, score ≥ 0.3)", range(min(len(found), 20)), key="feat_box",
-                         format_func=lambda i: f"#{i + 1} · score {found.scores[i]:.2f} · box "
-                                               f"{', '.join(f'{v:.0f}' for v in found.boxes[i])}")
-    box = tuple(float(v) for v in found.boxes[index])
+    if st.session_state.get("feat_box") not in options:  # the focus was cleared, or another image has fewer
+        st.session_state.pop("feat_box", None)
+    index = st.selectbox("Detection (teacher, score ≥ 0.3)", options, key="feat_box",
+                         format_func=lambda i: focus.describe() if i == FOCUS else f"#{i + 1} · score "
+                         f"{found.scores[i]:.2f} · box {', '.join(f'{v:.0f}' for v in found.boxes[i])}")
+    box = focus.box if index == FOCUS else tuple(float(v) for v in found.boxes[index])
 
 pair = {"teacher": teacher, "student": student}
 with st.spinner(f"Tapping {level} in both models…"):

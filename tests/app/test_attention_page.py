@@ -1,6 +1,9 @@
 """Attention page: Grad-CAM / EigenCAM for both models and attention-transfer maps per level."""
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from tests.app.studio import captions, images, no_exceptions
 
 
@@ -39,3 +42,56 @@ def test_level_without_a_gradient_path_is_a_warning_not_a_crash(open_page):
     at.slider(key="att_score").set_value(0.05).run()
     no_exceptions(at)
     assert not at.error
+
+
+def _teacher_detections(studio_env, path, score: float):
+    """The teacher's detections on the image the page shows (the app's own loaders, same cached model)."""
+    from app.services import compute, images, models
+
+    teacher = models.load({"path": str(studio_env["models"] / "teacher.safetensors"), "preset": None})
+    picture = images.load(images.file_key(path))
+    return compute.detections(teacher, picture).filter(score), picture.loaded.scale
+
+
+def test_the_detection_matching_a_box_from_evaluate_is_explained(studio_env, tmp_path, monkeypatch):
+    from tests.app.test_features_page import open_focused
+    from tests.app.test_services import dataset_image
+
+    monkeypatch.setenv("HKD_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("HKD_MAX_IMAGE_SIDE", "160")
+    path = dataset_image(tmp_path / "val", seed=21)
+    found, scale = _teacher_detections(studio_env, path, 0.5)  # the page's default score threshold
+    assert len(found) >= 4, "the random-init teacher of the studio world should find boxes here"
+    # detection #4, nudged by a pixel and given in the original (2× larger) image's pixels
+    box = (found.boxes[3] + np.array([1, -1, 1, 1], np.float32)) / scale
+    at = open_focused("attention", path, box, monkeypatch)
+    no_exceptions(at)
+    assert at.selectbox(key="att_target").value == 3
+    assert any("box from Evaluate" in i.value and "it is teacher detection #4." in i.value for i in at.info)
+    assert "explains detection #4 of the" in captions(at)
+
+    at.selectbox(key="att_target").set_value("all").run()  # the user's choice is not overridden
+    no_exceptions(at)
+    assert at.selectbox(key="att_target").value == "all"
+    at.button(key="att_focus_clear").click().run()
+    no_exceptions(at)
+    assert at.session_state["focus"] is None and not at.info
+
+
+def test_a_box_from_evaluate_that_no_teacher_detection_matches_is_said(studio_env, tmp_path, monkeypatch):
+    from torchvision.ops import box_iou
+
+    from tests.app.test_features_page import open_focused
+    from tests.app.test_services import dataset_image
+
+    monkeypatch.setenv("HKD_DATA_ROOTS", str(tmp_path))
+    path = dataset_image(tmp_path / "val", seed=22)
+    found, _ = _teacher_detections(studio_env, path, 0.5)
+    candidates = torch.tensor([[x, y, x + 3.0, y + 3.0] for x in range(0, 316, 4) for y in range(0, 236, 4)])
+    iou = box_iou(candidates, torch.from_numpy(found.boxes)).amax(dim=1) if len(found) else torch.zeros(1)
+    box = candidates[int(iou.argmin())]
+    assert float(iou.min()) < 0.3
+    at = open_focused("attention", path, box.tolist(), monkeypatch)
+    no_exceptions(at)
+    assert at.selectbox(key="att_target").value == "all"
+    assert any("no teacher detection with score ≥ 0.50 overlaps it" in i.value for i in at.info)

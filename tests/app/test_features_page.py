@@ -53,3 +53,61 @@ def test_switching_back_to_a_level_is_served_from_the_cache(open_page, monkeypat
     at.selectbox(key="feat_level").set_value("backbone.c2").run()
     no_exceptions(at)
     assert len(calls) == 2
+
+
+def open_focused(page: str, path, box, monkeypatch, *, image_key=None):
+    """The app on ``page`` after the Evaluate page's drill-down: the current image is the ``file:`` key of
+    ``path`` and the focus is ``box`` (original pixels) on ``image_key`` (default: that image)."""
+    from streamlit.testing.v1 import AppTest
+
+    from app.services import images
+    from tests.app.studio import APP, TIMEOUT
+
+    key = images.file_key(path)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.session_state["image_key"] = key
+    at.session_state["focus"] = {"image_key": image_key or key, "box": list(box), "source": "evaluate"}
+    return at.switch_page(f"app_pages/{page}.py").run()
+
+
+def test_a_box_from_evaluate_is_the_preselected_roi_region(studio_env, tmp_path, monkeypatch):
+    from tests.app.test_services import dataset_image
+
+    monkeypatch.setenv("HKD_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("HKD_MAX_IMAGE_SIDE", "160")  # 320 × 240 shown at half size: the box is scaled
+    path = dataset_image(tmp_path / "val", seed=11)
+    boxes = []
+    real = featmaps.level_views
+    monkeypatch.setattr(featmaps, "level_views", lambda *a, **k: boxes.append(k.get("box_xyxy")) or real(*a, **k))
+    at = open_focused("features", path, [40, 20, 120, 200], monkeypatch)
+    no_exceptions(at)
+    assert not at.error
+    assert at.selectbox(key="feat_level").value == "roi.features"
+    assert at.selectbox(key="feat_box").value == "focus"
+    assert at.selectbox(key="feat_box").options[0] == "box from Evaluate · 20, 10, 60, 100"
+    assert any("Looking at the box from Evaluate · 20, 10, 60, 100" in i.value for i in at.info)
+    assert boxes == [(20.0, 10.0, 60.0, 100.0)] * 2  # teacher and student, on the focused region
+    assert "7×7 pooled cells" in captions(at) and "ground truth from its dataset's annotations" in captions(at)
+    assert at.sidebar.selectbox(key="feat_image").value == f"file:{path.resolve().as_posix()}"
+
+    at.selectbox(key="feat_level").set_value("neck.p3").run()  # the user's choice is not overridden
+    no_exceptions(at)
+    assert at.selectbox(key="feat_level").value == "neck.p3"
+    at.selectbox(key="feat_level").set_value("roi.features").run()
+    assert at.selectbox(key="feat_box").value == "focus"
+
+    at.button(key="feat_focus_clear").click().run()
+    no_exceptions(at)
+    assert at.session_state["focus"] is None and not any("box from Evaluate" in i.value for i in at.info)
+    assert "focus" not in at.selectbox(key="feat_box").options[0] and at.selectbox(key="feat_box").value == 0
+
+
+def test_a_focus_on_another_image_changes_nothing(studio_env, tmp_path, monkeypatch):
+    from tests.app.test_services import dataset_image
+
+    monkeypatch.setenv("HKD_DATA_ROOTS", str(tmp_path))
+    path = dataset_image(tmp_path / "val", seed=12)
+    at = open_focused("features", path, [40, 20, 120, 200], monkeypatch, image_key="sample:real/street.jpg")
+    no_exceptions(at)
+    assert at.selectbox(key="feat_level").value == "backbone.c2"
+    assert not at.info

@@ -99,3 +99,109 @@ def test_metrics_table_is_text_with_nested_keys_flattened():
     rows = flat_metrics({"mr": {"Reasonable": 28.2811, "Small": 21.0}, "ap50": 0.6884, "dataset": "SynthPed val"})
     assert rows == [("mr/Reasonable", "28.28"), ("mr/Small", "21"), ("ap50", "0.6884"), ("dataset", "SynthPed val")]
     assert all(isinstance(v, str) for _, v in rows)
+
+
+# -- images: file: keys and the focused box ----------------------------------------
+def dataset_image(folder, *, width: int = 320, height: int = 240, seed: int = 0):
+    """``folder/images/frame_<seed>.png`` (see ``png_bytes``) with a COCO ``folder/annotations.json`` beside the
+    images folder: two pedestrians [10, 20, 40, 100] and [200, 30, 30, 90] (xywh) and one ignore box."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    path = folder / "images" / f"frame_{seed}.png"
+    path.write_bytes(png_bytes(width, height, seed=seed))
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 40, 100], "iscrowd": 0, "area": 4000},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [200, 30, 30, 90], "iscrowd": 0, "area": 2700},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [100, 100, 20, 20], "iscrowd": 1, "area": 400}]
+    (folder / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": path.name, "width": width, "height": height}], "annotations": anns,
+        "categories": [{"id": 1, "name": "pedestrian"}]}))
+    return path
+
+
+@pytest.fixture()
+def bare_session():
+    """``st.session_state`` outside a script run (bare mode), emptied before and after."""
+    import streamlit as st
+
+    st.session_state.clear()
+    yield st.session_state
+    st.session_state.clear()
+
+
+def test_file_keys_are_confined_image_files_with_their_dataset_ground_truth(studio_env, tmp_path, monkeypatch):
+    from app.services import images
+    from hkd.data.images import ImageError
+
+    monkeypatch.setenv("HKD_DATA_ROOTS", str(tmp_path / "data"))
+    monkeypatch.setenv("HKD_MAX_IMAGE_SIDE", "160")  # the 320 × 240 file is shown at half size
+    path = dataset_image(tmp_path / "data" / "val")
+    key = images.file_key(path)
+    assert key == "file:" + path.resolve().as_posix()
+    assert images.file_key(tmp_path / "data" / "val" / ".." / "val" / "images" / path.name) == key
+    picture = images.load(key)
+    assert picture.name == path.name and picture.key.startswith(key + "@")
+    assert picture.pixels.shape == (120, 160, 3) and picture.loaded.scale == 0.5
+    np.testing.assert_allclose(picture.gt_boxes, [[5, 10, 25, 60], [100, 15, 115, 60]])  # xyxy, half size
+
+    loose = tmp_path / "data" / "loose.png"  # not in a dataset's images/ folder: no ground truth
+    loose.write_bytes(png_bytes(seed=3))
+    assert images.load(images.file_key(loose)).gt_boxes is None
+    assert images.ground_truth(studio_env["samples"] / "real" / "street.jpg") is None
+    assert len(images.ground_truth(studio_env["samples"] / "synthped" / "images" / "synthped_001.png")) == 3
+
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(png_bytes(seed=4))
+    with pytest.raises(settings.PathNotAllowed, match="HKD_DATA_ROOTS"):
+        images.file_key(outside)
+    with pytest.raises(settings.PathNotAllowed):  # a key made by hand is checked again on load
+        images.load("file:" + outside.as_posix())
+    (tmp_path / "data" / "link.png").symlink_to(outside)
+    with pytest.raises(settings.PathNotAllowed):
+        images.file_key(tmp_path / "data" / "link.png")
+    (tmp_path / "data" / "notes.txt").write_text("x")
+    with pytest.raises(ImageError, match="not an image file"):
+        images.file_key(tmp_path / "data" / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        images.file_key(tmp_path / "data" / "missing.png")
+
+
+def test_the_current_file_image_is_offered_only_while_current(studio_env, tmp_path, monkeypatch, bare_session):
+    from app.services import images
+
+    monkeypatch.setenv("HKD_DATA_ROOTS", str(tmp_path))
+    key = images.file_key(dataset_image(tmp_path / "ds", seed=5))
+    bare_session["image_key"] = key
+    options = images.choices()
+    assert list(options)[0] == key and options[key] == "📄 frame_5.png"
+    assert "sample:real/street.jpg" in options
+    bare_session["image_key"] = "sample:real/street.jpg"
+    assert key not in images.choices()
+
+
+def test_the_focused_box_applies_to_its_image_in_picture_pixels_once_per_page(bare_session):
+    from app.services import images
+
+    picture = Picture("file:/x/a.png@1", "a.png", LoadedImage(np.zeros((50, 100, 3), np.uint8), (200, 100), 0.5))
+    bare_session["image_key"] = "file:/x/a.png"
+    assert images.focus_for(picture) is None
+    focus = {"image_key": "file:/x/a.png", "box": [20, 10, 60, 90], "source": "evaluate"}
+    bare_session["focus"] = focus
+    found = images.focus_for(picture)
+    assert found.box == (10.0, 5.0, 30.0, 45.0) and found.describe() == "box from Evaluate · 10, 5, 30, 45"
+    assert images.take_focus("feat") and not images.take_focus("feat")  # once per page …
+    assert images.take_focus("att")
+    bare_session["focus"] = {**focus, "box": [0, 0, 8, 8]}
+    assert images.take_focus("feat")  # … and again for another box
+    images.clear_focus()
+    assert bare_session["focus"] is None and images.focus_for(picture) is None
+    bare_session["focus"] = focus
+    assert images.take_focus("feat")  # the same box, sent again after a clear, applies again
+    bare_session["image_key"] = "sample:real/street.jpg"
+    assert images.focus_for(picture) is None  # a focus for another image
+    bare_session["image_key"] = "file:/x/a.png"
+    for bad in ([5, 5, 5, 9], [1, 2, 3], "0,0,9,9", [0, 0, float("nan"), 9]):
+        bare_session["focus"] = {**focus, "box": bad}
+        with pytest.raises(ValueError, match=r"\[x1, y1, x2, y2\]"):
+            images.focus_for(picture)
+    bare_session["focus"] = ["file:/x/a.png", [0, 0, 9, 9]]
+    with pytest.raises(ValueError, match="image_key, box and source"):
+        images.focus_for(picture)
