@@ -25,6 +25,8 @@ st.set_page_config(page_title="HKD Studio", page_icon="🚶", layout="wide")
 SESSION_DEFAULTS = {
     "teacher_ref": None,  # {"path", "preset"} of the chosen teacher checkpoint
     "student_ref": None,
+    "third_ref": None,  # optional third model on Detections (default: the no-KD student)
+    "focus": None,  # {"image_key", "box": [x1, y1, x2, y2], "source"}: a case picked on Evaluate
     "models_folder": None,  # None: HKD_MODELS_DIR
     "uploaded_checkpoints": [],  # paths of checkpoints uploaded in this session
     "image_key": None,  # current image (sample:… or upload:…)
@@ -39,6 +41,8 @@ pages = [
     st.Page("app_pages/detections.py", title="Detections", icon=":material/center_focus_strong:"),
     st.Page("app_pages/features.py", title="Features", icon=":material/layers:"),
     st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("app_pages/distill.py", title="Distill", icon=":material/school:"),
+    st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
 ]
 page = st.navigation(pages)
 with st.sidebar:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import streamlit as st
 
@@ -92,6 +94,15 @@ def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
     provenance = {"created": meta.created or "—", "library version": meta.library_version,
                   "parent": meta.parent or "—", "step": meta.step if meta.step is not None else "—",
                   "notes": meta.notes or "—"}
+    config = meta.train_config or {}
+    if (config.get("model") or {}).get("init") or config.get("teacher"):
+        provenance["started from"] = Path((config.get("model") or {}).get("init") or "ImageNet backbones").name
+        provenance["teacher"] = Path(config["teacher"]).name if config.get("teacher") else "— (no KD)"
+    from app.services import finetune
+
+    job = finetune.job_for_checkpoint(getattr(m, "path", None) or m.checkpoint.path)
+    if job is not None:
+        provenance["fine-tune job"] = f"{job.name} ({job.id}), {job.kind}, {job.total} steps"
     st.table([{"field": k, "value": str(v)} for k, v in provenance.items()], hide_index=True)
     if meta.metrics:
         st.table([{"metric": k, "value": v} for k, v in flat_metrics(meta.metrics)], hide_index=True)
@@ -104,7 +115,8 @@ def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
 
 # -- images -------------------------------------------------------------------
 def image_select(prefix: str) -> str | None:
-    """Sidebar: a sample/uploaded image picker and an uploader. Returns the current image key."""
+    """Sidebar: an image picker (samples, uploads, the current ``file:`` image) and an uploader.
+    Returns the current image key."""
     from app.services import images  # imports torch: only the image pages need it
 
     with st.sidebar:
@@ -140,10 +152,10 @@ def require_image(prefix: str) -> "images.Picture":
         st.stop()
     try:
         picture = images.load(key)
-    except (ImageError, KeyError, OSError) as exc:
+    except (ImageError, KeyError, OSError, settings.PathNotAllowed) as exc:
         st.error(f"This image cannot be used: {exc}")
         st.stop()
-    note = " · ground truth from the SynthPed annotations" if picture.gt_boxes is not None else ""
+    note = " · ground truth from its dataset's annotations" if picture.gt_boxes is not None else ""
     st.caption(f"Image **{picture.name}** · {picture.describe()} px{note}")
     return picture
 
@@ -185,3 +197,106 @@ def level_view_panel(view, pixels, mode: str, opacity: float, box: tuple | None 
         st.image(figures.enlarge(figures.heat_on(pixels, view.energy, opacity, box)), width="stretch",
                  caption=f"{what} over {where}")
     st.caption(f"tensor {' × '.join(map(str, view.shape))} · {cell}")
+
+
+# -- fine-tunes and jobs --------------------------------------------------------
+def path_select(container, label: str, labels: dict[str, str], default: str | None, key: str) -> str | None:
+    """A checkpoint picker over ``labels`` (path → label); returns the chosen path."""
+    paths = list(labels)
+    if not paths:
+        container.warning(f"{label}: no usable checkpoint.")
+        return None
+    index = paths.index(default) if default in paths else 0
+    return container.selectbox(label, paths, index=index, format_func=labels.get, key=key)
+
+
+def dataset_select(container, label: str, choices: dict, default: str, key: str) -> str:
+    """A dataset picker (SynthPed splits say whether they are generated yet); returns the key."""
+    keys = list(choices)
+    index = keys.index(default) if default in keys else 0
+    return container.selectbox(label, keys, index=index, key=key,
+                               format_func=lambda k: choices[k].label + ("" if choices[k].exists else " — not generated yet"))
+
+
+def generate_dataset(choice) -> None:
+    """A missing SynthPed split: a button that generates it in the background, and its progress."""
+    from app.services import datasets
+
+    job = datasets.generation_job(choice)
+    if job is not None and job.active:
+        st.progress(job.progress, text=f"Generating {choice.label}: {job.step} / {job.total or choice.synth['num']} "
+                                       "images (background job; this page updates when it is done)")
+        return
+    if job is not None and job.state == "failed":
+        st.error(f"Generating {choice.label} failed: {job.message}")
+    st.warning(f"**{choice.label}** is not generated yet (`{choice.path}`).")
+    if st.button(f"Generate it ({choice.synth['num']} images, about {choice.synth['num'] // 250 + 1} min)",
+                 key=f"generate_{choice.key}"):
+        datasets.generate(choice)
+        st.rerun()
+
+
+TERM_COLUMNS = {"level": "level", "loss": "loss", "weight": "weight", "params": "parameters (JSON)"}
+
+
+def terms_editor(terms: list, key: str) -> list:
+    """An editable table of the distillation terms (level, loss, weight, parameters); returns the terms."""
+    from hkd.distill.losses import LOSSES
+
+    from app.services.finetune import Term
+
+    rows = [{"level": t.level, "loss": t.loss, "weight": t.weight, "params": json.dumps(t.params)} for t in terms]
+    with st.expander("Loss terms per level (the loss of each level, from the registry)"):
+        st.caption("Weights here are before the hierarchy's × factor above. A level or loss that does not fit "
+                   "the pair is refused at launch with the valid choices.")
+        edited = st.data_editor(rows, key=key, num_rows="dynamic", hide_index=True, width="stretch", column_config={
+            "loss": st.column_config.SelectboxColumn("loss", options=list(LOSSES), required=True),
+            "weight": st.column_config.NumberColumn("weight", min_value=0.0, format="%.4g"),
+            "level": st.column_config.TextColumn("level", help="e.g. neck.p3, neck.p[34], roi.logits")})
+    out = []
+    for row in edited:
+        if not row.get("level") or not row.get("loss"):
+            continue
+        try:
+            params = json.loads(row.get("params") or "{}")
+        except json.JSONDecodeError:
+            st.error(f"{row['level']}: parameters must be a JSON object, got {row.get('params')!r}")
+            params = {}
+        out.append(Term(row["level"], row["loss"], float(row.get("weight") or 0.0), params if isinstance(params, dict) else {}))
+    return out
+
+
+def jobs_table(jobs: list, key: str) -> str | None:
+    """Every job as a table row; returns the id of the row the user selected (or None)."""
+    rows = [{"id": j.id, "name": j.name, "kind": j.kind, "state": j.state, "progress": j.progress,
+             "step": f"{j.step}/{j.total}" if j.total else "—",
+             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created)),
+             "config": ", ".join(f"{k} {v}" for k, v in j.summary.items() if k in ("init", "teacher", "steps", "lr") and v),
+             "run folder": j.run} for j in jobs]
+    event = st.dataframe(rows, key=key, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
+    picked = event.selection.rows if event and event.selection else []
+    return rows[picked[0]]["id"] if picked else None
+
+
+def job_actions(queue, job, prefix: str) -> None:
+    """Cancel (queued/running), resume (cancelled/failed) and delete (not running, confirmed) buttons."""
+    from hkd.train.jobs import JobError
+
+    cols = st.columns(4)
+    try:
+        if job.active and cols[0].button("Cancel", key=f"{prefix}_cancel_{job.id}"):
+            queue.cancel(job.id)
+            st.rerun()
+        if job.state in ("cancelled", "failed") and job.kind in ("train", "distill") and \
+                cols[1].button("Resume", key=f"{prefix}_resume_{job.id}"):
+            queue.resume(job.id)
+            st.rerun()
+        if job.state != "running":
+            confirm = cols[2].checkbox("I am sure", key=f"{prefix}_confirm_{job.id}")
+            if cols[3].button("Delete job", key=f"{prefix}_delete_{job.id}", disabled=not confirm):
+                queue.delete(job.id)
+                st.session_state.pop(f"{prefix}_job", None)
+                st.rerun(scope="app")
+    except JobError as exc:
+        st.error(str(exc))

@@ -73,3 +73,31 @@ def similarity_chart(rows: list[dict]) -> go.Figure:
                          height=400, margin=dict(t=30, b=40), xaxis=dict(tickangle=-35),
                          legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     return figure
+
+
+# one colour per hierarchy group of the loss curves (Distill page)
+GROUP_COLORS = {"total": "#333333", "detection": "#7f7f7f", "Backbone": "#1f77b4", "FPN": "#2ca02c",
+                "RPN": "#9467bd", "ROI head": "#d62728"}
+
+
+def loss_chart(groups: dict[str, dict[str, list]], evals: list[tuple[int, float]] | None = None) -> go.Figure:
+    """Every loss key over steps, grouped (legend groups, one colour family) by hierarchy:
+    ``groups`` is ``{group: {key: [steps, values]}}`` (``app.services.finetune.loss_series``);
+    the periodic validation MR⁻² goes on a second y axis."""
+    figure = go.Figure()
+    for group, series in groups.items():
+        color = GROUP_COLORS.get(group, "#8c564b")
+        for i, (key, (steps, values)) in enumerate(sorted(series.items())):
+            figure.add_trace(go.Scatter(
+                x=steps, y=values, mode="lines+markers" if len(steps) < 3 else "lines", name=key,
+                legendgroup=group, legendgrouptitle_text=group, line=dict(color=color, width=2 if i == 0 else 1,
+                                                                           dash=("solid", "dot", "dash", "dashdot")[i % 4])))
+    if evals:
+        figure.add_trace(go.Scatter(x=[s for s, _ in evals], y=[v for _, v in evals], name="val MR⁻² Reasonable (%)",
+                                    mode="lines+markers", yaxis="y2", legendgroup="validation",
+                                    legendgrouptitle_text="validation", marker=dict(size=9, symbol="diamond"),
+                                    line=dict(color="#ff7f0e")))
+    figure.update_layout(height=460, margin=dict(t=30, b=40), xaxis_title="step", yaxis=dict(title="loss", type="log"),
+                         yaxis2=dict(title="MR⁻² (%)", overlaying="y", side="right", showgrid=False),
+                         legend=dict(groupclick="toggleitem", font=dict(size=10)))
+    return figure

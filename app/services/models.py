@@ -47,15 +47,16 @@ class CheckpointEntry:
     """One checkpoint file as listed (header only, no weights loaded)."""
 
     path: str
-    source: str  # "folder" | "upload"
+    source: str  # "folder" | "upload" | "job"
     preset: str | None = None  # from the HKD metadata; None for foreign weights
     role: str | None = None  # the preset's role: teacher | student | reference
     needs_preset: bool = False  # foreign weights: the user names the architecture
     error: str | None = None  # unreadable header: why
+    job: str | None = None  # "<name> (<id>)" of the fine-tune job that wrote it
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        return f"job {self.job}" if self.job else Path(self.path).name
 
     @property
     def label(self) -> str:
@@ -164,7 +165,19 @@ def available() -> tuple[list[CheckpointEntry], str | None]:
         entries, problem = [], str(exc)
     uploads = [describe_file(Path(p), "upload") for p in st.session_state.get("uploaded_checkpoints", [])
                if Path(p).is_file()]
-    return entries + uploads, problem
+    return entries + uploads + job_checkpoints(), problem
+
+
+def job_checkpoints() -> list[CheckpointEntry]:
+    """The final checkpoints of finished fine-tunes (the Distill page's jobs), named after their job."""
+    from app.services import finetune
+
+    out = []
+    for job, path in finetune.finished_checkpoints():
+        entry = describe_file(path, "job")
+        out.append(CheckpointEntry(entry.path, "job", entry.preset, entry.role, entry.needs_preset, entry.error,
+                                   job=f"{job.name} ({job.id})"))
+    return out
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -186,7 +199,8 @@ def save_upload(name: str, data: bytes) -> Path:
 def default_ref(role: str, entries: list[CheckpointEntry]) -> dict | None:
     """The checkpoint a role starts with: ``<role>*.safetensors`` of that role (HKD student first)."""
     usable = [e for e in entries if not e.error and not e.needs_preset]
-    ranked = sorted(usable, key=lambda e: (e.role != role, not e.name.startswith(role), "hkd" not in e.name, e.name))
+    ranked = sorted(usable, key=lambda e: (e.role != role, e.source == "job", not e.name.startswith(role),
+                                           "hkd" not in e.name, e.name))
     if not ranked:
         return None
     return {"path": ranked[0].path, "preset": None}

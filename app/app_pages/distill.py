@@ -1,0 +1,123 @@
+"""Distill: launch a short fine-tune of the student in the background, watch it, use its checkpoint."""
+import os
+import time
+
+import streamlit as st
+
+from hkd.train.jobs import JobError
+
+from app import widgets
+from app.services import datasets, finetune, models
+
+st.title("Distill")
+st.caption("Fine-tune the student with the teacher at the hierarchies you choose. A job runs as a background "
+           "process (`hkd distill`), outlives the browser tab and the app, and its checkpoint appears in every "
+           "model picker when it is done. The same queue: `hkd jobs list`.")
+queue = finetune.queue()
+
+with st.expander("New fine-tune", expanded=not queue.ids()):
+    preset_label = st.selectbox("Start from", list(finetune.PRESETS), key="distill_preset",
+                                help="A shipped config in assets/configs/; every field below starts from it.")
+    preset = finetune.load_preset(finetune.PRESETS[preset_label])
+    entries = [e for e in models.available()[0] if not e.error and not e.needs_preset]
+    labels = {e.path: e.label for e in entries}
+    cols = st.columns(2)
+    pair = {role: (models.current_ref(role) or {}).get("path") for role in models.ROLES}
+    teacher = widgets.path_select(cols[0], "Teacher", labels, pair["teacher"], "distill_teacher")
+    student = widgets.path_select(cols[1], "Student to start from", labels, pair["student"], "distill_student")
+    start = cols[1].radio("Student weights", ["its current weights", "ImageNet backbones"], horizontal=True,
+                          key="distill_start")
+    student_preset = models.info({"path": student, "preset": None}).meta.preset if student else None
+    ready = [c for c in datasets.choices()]
+    by_key = {c.key: c for c in ready}
+    train_key = widgets.dataset_select(cols[0], "Training data", by_key, "synthped:train_small", "distill_train")
+    val_key = widgets.dataset_select(cols[1], "Validation data", by_key, "synthped:val", "distill_val")
+
+    cols = st.columns(5)
+    t = preset["train"]
+    steps = cols[0].number_input("Steps", 1, 100_000, int(t.get("steps", 60)), key="distill_steps")
+    lr = cols[1].number_input("Learning rate", 1e-5, 1.0, float(t.get("lr", 0.002)), format="%.4f", key="distill_lr")
+    eval_every = cols[2].number_input("Eval every (steps, 0: at the end)", 0, 100_000, 0, key="distill_eval_every")
+    val_images = cols[3].number_input("Validation images", 10, 5000, int(preset["data"].get("val_images", 100)),
+                                      key="distill_val_images")
+    threads = cols[4].number_input("Threads", 1, os.cpu_count() or 1, max(1, (os.cpu_count() or 2) - 1),
+                                   key="distill_threads", help="Default: all cores but one, so the app stays responsive.")
+    terms = finetune.terms_of(preset.get("distill"))
+    enabled, scale = {}, {}
+    if terms:
+        st.markdown("**Hierarchies** — switch each on or off and scale its weights")
+        for col, (h, title) in zip(st.columns(4), finetune.HIERARCHIES.items()):
+            has = any(term.hierarchy == h for term in terms)
+            enabled[h] = col.toggle(title, value=has, key=f"distill_on_{h}", disabled=not has)
+            scale[h] = col.number_input(f"{title} weight ×", 0.0, 100.0, 1.0, 0.25, key=f"distill_scale_{h}",
+                                        disabled=not has)
+        temperature = st.slider("ROI soft-target temperature", 1.0, 8.0, float(next(
+            (x.params.get("temperature", 2.0) for x in terms if x.loss == "kd_kl"), 2.0)), 0.5, key="distill_temperature")
+        terms = widgets.terms_editor(terms, "distill_terms")
+    else:
+        temperature = None
+        st.info("This config trains without a teacher (no KD): the honest baseline for a distilled fine-tune.")
+    cfg = finetune.build_config(
+        preset, teacher=teacher, init=student if start == "its current weights" else None,
+        train=by_key[train_key].path, val=by_key[val_key].path if val_key else None, val_images=val_images,
+        steps=steps, lr=lr, eval_every=eval_every, terms=terms or None, enabled=enabled, scale=scale,
+        temperature=temperature, threads=threads)
+    if student_preset:
+        cfg["model"]["preset"] = student_preset
+    with st.popover("Show the config (YAML)"):
+        st.caption("Save it and run `hkd distill --config it.yaml --out runs/my_run` to do the same from a shell.")
+        st.code(finetune.config_yaml(cfg), language="yaml")
+    name = st.text_input("Job name", value=preset_label.split(" (")[0].lower().replace(" ", "-"), key="distill_name")
+    missing = [c for c in (by_key[train_key], by_key.get(val_key)) if c is not None and not c.exists]
+    for choice in missing:
+        widgets.generate_dataset(choice)
+    if st.button("Launch", type="primary", key="distill_launch", disabled=bool(missing)):
+        try:
+            job = finetune.submit(cfg, name, threads)
+            st.session_state["distill_job"] = job.id
+            st.success(f"Job **{job.id}** is {job.state}.")
+        except JobError as exc:
+            st.error(f"Not launched: {exc}")
+
+jobs = [j for j in queue.list() if j.kind in ("train", "distill")]
+if not jobs:
+    st.info("No fine-tunes yet. Launch one above (the quick demo finishes in about 5 minutes).")
+    st.stop()
+st.header("Jobs")
+selected = widgets.jobs_table(jobs, "distill_jobs_table")
+job_id = selected or st.session_state.get("distill_job") or next(
+    (j.id for j in reversed(jobs) if j.state == "running"), jobs[-1].id)
+if job_id not in {j.id for j in jobs}:
+    job_id = jobs[-1].id
+st.session_state["distill_job"] = job_id
+
+
+def live(job_id: str) -> None:
+    job = queue.get(job_id)
+    if not job.active and st.session_state.get("distill_seen_active") == job_id:
+        st.session_state["distill_seen_active"] = None
+        st.rerun()  # it just finished: redraw the page (its checkpoint joins the pickers, polling stops)
+    if job.active:
+        st.session_state["distill_seen_active"] = job_id
+    st.subheader(f"{job.name} · {job.state}")
+    st.progress(job.progress, text=f"step {job.step} / {job.total or '?'}"
+                + (f" · ETA {time.strftime('%M:%S', time.gmtime(job.eta_s))}" if job.eta_s and job.active else ""))
+    if job.message:
+        (st.error if job.state == "failed" else st.caption)(job.message)
+    metrics = queue.metrics(job_id)
+    groups, evals = finetune.loss_series(metrics), finetune.eval_series(metrics)
+    if groups:
+        from app.services import figures
+
+        st.plotly_chart(figures.loss_chart(groups, evals), width="stretch", key="distill_curves")
+    if evals:
+        st.metric("Validation MR⁻² Reasonable", f"{evals[-1][1]:.2f} %", help=f"at step {evals[-1][0]}")
+    widgets.job_actions(queue, job, "distill")
+    with st.expander("Log", expanded=job.state == "failed"):
+        st.text(queue.log_tail(job_id, 30) or "(nothing yet)")
+    if not job.active:
+        st.caption(f"Run folder `{job.run}` · `{job.command_line}`")
+
+
+# polls every 2 s while the job is queued or running, without reloading the page
+st.fragment(live, run_every=2.0 if queue.get(job_id).active else None)(job_id)

@@ -1,0 +1,165 @@
+"""Datasets HKD Studio can train on and evaluate: the SynthPed splits (generated on demand as a
+background job), the shipped samples, and the datasets found under ``HKD_DATA_ROOTS``.
+
+A dataset is named by a key (``synthped:val``, ``samples:synthped``, ``path:/abs/path``) so that
+caches and jobs can refer to it; :func:`choices` lists them with what ``hkd.data.open_dataset``
+needs. Nothing here imports streamlit state: the pages pass keys in and get plain values out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hkd.train.jobs import Job, JobQueue
+
+from app.services import settings
+
+# name → (images, seed): the splits of docs/BENCHMARKS.md. Same seed, same bytes, and image i
+# depends only on (seed, i), so train_small is the first 400 images of train.
+SYNTHPED_SPLITS = {
+    "train": (3000, 0),
+    "train_small": (400, 0),
+    "val": (500, 1000),
+    "tune": (200, 2000),
+}
+SYNTHPED_LABELS = {
+    "train": "SynthPed train (3000 images, seed 0)",
+    "train_small": "SynthPed train, first 400 images (seed 0; the quick demo's)",
+    "val": "SynthPed val (500 images, seed 1000)",
+    "tune": "SynthPed tune (200 images, seed 2000; for choosing configs)",
+}
+# how deep under each HKD_DATA_ROOTS folder datasets are looked for
+SCAN_DEPTH = 3
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    key: str
+    label: str
+    path: str  # what hkd.data.open_dataset takes: a folder with annotations.json, a .json or .odgt file
+    images_dir: str
+    exists: bool
+    synth: dict | None = None  # {"num", "seed"} for a SynthPed split that can be generated
+
+    @property
+    def annotated(self) -> bool:
+        return self.path.endswith((".json", ".odgt")) or (Path(self.path) / "annotations.json").is_file()
+
+
+def _synthped(name: str) -> DatasetChoice:
+    num, seed = SYNTHPED_SPLITS[name]
+    folder = settings.synthped_dir() / name
+    ready = (folder / "annotations.json").is_file()
+    return DatasetChoice(f"synthped:{name}", SYNTHPED_LABELS[name], str(folder), str(folder / "images"), ready,
+                         {"num": num, "seed": seed})
+
+
+def _found_under(root: Path) -> list[DatasetChoice]:
+    """Annotated datasets under ``root``: folders with annotations.json + images/, COCO .json files
+    with an images/ folder beside them, CrowdHuman .odgt files."""
+    found: list[DatasetChoice] = []
+    if not root.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if len(here.relative_to(root).parts) > SCAN_DEPTH:
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("images", "Images"))
+        if "annotations.json" in filenames and (here / "images").is_dir():
+            found.append(DatasetChoice(f"path:{here}", f"{here.name} ({here})", str(here), str(here / "images"), True))
+            dirnames[:] = []
+            continue
+        for name in sorted(filenames):
+            file = here / name
+            if name.endswith(".odgt"):
+                images = here / "Images" if (here / "Images").is_dir() else here / "images"
+                found.append(DatasetChoice(f"path:{file}", f"{name} (CrowdHuman, {here})", str(file), str(images),
+                                           images.is_dir()))
+            elif name.endswith(".json") and name != "annotations.json" and (here / "images").is_dir():
+                found.append(DatasetChoice(f"path:{file}", f"{name} (COCO/CityPersons, {here})", str(file),
+                                           str(here / "images"), True))
+    return found
+
+
+def choices() -> list[DatasetChoice]:
+    """Every dataset the app offers: SynthPed splits (ready or not), the shipped samples, HKD_DATA_ROOTS'."""
+    out = [_synthped(name) for name in ("val", "train_small", "train", "tune")]
+    samples = settings.samples_dir() / "synthped"
+    if (samples / "annotations.json").is_file():
+        out.append(DatasetChoice("samples:synthped", f"shipped SynthPed samples ({samples})", str(samples),
+                                 str(samples / "images"), True))
+    seen = {c.path for c in out}
+    for part in (os.environ.get("HKD_DATA_ROOTS") or "").split(os.pathsep):
+        if part.strip():
+            for choice in _found_under(Path(part.strip()).expanduser().resolve()):
+                if choice.path not in seen:
+                    seen.add(choice.path)
+                    out.append(choice)
+    return out
+
+
+def get(key: str) -> DatasetChoice:
+    for choice in choices():
+        if choice.key == key:
+            return choice
+    raise KeyError(f"no dataset {key!r}; known: {', '.join(c.key for c in choices())}")
+
+
+def queue() -> JobQueue:
+    return JobQueue(settings.jobs_dir())
+
+
+def generation_job(choice: DatasetChoice) -> Job | None:
+    """The newest job generating ``choice`` (running, queued or finished), if any."""
+    jobs = [j for j in queue().list(advance=False) if j.kind == "synth" and j.outputs.get("dataset") == choice.path]
+    return jobs[-1] if jobs else None
+
+
+def generate(choice: DatasetChoice) -> Job:
+    """Start generating a SynthPed split in the background (or return the job already doing it)."""
+    if choice.synth is None:
+        raise ValueError(f"{choice.label} is not a SynthPed split; only those can be generated")
+    current = generation_job(choice)
+    if current is not None and current.active:
+        return current
+    folder = Path(choice.path)
+    if folder.is_dir() and not (folder / "annotations.json").is_file():
+        # an interrupted generation: nothing of it is usable, since annotations.json is written last
+        import shutil
+
+        shutil.rmtree(folder)
+    return queue().submit_synth(out=folder, num=choice.synth["num"], seed=choice.synth["seed"],
+                                name=f"generate {choice.key}")
+
+
+def dataset_id(choice: DatasetChoice) -> str:
+    """A short content-independent id of a dataset path, for cache file names."""
+    return hashlib.sha256(choice.path.encode()).hexdigest()[:12]
+
+
+def coco_gt(choice: DatasetChoice, limit: int | None = None) -> tuple[dict, Path]:
+    """The ground truth of the first ``limit`` images (all if None) as a COCO dict with height,
+    vis_ratio and ignore, and the cached JSON file holding it (for ``hkd predict --gt``)."""
+    from hkd.data.datasets import open_dataset
+
+    source = Path(choice.path)
+    annotations = source / "annotations.json" if source.is_dir() else source
+    stamp = annotations.stat().st_mtime_ns if annotations.exists() else 0
+    out = settings.cache_dir() / "gt" / f"{dataset_id(choice)}-{stamp}-{limit or 'all'}.json"
+    if out.is_file():
+        return json.loads(out.read_text()), out
+    gt = open_dataset(choice.path).coco_gt()
+    if limit:
+        keep = {im["id"] for im in gt["images"][:limit]}
+        gt = {**gt, "images": gt["images"][:limit],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from hkd.models.meta import atomic_write
+
+    text = json.dumps(gt)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    return gt, out

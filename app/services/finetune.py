@@ -1,0 +1,192 @@
+"""Fine-tunes launched from HKD Studio's Distill page: run configs built from the shipped ones,
+submitted to the background job queue (:mod:`hkd.train.jobs`), and their curves.
+
+A config is plain data: the page starts from a shipped run config (``assets/configs/*.yaml``),
+inlines its distill section, applies the user's switches and weights, and writes the result as
+YAML into the jobs folder — the same file a user can pass to ``hkd distill --config``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hkd.train.jobs import Job, JobQueue
+from hkd.train.run_folder import RunFolder
+
+from app.services import settings
+
+CONFIGS = settings.REPO_ROOT / "assets" / "configs"
+# label → shipped run config; the first is the default
+PRESETS = {
+    "Quick demo (≤ 5 min on a 2-core CPU)": "quick_demo.yaml",
+    "Full HKD (all hierarchies, 800 steps)": "student_hkd.yaml",
+    "ROI head only": "student_hkd_roi.yaml",
+    "FPN only": "student_hkd_fpn.yaml",
+    "Backbone only": "student_hkd_backbone.yaml",
+    "RPN only": "student_hkd_rpn.yaml",
+    "No KD (plain fine-tune)": "student_baseline.yaml",
+}
+HIERARCHIES = {"backbone": "Backbone", "neck": "FPN", "rpn": "RPN", "roi": "ROI head"}
+
+
+def queue() -> JobQueue:
+    return JobQueue(settings.jobs_dir())
+
+
+def _resolve(value, base: Path):
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def load_preset(file_name: str) -> dict:
+    """A shipped run config as plain data, every path absolute and the distill section inline."""
+    path = CONFIGS / file_name
+    raw = yaml.safe_load(path.read_text()) or {}
+    for section, key in (("data", "train"), ("data", "val"), ("model", "init")):
+        if raw.get(section, {}).get(key):
+            raw[section][key] = _resolve(raw[section][key], CONFIGS)
+    if raw.get("teacher"):
+        raw["teacher"] = _resolve(raw["teacher"], CONFIGS)
+    if isinstance(raw.get("distill"), str):
+        inline = yaml.safe_load(Path(_resolve(raw["distill"], CONFIGS)).read_text()) or {}
+        raw["distill"] = inline.get("distill", inline)
+    return raw
+
+
+@dataclass
+class Term:
+    """One loss term of the table the page edits."""
+
+    level: str
+    loss: str
+    weight: float
+    params: dict
+
+    @property
+    def hierarchy(self) -> str:
+        return self.level.split(".")[0]
+
+
+def terms_of(distill: dict | None) -> list[Term]:
+    out = []
+    for level, entry in ((distill or {}).get("levels") or {}).items():
+        for term in entry if isinstance(entry, list) else [entry]:
+            if isinstance(term, str):
+                term = {"loss": term}
+            params = {k: v for k, v in term.items() if k not in ("loss", "weight")}
+            out.append(Term(level, term["loss"], float(term.get("weight", 1.0)), params))
+    return out
+
+
+def build_config(preset: dict, *, teacher: str | None, init: str | None, train: str, val: str | None,
+                 val_images: int, steps: int, lr: float, eval_every: int, terms: list[Term] | None,
+                 enabled: dict[str, bool], scale: dict[str, float], temperature: float | None,
+                 threads: int) -> dict:
+    """The run config of the form: ``preset`` with the user's choices; ``terms`` None means no KD."""
+    cfg = copy.deepcopy(preset)
+    cfg.setdefault("model", {})
+    cfg["model"]["init"] = init
+    if init:
+        cfg["model"]["pretrained_backbone"] = True
+    cfg.setdefault("data", {})
+    cfg["data"].update(train=train, val=val, val_images=int(val_images))
+    cfg.setdefault("train", {})
+    cfg["train"].update(steps=int(steps), lr=float(lr), eval_every=int(eval_every), threads=int(threads))
+    # a short fine-tune: no longer warm-up than a tenth of it, checkpoints often enough to cancel safely
+    cfg["train"]["warmup_steps"] = min(int(cfg["train"].get("warmup_steps", 0)), max(1, int(steps) // 10))
+    cfg["train"]["checkpoint_every"] = max(1, min(int(cfg["train"].get("checkpoint_every", 200)), int(steps) // 3 or 1))
+    cfg["train"]["log_every"] = max(1, min(int(cfg["train"].get("log_every", 10)), int(steps) // 20 or 1))
+    if terms is None or not teacher:
+        cfg.pop("teacher", None)
+        cfg.pop("distill", None)
+        return cfg
+    levels: dict[str, list[dict]] = {}
+    for term in terms:
+        if not enabled.get(term.hierarchy, True) or term.weight <= 0:
+            continue
+        params = dict(term.params)
+        if temperature is not None and term.loss == "kd_kl":
+            params["temperature"] = float(temperature)
+        levels.setdefault(term.level, []).append(
+            {"loss": term.loss, "weight": round(term.weight * scale.get(term.hierarchy, 1.0), 6), **params})
+    distill = {"levels": {lv: (ts[0] if len(ts) == 1 else ts) for lv, ts in levels.items()}}
+    schedule = (preset.get("distill") or {}).get("schedule")
+    if schedule and all(s.get("until_step", 0) < steps for s in schedule if "until_step" in s):
+        distill["schedule"] = schedule  # a stage that would outlast the run is dropped with the schedule
+    cfg["teacher"] = teacher
+    cfg["distill"] = distill
+    return cfg
+
+
+def config_yaml(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def write_config(cfg: dict) -> Path:
+    """The config as a YAML file in the jobs folder (named by its content)."""
+    text = config_yaml(cfg)
+    path = settings.jobs_dir() / "configs" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(text)
+    return path
+
+
+def submit(cfg: dict, name: str, threads: int) -> Job:
+    """Check and queue the run; raises :class:`hkd.train.jobs.JobError` with the problem."""
+    kind = "distill" if cfg.get("teacher") else "train"
+    return queue().submit_run(kind, write_config(cfg), name=name, threads=threads)
+
+
+def finished_checkpoints() -> list[tuple[Job, Path]]:
+    """Final checkpoints of the succeeded train/distill jobs, oldest first."""
+    out = []
+    try:
+        jobs = queue().list(advance=False)
+    except OSError:
+        return out
+    for job in jobs:
+        if job.kind in ("train", "distill") and job.state == "succeeded":
+            path = RunFolder(job.run).checkpoint("final")
+            if path.is_file():
+                out.append((job, path))
+    return out
+
+
+def job_for_checkpoint(path: str | Path) -> Job | None:
+    """The job whose run wrote ``path``, if it was one of the queue's."""
+    path = Path(path).resolve()
+    for job, ckpt in finished_checkpoints():
+        if ckpt.resolve() == path:
+            return job
+    return None
+
+
+def loss_series(metrics: list[dict]) -> dict[str, dict[str, list]]:
+    """{hierarchy group: {loss key: [steps, values]}} for the curves: det/*, kd/backbone.*, kd/neck.*,
+    kd/rpn.*, kd/roi.* (and the total)."""
+    groups: dict[str, dict[str, list]] = {}
+    for record in metrics:
+        if "eval" in record:
+            continue
+        for key, value in record.items():
+            if not isinstance(value, (int, float)) or not (key.startswith(("det/", "kd/")) or key == "loss"):
+                continue
+            group = "total" if key == "loss" else "detection" if key.startswith("det/") else \
+                HIERARCHIES.get(key.split("/")[1].split(".")[0], key.split("/")[1].split(".")[0])
+            series = groups.setdefault(group, {}).setdefault(key, [[], []])
+            series[0].append(record["step"])
+            series[1].append(value)
+    return groups
+
+
+def eval_series(metrics: list[dict]) -> list[tuple[int, float]]:
+    """(step, MR⁻² Reasonable) of every periodic and final validation."""
+    return [(r["step"], r["eval"]["mr"]["Reasonable"]) for r in metrics
+            if "eval" in r and "Reasonable" in r["eval"].get("mr", {})]

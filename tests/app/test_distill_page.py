@@ -1,0 +1,97 @@
+"""The Distill page under AppTest: launch a real (tiny) fine-tune job, see it finish, pick its checkpoint."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from hkd.models.checkpoint import CheckpointMeta, save_checkpoint
+from hkd.models.presets import build_detector
+from hkd.train.jobs import JobQueue
+from hkd.train.run_folder import RunFolder
+from tests.app.studio import APP, TIMEOUT, copy_models, no_exceptions
+from tests.train.conftest import write_tiny_dataset
+
+
+@pytest.fixture()
+def distill_env(studio_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HKD_JOBS_DIR", str(tmp_path / "jobs"))
+    synthped = tmp_path / "synthped"
+    write_tiny_dataset(synthped / "train_small", n=4)
+    write_tiny_dataset(synthped / "val", n=10, seed=1)
+    monkeypatch.setenv("HKD_SYNTHPED_DIR", str(synthped))
+    return {**studio_env, "jobs": tmp_path / "jobs", "tmp": tmp_path}
+
+
+def open_distill() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    return at.switch_page("app_pages/distill.py").run()
+
+
+def wait_done(queue: JobQueue, timeout: float = 300) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = queue.list()
+        if jobs and all(j.finished for j in jobs):
+            return jobs
+        time.sleep(1)
+    raise AssertionError("jobs still running: " + "\n".join(queue.log_tail(j.id) for j in queue.list()))
+
+
+def test_quick_demo_launches_a_job_whose_checkpoint_joins_the_pickers(distill_env):
+    at = open_distill()
+    no_exceptions(at)
+    assert at.selectbox(key="distill_preset").value.startswith("Quick demo")
+    assert any("No fine-tunes yet" in i.value for i in at.info)
+    yaml_text = "\n".join(c.value for c in at.code)
+    assert "teacher:" in yaml_text and "roi.logits" in yaml_text and "init:" in yaml_text
+    at.number_input(key="distill_steps").set_value(2)
+    at.number_input(key="distill_val_images").set_value(10)
+    at.number_input(key="distill_threads").set_value(1)
+    at.text_input(key="distill_name").set_value("tiny-demo")
+    at.button(key="distill_launch").click().run()
+    no_exceptions(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("is running" in s.value or "is queued" in s.value for s in at.success)
+    queue = JobQueue(distill_env["jobs"])
+    (job,) = wait_done(queue)
+    assert job.state == "succeeded", queue.log_tail(job.id)
+    assert job.kind == "distill" and job.name == "tiny-demo"
+    at.run()
+    no_exceptions(at)
+    assert any("tiny-demo · succeeded" in h.value for h in at.subheader)
+    assert at.get("plotly_chart")  # the loss curves
+    # the finished checkpoint is offered on Models, named after its job, with its provenance
+    models = at.switch_page("app_pages/models.py").run()
+    no_exceptions(models)
+    student_box = models.selectbox(key="models_student")
+    assert any(f"job tiny-demo ({job.id})" in label for label in student_box.options), student_box.options
+    student_box.set_value(str(RunFolder(job.run).checkpoint("final")))
+    models.run()
+    no_exceptions(models)
+    tables = "\n".join(str(t.value) for t in models.table)
+    assert f"tiny-demo ({job.id})" in tables and "teacher.safetensors" in tables
+
+
+def test_a_pair_that_cannot_be_distilled_is_refused_before_launch(distill_env, tmp_path, monkeypatch):
+    models = copy_models(distill_env, tmp_path / "models")
+    odd = build_detector("hkd_frcnn_lite2.teacher", min_size=96, max_size=128).eval()
+    save_checkpoint(models / "teacher.safetensors", odd,
+                    CheckpointMeta(preset="hkd_frcnn_lite2.teacher", classes=["background", "car"], min_size=96,
+                                   max_size=128))
+    monkeypatch.setenv("HKD_MODELS_DIR", str(models))
+    at = open_distill()
+    at.button(key="distill_launch").click().run()
+    no_exceptions(at)
+    assert any("Not launched" in e.value and "share its classes" in e.value for e in at.error)
+    assert JobQueue(distill_env["jobs"]).ids() == []
+
+
+def test_a_missing_dataset_offers_to_generate_it(distill_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HKD_SYNTHPED_DIR", str(tmp_path / "empty"))
+    at = open_distill()
+    no_exceptions(at)
+    assert any("not generated yet" in w.value for w in at.warning)
+    assert at.button(key="distill_launch").disabled
+    assert at.button(key="generate_synthped:train_small")
