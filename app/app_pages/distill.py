@@ -79,26 +79,25 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
         except JobError as exc:
             st.error(f"Not launched: {exc}")
 
-jobs = [j for j in queue.list() if j.kind in ("train", "distill")]
-if not jobs:
-    st.info("No fine-tunes yet. Launch one above (the quick demo finishes in about 5 minutes).")
-    st.stop()
-st.header("Jobs")
-selected = widgets.jobs_table(jobs, "distill_jobs_table")
-job_id = selected or st.session_state.get("distill_job") or next(
-    (j.id for j in reversed(jobs) if j.state == "running"), jobs[-1].id)
-if job_id not in {j.id for j in jobs}:
-    job_id = jobs[-1].id
-st.session_state["distill_job"] = job_id
+def fine_tunes() -> list:
+    return [j for j in queue.list() if j.kind in ("train", "distill")]
 
 
-def live(job_id: str) -> None:
+def jobs_view() -> None:
+    """The jobs table and the chosen job's live view; polled every 2 s while a job is queued or running."""
+    jobs = fine_tunes()
+    active = [j.id for j in jobs if j.active]
+    if set(st.session_state.get("distill_active", [])) - set(active):
+        st.session_state["distill_active"] = active
+        st.rerun()  # a job just ended: redraw the page (its checkpoint joins the pickers, polling stops)
+    st.session_state["distill_active"] = active
+    st.header("Jobs")
+    selected = widgets.jobs_table(jobs, "distill_jobs_table")
+    job_id = selected or st.session_state.get("distill_job")
+    if job_id not in {j.id for j in jobs}:
+        job_id = next((j.id for j in reversed(jobs) if j.state == "running"), jobs[-1].id)
+    st.session_state["distill_job"] = job_id
     job = queue.get(job_id)
-    if not job.active and st.session_state.get("distill_seen_active") == job_id:
-        st.session_state["distill_seen_active"] = None
-        st.rerun()  # it just finished: redraw the page (its checkpoint joins the pickers, polling stops)
-    if job.active:
-        st.session_state["distill_seen_active"] = job_id
     st.subheader(f"{job.name} · {job.state}")
     st.progress(job.progress, text=f"step {job.step} / {job.total or '?'}"
                 + (f" · ETA {time.strftime('%M:%S', time.gmtime(job.eta_s))}" if job.eta_s and job.active else ""))
@@ -115,9 +114,11 @@ def live(job_id: str) -> None:
     widgets.job_actions(queue, job, "distill")
     with st.expander("Log", expanded=job.state == "failed"):
         st.text(queue.log_tail(job_id, 30) or "(nothing yet)")
-    if not job.active:
-        st.caption(f"Run folder `{job.run}` · `{job.command_line}`")
+    st.caption(f"Run folder `{job.run}` · `{job.command_line}`")
 
 
-# polls every 2 s while the job is queued or running, without reloading the page
-st.fragment(live, run_every=2.0 if queue.get(job_id).active else None)(job_id)
+if not fine_tunes():
+    st.info("No fine-tunes yet. Launch one above (the quick demo finishes in about 5 minutes).")
+    st.stop()
+# a fragment: it redraws itself without reloading the page
+st.fragment(jobs_view, run_every=2.0 if any(j.active for j in fine_tunes()) else None)()

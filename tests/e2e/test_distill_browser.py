@@ -1,0 +1,82 @@
+"""Distill in a real browser: launch a tiny fine-tune, watch its loss curve gain points, find its
+checkpoint in the Models picker."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.server import start_server, stop_server, wait_healthy
+from tests.e2e.test_browser import WAIT_MS, go_to, wait_idle
+from tests.train.conftest import write_tiny_dataset
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def distill_server(studio_world, tmp_path_factory, artifacts):
+    root = tmp_path_factory.mktemp("distill_e2e")
+    write_tiny_dataset(root / "synthped" / "train_small", n=4)
+    write_tiny_dataset(root / "synthped" / "val", n=10, seed=1)
+    env = {"HKD_MODELS_DIR": str(studio_world["models"]), "HKD_SAMPLES_DIR": str(studio_world["samples"]),
+           "HKD_JOBS_DIR": str(root / "jobs"), "HKD_SYNTHPED_DIR": str(root / "synthped"),
+           "HKD_CACHE_DIR": str(root / "cache")}
+    proc, url = start_server(env, artifacts / "streamlit-e2e-distill.log")
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        stop_server(proc)
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def curve_points(page) -> int:
+    """Points of the first trace of the loss chart, read from plotly's own data."""
+    return page.evaluate("() => { const p = document.querySelector('.js-plotly-plot');"
+                         " return p && p.data && p.data.length ? p.data[0].x.length : 0 }")
+
+
+def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1440, "height": 1800})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(distill_server)
+    page.get_by_role("heading", name="Models", level=1).wait_for()
+    go_to(page, "Distill")
+    page.get_by_text("No fine-tunes yet").wait_for()
+    wait_idle(page)
+    set_number(page, "Steps", STEPS)
+    set_number(page, "Validation images", 10)
+    set_number(page, "Threads", 1)
+    name = page.get_by_label("Job name")
+    name.fill("e2e-demo")
+    name.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("e2e-demo · ").first.wait_for()
+    # the live view polls without a reload: the curve gains points while the job runs
+    page.wait_for_function("() => { const p = document.querySelector('.js-plotly-plot');"
+                           " return p && p.data && p.data.length && p.data[0].x.length >= 2 }", timeout=WAIT_MS)
+    first = curve_points(page)
+    page.screenshot(path=str(artifacts / "distill_running.png"), full_page=True)
+    page.get_by_text("e2e-demo · succeeded").wait_for(timeout=WAIT_MS)
+    page.wait_for_function(f"() => {{ const p = document.querySelector('.js-plotly-plot');"
+                           f" return p && p.data && p.data.length && p.data[0].x.length > {first} }}")
+    assert curve_points(page) > first
+    page.screenshot(path=str(artifacts / "distill_done.png"), full_page=True)
+    # the finished checkpoint is offered in the Models page's student picker
+    go_to(page, "Models")
+    wait_idle(page)
+    page.get_by_text("Student checkpoint").first.wait_for()
+    page.locator('[data-testid="stSelectbox"]').nth(1).click()
+    page.get_by_role("option", name="job e2e-demo").first.wait_for()
+    page.get_by_role("option", name="job e2e-demo").first.click()
+    wait_idle(page)
+    page.get_by_text("fine-tune job").first.wait_for()
+    page.screenshot(path=str(artifacts / "models_job_checkpoint.png"), full_page=True)
+    page.close()
