@@ -190,3 +190,21 @@ def test_readme_set_paths_are_relative_to_the_working_directory(tmp_path, monkey
     # what the file itself names stays relative to the file
     assert cfg.data.val == str((REPO / "data/synthped/val").resolve())
     assert cfg.distill == str(REPO / "assets/configs/distill_full.yaml")
+
+
+def test_a_job_outlives_the_process_that_submitted_it(tmp_path, tiny_dataset, tiny_config):
+    """`hkd jobs submit` returns at once and exits; the job runs on, and this (another) process sees it end."""
+    jobs = tmp_path / "jobs"
+    config = write_config(tmp_path, tiny_dataset, tiny_config, steps=2)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "hkd", "jobs", "--jobs-dir", str(jobs), "submit", "train",
+                          "--config", str(config), "--threads", "1", "--name", "detached"],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    job_id = out.stdout.strip()
+    queue = JobQueue(jobs)
+    assert queue.get(job_id).state in ("running", "succeeded")
+    done = wait_for(queue, job_id, ("succeeded", "failed"))
+    assert done.state == "succeeded", queue.log_tail(job_id)
+    assert done.name == "detached" and done.step == 2 == done.total
+    assert Path(done.outputs["checkpoint"]).is_file()
+    assert time.monotonic() - started < TIMEOUT
