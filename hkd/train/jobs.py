@@ -293,8 +293,10 @@ class JobQueue:
             meta = foreign_meta(checkpoint, preset) if preset else read_meta(checkpoint)
         except CheckpointError as exc:
             raise JobError(str(exc)) from None
-        if "pedestrian" not in meta.classes and "person" not in meta.classes:
-            raise JobError(f"{checkpoint}: its classes ({', '.join(meta.classes)}) include no pedestrian")
+        if len(meta.classes) < 2 or meta.classes[1] not in ("pedestrian", "person"):
+            # hkd predict keeps label 1, the pedestrian of every HKD preset
+            raise JobError(f"{checkpoint}: its class 1 is {meta.classes[1] if len(meta.classes) > 1 else 'missing'} "
+                           f"(classes: {', '.join(meta.classes)}), not a pedestrian")
         if not images.is_dir():
             raise JobError(f"images {images}: not a folder")
         if gt is not None and not Path(gt).is_file():
