@@ -9,7 +9,9 @@ Fitting: by default (``distill.adapters.fit: least_squares``) the distiller call
 :meth:`LevelAdapter.fit_least_squares` at every step before the loss, which sets
 the conv / linear weights to the ridge least-squares map from the student's
 tensor to the teacher's over running second moments of recent batches; the
-weights then carry no gradient and only the student learns through them. With
+weights then carry no gradient and only the student learns through them. Under
+DistributedDataParallel the batch moments are summed over all ranks first, so
+every rank fits the adapter of the global batch. With
 ``fit: gradient`` they are ordinary parameters trained by the optimiser. A
 diagnostic on the first benchmark runs showed why least squares is the default:
 after 400 SGD steps the trained adapters still left a normalised error of
@@ -28,6 +30,7 @@ student that equals its teacher has exactly zero imitation loss.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -88,11 +91,12 @@ class LevelAdapter(nn.Module):
             y = teacher.permute(0, 2, 3, 1).reshape(-1, teacher.shape[1])
         else:
             x, y = student, teacher
-        if len(x) == 0:
-            return
         x = torch.cat([x.double(), x.new_ones(len(x), 1, dtype=torch.float64)], dim=1)
         y = y.double()
-        xx, xy = x.T @ x / len(x), x.T @ y / len(x)
+        xx, xy, count = _global_moments(x.T @ x, x.T @ y, len(x))
+        if count == 0:
+            return
+        xx, xy = xx / count, xy / count
         if int(self.fits) == 0:
             self.moment_xx.copy_(xx)
             self.moment_xy.copy_(xy)
@@ -119,6 +123,23 @@ class LevelAdapter(nn.Module):
         if self.resize and size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return x
+
+
+def _global_moments(xx: Tensor, xy: Tensor, count: int) -> tuple[Tensor, Tensor, int]:
+    """The sums ``xᵀx``, ``xᵀy`` and row count over every process of a distributed run.
+
+    Under DistributedDataParallel each rank sees its share of the global batch; summing
+    the unnormalised moments (and counts) before the solve makes every rank fit the same
+    adapter, the one a single process would fit on the whole batch. Every rank must call
+    this for the same levels in the same order (the distiller fits the active terms' levels
+    in config order, which does not depend on the rank), also with no rows.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return xx, xy, count
+    packed = torch.cat([xx.reshape(-1), xy.reshape(-1), xx.new_tensor([float(count)])])
+    dist.all_reduce(packed)
+    n_xx = xx.numel()
+    return (packed[:n_xx].reshape(xx.shape), packed[n_xx:-1].reshape(xy.shape), int(packed[-1].round()))
 
 
 def _init(layer: nn.Module) -> nn.Module:

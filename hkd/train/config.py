@@ -11,8 +11,28 @@ and ``data.train``)::
     train:   {steps: 2000, batch_size: 2, optimizer: sgd, lr: 0.02, momentum: 0.9,
               weight_decay: 1e-4, warmup_steps: 100, schedule: cosine, seed: 0,
               grad_clip: 10.0, log_every: 10, eval_every: 500, checkpoint_every: 250,
-              threads: 2, workers: 0, save_dtype: float16}
+              threads: 2, workers: 0, save_dtype: float16,
+              device: auto, amp: off, channels_last: null}
     distill: {...}  or  distill_full.yaml                 # see hkd.distill.config
+
+Where and how the ``train`` section runs:
+
+- ``batch_size`` is per process: under ``torchrun --nproc_per_node N`` a step sees
+  ``batch_size × N`` images (every process its own share, no overlap).
+- ``device``: ``auto`` (CUDA when a GPU is visible, else the CPU), ``cpu``, ``cuda``
+  or ``cuda:N``. Teacher and student run on the same device; under torchrun
+  ``auto``/``cuda`` put each process on its own GPU (``LOCAL_RANK``) and use nccl
+  (gloo on the CPU). Asking for a GPU where none exists is an error at load time.
+- ``amp``: ``off``, ``bf16`` (autocast; on CUDA and on the CPU) or ``fp16``
+  (autocast with a gradient scaler; CUDA only). With either, the teacher, which
+  only runs forward, is stored in that half precision too.
+- ``channels_last``: ``null`` (on for CUDA with ``amp``, where tensor-core
+  convolutions want it; off otherwise), ``true`` or ``false``.
+- ``workers``: DataLoader worker processes that read and augment images
+  (0: in the training process; at most the number of CPU cores). Every sample's
+  augmentation is seeded from ``(seed, its position in the sample stream)``, so
+  the losses do not depend on ``workers``; on CUDA batches come from pinned memory.
+- ``threads``: torch threads of the training process (workers use one each).
 
 Paths written in the config file are relative to the config file; paths given
 on the command line (``--set teacher=runs/t/final.safetensors``) are relative to
@@ -22,6 +42,7 @@ error that names the key and lists the valid ones.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -78,6 +99,9 @@ class TrainConfig:
     threads: int = 2
     workers: int = 0
     save_dtype: str = "float16"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (see hkd.models.device)
+    amp: str = "off"
+    channels_last: bool | None = None  # None: on for CUDA with amp
 
 
 @dataclass
@@ -99,7 +123,10 @@ _CHOICES = {
     ("train", "optimizer"): ("sgd", "adamw"),
     ("train", "schedule"): ("cosine", "step", "constant"),
     ("train", "save_dtype"): ("float16", "float32"),
+    ("train", "amp"): ("off", "bf16", "fp16"),
 }
+# YAML 1.1 reads a bare `off` / `no` as false
+_ALIASES = {("train", "amp"): {False: "off"}}
 
 
 def _build(cls, raw: Any, where: str):
@@ -113,6 +140,9 @@ def _build(cls, raw: Any, where: str):
         if key not in valid:
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
         f = valid[key]
+        aliases = _ALIASES.get((where.split(".")[-1], key), {})
+        if isinstance(value, bool) and value in aliases:
+            value = aliases[value]
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         if hasattr(default, "__dataclass_fields__"):
             value = _build(type(default), value, f"{where}.{key}")
@@ -176,6 +206,7 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         raise ConfigError("data.train is required: a dataset folder (e.g. one made by `hkd synth`)")
     if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("train.steps and train.batch_size must be positive")
+    check_placement(cfg.train)
     sizes = cfg.model.train_min_sizes
     if sizes is not None and (not isinstance(sizes, list) or not sizes
                               or not all(isinstance(v, int) and 32 <= v <= 4096 for v in sizes)):
@@ -190,6 +221,46 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         if isinstance(cfg.distill, str):
             cfg.distill = _resolve(cfg.distill, base_dir)
     return cfg
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_placement(t: TrainConfig) -> None:
+    """``train.device``, ``amp``, ``channels_last`` and ``workers``: spelling, and what this machine has.
+
+    torch is imported only to look for a GPU when one is asked for (``cuda``, or
+    ``auto`` with ``fp16``), so validating a CPU config stays cheap.
+    """
+    from hkd.models.device import DeviceError, check_device_spec, cuda_problem
+
+    try:
+        kind, index = check_device_spec(t.device)
+    except DeviceError as exc:
+        raise ConfigError(f"train.device: {exc}") from None
+    t.device = kind if index is None else f"{kind}:{index}"
+    if kind == "cuda":
+        problem = cuda_problem(index)
+        if problem:
+            raise ConfigError(f"train.device={t.device}: {problem}; use train.device=cpu (or auto) on this machine")
+    if t.amp == "fp16":
+        if kind == "cpu" or (kind == "auto" and cuda_problem() is not None):
+            raise ConfigError(f"train.amp=fp16 needs a CUDA device (half-precision autocast with a gradient "
+                              f"scaler), but train.device={t.device} runs on the CPU here; "
+                              "use train.amp=bf16 or train.amp=off on the CPU")
+    if t.channels_last is not None and not isinstance(t.channels_last, bool):
+        raise ConfigError(f"train.channels_last: expected true, false or null (auto), got {t.channels_last!r}")
+    cores = cpu_cores()
+    if t.workers < 0 or t.workers > cores:
+        raise ConfigError(f"train.workers: {t.workers} is not between 0 (load in the training process) and "
+                          f"{cores} (the CPU cores of this machine)")
+    if t.threads < 1:
+        raise ConfigError(f"train.threads: expected at least 1, got {t.threads}")
 
 
 # the keys that hold paths, as (section, key) or (key,)

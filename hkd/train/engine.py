@@ -1,19 +1,27 @@
 """The training loop for `hkd train` (detector alone) and `hkd distill` (student + teacher).
 
 Runs on one process, or under ``torchrun --nproc_per_node N`` with
-DistributedDataParallel (gloo on CPU, nccl on GPUs). Deterministic on CPU for
-a given seed: the batch order and every random draw of step ``s`` are seeded
-from ``(seed, s)``, which is also what makes ``--resume`` exact.
+DistributedDataParallel (gloo on CPU, nccl on GPUs, one GPU per process), on
+``train.device`` with optional mixed precision (``train.amp``). Batches come
+from a DataLoader (:mod:`hkd.train.data`, ``train.workers`` processes).
+Deterministic on CPU for a given seed: the batch order and every random draw of
+step ``s`` are seeded from ``(seed, s)`` (augmentation per sample from its
+position in the stream), which is also what makes ``--resume`` exact.
+
+Rank 0 alone writes the run folder: status, ``metrics.jsonl`` (losses averaged
+over the ranks), TensorBoard event files with the same keys beside it, the log
+and the checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +31,10 @@ from torch import nn
 from tqdm import tqdm
 
 from hkd.models.checkpoint import CheckpointMeta, atomic_write, load_checkpoint, save_checkpoint
+from hkd.models.device import DeviceError, check_device_spec, resolve_device
 from hkd.models.presets import build_detector, get_preset
-from hkd.train.config import ConfigError, RunConfig
+from hkd.train.config import ConfigError, RunConfig, check_placement
+from hkd.train.data import batch_indices, detection_targets, train_loader  # noqa: F401  (public here too)
 from hkd.train.run_folder import RunFolder
 
 log = logging.getLogger("hkd.train")
@@ -41,45 +51,78 @@ class Cancelled(Exception):
 # ---------------------------------------------------------------------------
 # distributed
 # ---------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int]:
-    """(rank, world_size); initialises the process group under torchrun."""
+def init_distributed(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world_size); initialises the process group under torchrun (nccl for CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world
 
 
-# ---------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------
-def batch_indices(step: int, *, n: int, batch_size: int, rank: int, world: int, seed: int) -> list[int]:
-    """Dataset indices of ``rank``'s share of global ``step``.
+def place(train_cfg, world: int = 1) -> torch.device:
+    """The device of this process for ``train.device`` (under torchrun: ``auto``/``cuda`` → ``cuda:LOCAL_RANK``).
 
-    An endless stream of per-epoch permutations (seeded by ``seed`` and the
-    epoch); each step takes ``batch_size × world`` consecutive positions.
+    Raises:
+        ConfigError: a misspelt device, a GPU that is not there, fp16 on the CPU, bf16 on a
+            GPU without bf16, ``cuda:N`` under several processes.
     """
-    out = []
-    for j in range(batch_size):
-        pos = (step * world + rank) * batch_size + j
-        epoch, offset = divmod(pos, n)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        out.append(int(torch.randperm(n, generator=gen)[offset]))
-    return out
+    check_placement(train_cfg)
+    kind, index = check_device_spec(train_cfg.device)
+    if world > 1 and kind in ("auto", "cuda") and torch.cuda.is_available():
+        if index is not None:
+            raise ConfigError(f"train.device={train_cfg.device} would put all {world} processes on one GPU; "
+                              "use train.device=cuda (each process takes the GPU of its LOCAL_RANK)")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} GPU(s); "
+                              "start at most that many processes per node")
+        torch.cuda.set_device(local)
+    try:
+        device = resolve_device(train_cfg.device)
+    except DeviceError as exc:
+        raise ConfigError(f"train.device: {exc}") from None
+    if train_cfg.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.amp=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                          "use train.amp=fp16 or off")
+    return device
 
 
-def detection_targets(target: dict) -> dict:
-    """Only what torchvision's detection losses take: non-ignored boxes, label 1."""
-    keep = ~target["ignore"].bool()
-    return {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep].long()}
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _open(path: str, transforms=None):
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``train.amp`` on ``device`` (a no-op for ``off``)."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def uses_channels_last(train_cfg, device: torch.device) -> bool:
+    """``train.channels_last``, or by default: on for CUDA with amp (tensor-core convolutions)."""
+    if train_cfg.channels_last is not None:
+        return bool(train_cfg.channels_last)
+    return device.type == "cuda" and train_cfg.amp != "off"
+
+
+class _OnDevice(nn.Module):
+    """Feeds CPU images to a detector on another device (for the evaluation during training)."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, images, targets=None):
+        return self.model([image.to(self.device) for image in images])
+
+
+def _open(path: str):
     from hkd.data.datasets import open_dataset
 
     try:
-        return open_dataset(path, transforms=transforms)
+        return open_dataset(path)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"dataset {path}: {exc}") from None
 
@@ -110,10 +153,14 @@ def set_train_sizes(model: nn.Module, sizes: list[int]) -> None:
     model.transform.min_size = tuple(s for s in sizes if s != final) + (final,)
 
 
-def build_step(cfg: RunConfig, student: nn.Module) -> tuple[nn.Module, Callable]:
+def build_step(cfg: RunConfig, student: nn.Module, device: torch.device | None = None,
+               channels_last: bool = False) -> tuple[nn.Module, Callable]:
     """(module whose parameters train, step ``(module, images, targets, step) -> loss dict``).
 
     The step receives the module to call (the trainable one, or its DDP wrapper).
+    ``student`` is already on ``device``; the teacher is put there too, in the
+    half precision of ``train.amp`` if any (it only runs forward, so it needs no
+    float32 master copy, and autocast would otherwise cast its weights at every step).
     """
     if cfg.teacher is None:
         def detection_step(module, images, targets, step):
@@ -125,6 +172,10 @@ def build_step(cfg: RunConfig, student: nn.Module) -> tuple[nn.Module, Callable]
 
     # the teacher only runs forward (eval, no grad): prepared for inference, ~1.2× faster on CPU
     teacher = load_checkpoint(cfg.teacher, inference=True)
+    if device is not None:
+        teacher.model.to(device=device, dtype=AMP_DTYPES[cfg.train.amp] or torch.float32)
+        if channels_last:
+            teacher.model.to(memory_format=torch.channels_last)
     t_spec = get_preset(teacher.meta.preset).hierarchy
     s_spec = get_preset(cfg.model.preset).hierarchy
     try:
@@ -160,8 +211,16 @@ def make_optimizer(cfg: RunConfig, params) -> tuple[torch.optim.Optimizer, torch
 # the loop
 # ---------------------------------------------------------------------------
 def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool | None = None) -> dict:
-    """Train according to ``cfg`` into run folder ``out``; returns the final status dict."""
-    rank, world = init_distributed()
+    """Train according to ``cfg`` into run folder ``out``; returns the final status dict.
+
+    Raises:
+        ConfigError: before anything is written, for a device, precision or worker count
+            this machine cannot give (and for a run folder that already holds a run).
+        TrainingError: a non-finite loss.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = place(cfg.train, world)
+    rank, world = init_distributed(device)
     main_process = rank == 0
     run = RunFolder(out)
     t = cfg.train
@@ -181,85 +240,102 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
         except ValueError:  # not the main thread (tests)
             previous_handler = None
     status: dict = {}
+    metrics: MetricsLog | None = None
+    batches = None
     try:
         torch.manual_seed(t.seed)
         student, parent = build_student(cfg)
         if not cfg.model.init and cfg.model.pretrained_backbone is False:
             log.info("student starts from random init")
-        trainable, step_fn = build_step(cfg, student)
+        channels_last = uses_channels_last(t, device)
+        student.to(device)
+        if channels_last:
+            student.to(memory_format=torch.channels_last)
+        trainable, step_fn = build_step(cfg, student, device, channels_last)
         trainable.train()
-        from hkd.data.transforms import detection_train_transforms
-
-        aug = cfg.data.augment
-        train_set = _open(cfg.data.train, detection_train_transforms(
-            flip_p=aug.flip, scale_range=tuple(aug.scale), color=aug.color))
+        train_set = _open(cfg.data.train)  # augmented per sample by the loader (hkd.train.data)
         val_set = _open(cfg.data.val) if cfg.data.val else None
         ddp_module = trainable
         if world > 1:
-            ddp_module = nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=cfg.teacher is not None)
+            ddp_module = nn.parallel.DistributedDataParallel(
+                trainable, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.teacher is not None)
         opt, sched = make_optimizer(cfg, trainable.parameters())
+        scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
         start = 0
         if resume:
-            start = _restore(run, student, trainable, opt, sched)
+            start = _restore(run, student, trainable, opt, sched, scaler)
             if main_process:
                 run.truncate_metrics(start)
         if main_process:
             (run.config_path).write_text(__import__("json").dumps(cfg.to_dict(), indent=2))
+            metrics = MetricsLog(run, first_step=start + 1 if resume else None)
             run.write_status("running", step=start, total=t.steps, pid=os.getpid(), started=time.time(),
-                             message="", world_size=world, mode="distill" if cfg.teacher else "train")
-            log.info("run %s: %s for %d steps (batch %d × %d processes), %d training images",
-                     run.root, cfg.model.preset, t.steps, t.batch_size, world, len(train_set))
+                             message="", world_size=world, mode="distill" if cfg.teacher else "train",
+                             device=str(device), amp=t.amp)
+            log.info("run %s: %s for %d steps (batch %d × %d processes) on %s (amp %s, %d workers), "
+                     "%d training images", run.root, cfg.model.preset, t.steps, t.batch_size, world, device,
+                     t.amp, t.workers, len(train_set))
+        loader = train_loader(train_set, cfg.data.augment, t, start=start, rank=rank, world=world,
+                              pin_memory=device.type == "cuda")
+        batches = iter(loader)
         bar = tqdm(total=t.steps, initial=start, disable=not (progress and main_process), unit="step")
         window_start, window_images = time.perf_counter(), 0
         # wall time of earlier segments of a resumed run, so "seconds" covers the whole run
         run_start = time.perf_counter() - (float(run.read_status().get("seconds", 0.0)) if resume else 0.0)
         step = start
         last_eval: dict | None = None
+        trainable_params = [p for p in trainable.parameters() if p.requires_grad]
         for step in range(start, t.steps):
             if cancelled["flag"]:
                 raise Cancelled()
-            torch.manual_seed(t.seed * 1_000_003 + step)  # augmentations, proposal sampling
-            idx = batch_indices(step, n=len(train_set), batch_size=t.batch_size, rank=rank, world=world, seed=t.seed)
-            samples = [train_set[i] for i in idx]
-            images = [s[0] for s in samples]
-            targets = [detection_targets(s[1]) for s in samples]
-            losses = step_fn(ddp_module, images, targets, step)
-            total = sum(losses.values())
+            images, targets = next(batches)
+            images = [image.to(device, non_blocking=True) for image in images]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in target.items()} for target in targets]
+            torch.manual_seed(t.seed * 1_000_003 + step)  # multi-scale size, proposal sampling
+            with autocast(device, t.amp):
+                losses = step_fn(ddp_module, images, targets, step)
+                total = sum(losses.values())
             if not torch.isfinite(total):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise TrainingError(f"non-finite loss at step {step}: {', '.join(bad) or 'total'} — "
                                     "lower train.lr or check the data")
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            scaler.scale(total).backward()
             if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], t.grad_clip)
-            opt.step()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(trainable_params, t.grad_clip)
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             window_images += len(images) * world
             bar.update(1)
             done = step + 1
-            if main_process and (done % t.log_every == 0 or done == t.steps):
-                now = time.perf_counter()
-                rate = window_images / max(1e-9, now - window_start)
-                record = {"step": done, "time": round(now - run_start, 3), "lr": sched.get_last_lr()[0],
-                          "loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()},
-                          "images_per_s": round(rate, 3)}
-                run.append_metrics(record)
-                eta = (t.steps - done) * t.batch_size * world / max(rate, 1e-9)
-                run.write_status("running", step=done, total=t.steps, eta_s=round(eta, 1),
-                                 seconds=round(now - run_start, 1))
-                bar.set_postfix(loss=f"{float(total.detach()):.3f}")
-                window_start, window_images = now, 0
+            if done % t.log_every == 0 or done == t.steps:
+                values = _mean_over_ranks({"loss": total, **losses}, world)  # every rank takes part
+                if main_process:
+                    now = time.perf_counter()
+                    rate = window_images / max(1e-9, now - window_start)
+                    record = {"step": done, "time": round(now - run_start, 3), "lr": sched.get_last_lr()[0],
+                              **values, "images_per_s": round(rate, 3)}
+                    metrics.append(record)
+                    eta = (t.steps - done) * t.batch_size * world / max(rate, 1e-9)
+                    run.write_status("running", step=done, total=t.steps, eta_s=round(eta, 1),
+                                     seconds=round(now - run_start, 1))
+                    bar.set_postfix(loss=f"{values['loss']:.3f}")
+                    window_start, window_images = now, 0
             if main_process and t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.steps:
-                _save(run, "last", student, cfg, parent, done, opt, sched, metrics=last_eval, trainable=trainable)
+                _save(run, "last", student, cfg, parent, done, opt, sched, metrics=last_eval, trainable=trainable,
+                      scaler=scaler)
             if main_process and val_set is not None and t.eval_every and done % t.eval_every == 0 and done < t.steps:
-                last_eval = _evaluate(run, student, val_set, cfg, done)
+                last_eval = _evaluate(metrics, student, val_set, cfg, done, device)
                 student.train()
         bar.close()
         if main_process:
-            final = _evaluate(run, student, val_set, cfg, t.steps) if val_set is not None else None
+            final = _evaluate(metrics, student, val_set, cfg, t.steps, device) if val_set is not None else None
             _save(run, "final", student, cfg, parent, t.steps, opt, sched, metrics=final)
-            _save(run, "last", student, cfg, parent, t.steps, opt, sched, metrics=final, trainable=trainable)
+            _save(run, "last", student, cfg, parent, t.steps, opt, sched, metrics=final, trainable=trainable,
+                  scaler=scaler)
             status = run.write_status("succeeded", step=t.steps, total=t.steps, eta_s=0,
                                       seconds=round(time.perf_counter() - run_start, 1),
                                       metrics=final, checkpoint=str(run.checkpoint("final")))
@@ -268,7 +344,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
             status = {"state": "succeeded", "step": t.steps, "total": t.steps, "rank": rank}
     except Cancelled:
         if main_process:
-            _save(run, "last", student, cfg, parent, step, opt, sched, metrics=None, trainable=trainable)
+            _save(run, "last", student, cfg, parent, step, opt, sched, metrics=None, trainable=trainable,
+                  scaler=scaler)
             status = run.write_status("cancelled", step=step, message="cancelled by the user (SIGTERM)")
             log.warning("cancelled at step %d; resume with --resume", step)
     except BaseException as exc:
@@ -278,6 +355,9 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
             log.error("failed: %s", message)
         raise
     finally:
+        del batches  # stops the loader's workers
+        if metrics is not None:
+            metrics.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         _detach_log()
@@ -287,20 +367,70 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
     return status
 
 
-def _evaluate(run: RunFolder, student: nn.Module, val_set, cfg: RunConfig, step: int) -> dict:
+def _mean_over_ranks(losses: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Each loss averaged over the ranks (each rank's loss is a mean over its share of the batch)."""
+    names = list(losses)
+    stacked = torch.stack([losses[k].detach().float() for k in names])
+    if world > 1:
+        dist.all_reduce(stacked)
+        stacked /= world
+    return dict(zip(names, stacked.tolist()))
+
+
+def scalars(record: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """A metrics record's numbers as ``(tag, value)``, nested keys joined by ``/`` (``eval/mr/Reasonable``)."""
+    out = []
+    for key, value in record.items():
+        if not prefix and key == "step":
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(scalars(value, tag + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((tag, float(value)))
+    return out
+
+
+class MetricsLog:
+    """``metrics.jsonl`` plus TensorBoard event files in the run folder, with the same keys.
+
+    ``tensorboard --logdir runs/`` then shows every run, and in it every loss term
+    under its ``det/`` / ``kd/<level>/`` key. ``first_step``: a resumed run drops the
+    events from that step on, as it drops those lines of ``metrics.jsonl``.
+    """
+
+    def __init__(self, run: RunFolder, *, first_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run = run
+        self.writer = SummaryWriter(log_dir=str(run.root), purge_step=first_step, flush_secs=30)
+
+    def append(self, record: dict) -> None:
+        self.run.append_metrics(record)
+        for tag, value in scalars(record):
+            self.writer.add_scalar(tag, value, global_step=record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _evaluate(metrics: MetricsLog, student: nn.Module, val_set, cfg: RunConfig, step: int,
+              device: torch.device) -> dict:
     from hkd.train.evaluate import evaluate_model
 
     start = time.perf_counter()
-    result = evaluate_model(student, val_set, max_images=cfg.data.val_images)
+    model = student if device.type == "cpu" else _OnDevice(student, device)
+    result = evaluate_model(model, val_set, max_images=cfg.data.val_images)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    run.append_metrics({"step": step, "eval": result})
+    metrics.append({"step": step, "eval": result})
+    metrics.writer.flush()
     log.info("eval @%d: MR-2 %s, AP50 %.3f", step,
              ", ".join(f"{k} {v:.2f}" for k, v in result["mr"].items()), result["ap50"])
     return result
 
 
 def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int, opt, sched, metrics,
-          trainable: nn.Module | None = None) -> None:
+          trainable: nn.Module | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
     preset = get_preset(cfg.model.preset)
     meta = CheckpointMeta(preset=cfg.model.preset, classes=list(preset.classes),
                           min_size=cfg.model.min_size or preset.min_size, max_size=cfg.model.max_size or preset.max_size, train_config=cfg.to_dict(), metrics=metrics or {},
@@ -309,7 +439,9 @@ def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int,
     if name == "final":
         from hkd.models.profile import flops_by_hierarchy, params_by_hierarchy
 
-        meta.cost = {"params": params_by_hierarchy(student), "flops": flops_by_hierarchy(student, 640, 480),
+        # counted on a CPU copy: the profiler feeds CPU images
+        on_cpu = student if next(student.parameters()).device.type == "cpu" else copy.deepcopy(student).cpu()
+        meta.cost = {"params": params_by_hierarchy(student), "flops": flops_by_hierarchy(on_cpu, 640, 480),
                      "flops_size": [640, 480]}
     dtype = torch.float16 if cfg.train.save_dtype == "float16" and name == "final" else torch.float32
     save_checkpoint(run.checkpoint(name), student, meta, dtype=dtype)
@@ -318,10 +450,13 @@ def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int,
         adapters = getattr(trainable, "adapters", None)
         if adapters is not None:  # distillation adapters train too; the checkpoint holds only the student
             state["adapters"] = adapters.state_dict()
+        if scaler is not None and scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         atomic_write(run.state_path, lambda tmp: torch.save(state, tmp))
 
 
-def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sched) -> int:
+def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sched,
+             scaler: torch.amp.GradScaler | None = None) -> int:
     ckpt = run.checkpoint("last")
     if not ckpt.exists() or not run.state_path.exists():
         raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/last.safetensors or train_state.pt)")
@@ -332,6 +467,8 @@ def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sche
         trainable.adapters.load_state_dict(state["adapters"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    if scaler is not None and scaler.is_enabled() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     log.info("resumed from step %d", state["step"])
     return int(state["step"])
 

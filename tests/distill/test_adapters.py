@@ -159,3 +159,51 @@ def test_least_squares_needs_a_switched_conv_adapter():
         LevelAdapter(nn.Conv2d(2, 3, 1)).fit_least_squares(torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 2, 2))
     identity = LevelAdapter(nn.Identity()).use_least_squares()
     assert not identity.learned and not hasattr(identity, "moment_xx")
+
+
+_RANK_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torch import nn
+from hkd.distill.adapters import LevelAdapter
+rank, world, store, data, out = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
+x, y = torch.load(data)
+adapter = LevelAdapter(nn.Linear(3, 2)).use_least_squares()
+share = slice(0, 30) if rank == 0 else slice(30, 100)  # uneven shares: the row counts must weigh them
+adapter.fit_least_squares(x[share], y[share], momentum=0.75, ridge=1e-3)
+share = slice(0, 100) if rank == 0 else slice(0, 0)  # a rank with no rows still takes part
+adapter.fit_least_squares(x[share] * 2, y[share], momentum=0.75, ridge=1e-3)
+torch.save(adapter.state_dict(), out)
+dist.destroy_process_group()
+"""
+
+
+def test_least_squares_moments_are_summed_over_distributed_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(100, 3, generator=g), torch.randn(100, 2, generator=g)
+    torch.save((x, y), tmp_path / "data.pt")
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(tmp_path / "store"),
+                               str(tmp_path / "data.pt"), str(tmp_path / f"rank{rank}.pt")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for rank in (0, 1)]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output[-3000:]
+    single = _ls_adapter(3, 2, linear=True)
+    single.fit_least_squares(x, y, momentum=0.75, ridge=1e-3)  # one process, the whole batch
+    single.fit_least_squares(x * 2, y, momentum=0.75, ridge=1e-3)
+    for rank in (0, 1):
+        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, value in single.state_dict().items():
+            torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-9, msg=f"rank {rank}: {key}")
+    # without the sum, rank 0 would have fitted its own 30 rows only: another adapter
+    whole, alone = _ls_adapter(3, 2, linear=True), _ls_adapter(3, 2, linear=True)
+    whole.fit_least_squares(x, y, momentum=0.75, ridge=1e-3)
+    alone.fit_least_squares(x[:30], y[:30], momentum=0.75, ridge=1e-3)
+    assert (alone.channel.weight - whole.channel.weight).abs().max() > 0.01

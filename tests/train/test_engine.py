@@ -8,7 +8,7 @@ import yaml
 from hkd.cli import main
 from hkd.models.checkpoint import load_checkpoint
 from hkd.train.config import ConfigError, config_from_dict, load_config
-from hkd.train.engine import TrainingError, batch_indices, train
+from hkd.train.engine import TrainingError, batch_indices, place, train
 from hkd.train.run_folder import RunFolder
 
 
@@ -37,7 +37,7 @@ def test_run_folder_has_status_metrics_log_and_checkpoints(tiny_dataset, tiny_co
 
 
 def test_same_seed_same_weights_and_exact_resume(tiny_dataset, tiny_config, tmp_path):
-    cfg = tiny_config(tiny_dataset)
+    cfg = tiny_config(tiny_dataset, device="cpu")  # bit-exact on the CPU (CUDA kernels may use atomics)
     cfg["data"]["val"] = None
     train(config_from_dict(cfg), tmp_path / "a", progress=False)
     train(config_from_dict(cfg), tmp_path / "b", progress=False)
@@ -45,8 +45,9 @@ def test_same_seed_same_weights_and_exact_resume(tiny_dataset, tiny_config, tmp_
     b = _weights(RunFolder(tmp_path / "b").checkpoint("last"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    # stop after 2 steps, resume to 4: identical to the straight run
-    half = dict(cfg, train={**cfg["train"], "steps": 4})
+    # stop after 2 steps, resume to 4: identical to the straight run, also when two
+    # DataLoader workers load the batches (each resumed from the step, not from saved state)
+    half = dict(cfg, train={**cfg["train"], "steps": 4, "workers": 2})
     first = config_from_dict(half)
     first.train.steps = 2  # same schedule length matters: emulate an interrupted run
     import hkd.train.engine as engine
@@ -129,3 +130,77 @@ def test_train_cli_end_to_end(tiny_dataset, tiny_config, tmp_path, capsys):
     assert "done" in capsys.readouterr().out
     assert main(["distill", "--config", str(path), "--out", str(tmp_path / "run2")]) == 2
     assert "needs a `teacher:`" in capsys.readouterr().err
+
+
+def test_device_and_precision_errors_name_the_problem(tiny_dataset, tiny_config, tmp_path):
+    cases = [
+        ({"device": "gpu"}, r"train.device: unknown device 'gpu'; valid devices: auto, cpu, cuda, cuda:N"),
+        ({"device": "cuda:x"}, r"unknown device 'cuda:x'"),
+        ({"amp": "fp32"}, r"train.amp: 'fp32' is not one of off, bf16, fp16"),
+        ({"device": "cpu", "amp": "fp16"}, r"train.amp=fp16 needs a CUDA device .* use train.amp=bf16 or "
+                                           r"train.amp=off on the CPU"),
+        ({"channels_last": "yes"}, r"train.channels_last: expected true, false or null"),
+    ]
+    if not torch.cuda.is_available():  # this CPU machine: a GPU asked for is refused at load time
+        cases += [
+            ({"device": "cuda"}, r"train.device=cuda: CUDA was requested, but torch.cuda.is_available\(\) is False"
+                                 r".*use train.device=cpu \(or auto\)"),
+            ({"device": "cuda:1"}, r"train.device=cuda:1: CUDA was requested"),
+            ({"amp": "fp16"}, r"train.amp=fp16 needs a CUDA device .* train.device=auto runs on the CPU here"),
+        ]
+    for train_keys, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(tiny_config(tiny_dataset, **train_keys))
+    # the YAML spelling `amp: off` (a boolean in YAML 1.1) and `--set train.device=CPU` are accepted
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_dataset)).replace("threads: 1", "threads: 1\n  amp: off"))
+    cfg = load_config(path, ["train.device=CPU"])
+    assert (cfg.train.amp, cfg.train.device) == ("off", "cpu")
+
+
+def test_a_bad_device_is_refused_before_step_0_by_train_and_the_job_queue(tiny_dataset, tiny_config, tmp_path):
+    from hkd.models.device import DeviceError, resolve_device
+    from hkd.train.config import TrainConfig
+    from hkd.train.jobs import JobError, check_run
+
+    cfg = config_from_dict(tiny_config(tiny_dataset))
+    cfg.train.device = "tpu"  # set after validation: train() checks again before it writes anything
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DeviceError, match="valid devices: auto, cpu, cuda, cuda:N"):
+        resolve_device("metal")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_dataset)))
+    with pytest.raises(JobError, match="train.device: unknown device 'npu'"):
+        check_run("train", path, ["train.device=npu"], tmp_path / "job")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="torch.cuda.is_available\\(\\) is False"):
+            resolve_device("cuda")
+        with pytest.raises(JobError, match="train.device=cuda: CUDA was requested"):
+            check_run("train", path, ["train.device=cuda"], tmp_path / "job")
+        t = TrainConfig(device="cuda")
+        with pytest.raises(ConfigError, match="CUDA was requested"):
+            place(t)
+    assert check_run("train", path, ["train.device=cpu"], tmp_path / "job").train.device == "cpu"
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_is_recorded(tiny_dataset, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_dataset, steps=3, checkpoint_every=0, amp="bf16", device="cpu")
+    cfg["data"]["val"] = None
+    status = train(config_from_dict(cfg), tmp_path / "bf16", progress=False)
+    run = RunFolder(tmp_path / "bf16")
+    assert status["state"] == "succeeded"
+    assert json.loads(run.config_path.read_text())["train"]["amp"] == "bf16"
+    assert run.read_status()["amp"] == "bf16" and run.read_status()["device"] == "cpu"
+    lines = [m for m in run.read_metrics() if "loss" in m]
+    assert [m["step"] for m in lines] == [1, 2, 3] and all(torch.isfinite(torch.tensor(m["loss"])) for m in lines)
+    assert load_checkpoint(run.checkpoint("final")).meta.train_config["train"]["amp"] == "bf16"
+    # autocast really ran in bfloat16: the losses differ from the float32 run of the same seed
+    cfg["train"]["amp"] = "off"
+    train(config_from_dict(cfg), tmp_path / "fp32", progress=False)
+    fp32 = [m for m in RunFolder(tmp_path / "fp32").read_metrics() if "loss" in m]
+    assert fp32[0]["loss"] != lines[0]["loss"]
+    assert fp32[0]["loss"] == pytest.approx(lines[0]["loss"], rel=0.1)

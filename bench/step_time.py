@@ -1,0 +1,166 @@
+"""Where a distillation step's time goes: teacher forward, student forward, KD terms, backward, optimizer.
+
+    python bench/step_time.py                                   # tiny random pair, 96×128 images (seconds)
+    python bench/step_time.py --real --device cuda --amp bf16   # the shipped teacher + default student
+        [--teacher assets/checkpoints/teacher.safetensors] [--config assets/configs/distill_full.yaml]
+        [--data data/synthped/train] [--batch-size 2] [--steps 5]
+
+Each part is wall time per step (median over ``--steps`` after one warm-up step),
+with ``torch.cuda.synchronize()`` at every boundary on a GPU, so parts add up to
+the step:
+
+- ``teacher forward``: the teacher modules the distiller calls (backbone, RPN head,
+  box RoI pool / head / predictor), timed by hooks;
+- ``kd terms``: every ``kd/…`` term, least-squares adapter fits included;
+- ``student forward``: the rest of the forward (transform, student, ``det/`` losses);
+- ``backward`` and ``optimizer``.
+
+The same placement as ``hkd distill``: both models on ``--device``, autocast for
+``--amp`` with the teacher stored in that precision (:mod:`hkd.train.engine`).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _clock(device: torch.device):
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return now
+
+
+def _batch(args, data, step: int, size: tuple[int, int]):
+    """(images, targets): dataset samples if ``--data``, else noise images with two upright boxes."""
+    if data is not None:  # augmented samples with detection targets (hkd.train.data.SeededSamples)
+        samples = [data[(step * args.batch_size + i) % len(data)] for i in range(args.batch_size)]
+        return [s[0] for s in samples], [s[1] for s in samples]
+    gen = torch.Generator().manual_seed(step)
+    h, w = size
+    images = [torch.rand(3, h, w, generator=gen) for _ in range(args.batch_size)]
+    box = torch.tensor([[0.1 * w, 0.2 * h, 0.25 * w, 0.8 * h], [0.6 * w, 0.3 * h, 0.72 * w, 0.9 * h]])
+    return images, [{"boxes": box.clone(), "labels": torch.ones(2, dtype=torch.int64)} for _ in images]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--real", action="store_true", help="the shipped teacher and the default student preset")
+    p.add_argument("--teacher", default=str(REPO / "assets/checkpoints/teacher.safetensors"))
+    p.add_argument("--config", default=str(REPO / "assets/configs/distill_full.yaml"), help="distill config")
+    p.add_argument("--data", help="a training dataset folder (default: generated noise images)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+
+    from hkd.distill.distiller import Distiller
+    from hkd.models.checkpoint import load_checkpoint
+    from hkd.models.device import resolve_device
+    from hkd.models.presets import DEFAULT_STUDENT, build_detector, get_preset
+    from hkd.train.engine import AMP_DTYPES, autocast
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    if args.amp == "fp16" and device.type != "cuda":
+        p.error("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+    if args.real:
+        loaded = load_checkpoint(args.teacher, inference=True)
+        teacher, t_preset = loaded.model, loaded.meta.preset
+        student = get_preset(DEFAULT_STUDENT).build(pretrained_backbone=True)
+        size = (480, 640)
+    else:
+        t_preset = "hkd_frcnn_lite2.teacher"
+        teacher = build_detector(t_preset, min_size=96, max_size=128).eval()
+        student = build_detector(DEFAULT_STUDENT, pretrained_backbone=False, min_size=96, max_size=128)
+        size = (96, 128)
+    teacher.to(device=device, dtype=AMP_DTYPES[args.amp] or torch.float32)
+    student.to(device)
+    distiller = Distiller.build(teacher, get_preset(t_preset).hierarchy, student, get_preset(DEFAULT_STUDENT).hierarchy,
+                                args.config).train()
+    opt = torch.optim.SGD(list(distiller.trainable_parameters()), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    data = None
+    if args.data:
+        from hkd.data.datasets import open_dataset
+        from hkd.train.data import SeededSamples
+        data_set = SeededSamples(open_dataset(args.data), seed=0, flip=0.5, scale=(1.0, 1.0), color=0.2)
+        data = _Indexed(data_set)
+
+    now = _clock(device)
+    spent = {"teacher": 0.0, "kd": 0.0}
+    starts: dict[int, float] = {}
+    modules = [getattr(teacher, name) for name in ("backbone", "head") if hasattr(teacher, name)]
+    if hasattr(teacher, "rpn"):
+        modules += [teacher.rpn.head, teacher.roi_heads.box_roi_pool, teacher.roi_heads.box_head,
+                    teacher.roi_heads.box_predictor]
+    for module in modules:
+        module.register_forward_pre_hook(lambda m, _inputs: starts.__setitem__(id(m), now()))
+        module.register_forward_hook(lambda m, _i, _o: spent.__setitem__("teacher", spent["teacher"] + now()
+                                                                         - starts[id(m)]))
+    term_loss = distiller._term_loss
+
+    def timed_term_loss(*a, **k):
+        start = now()
+        try:
+            return term_loss(*a, **k)
+        finally:
+            spent["kd"] += now() - start
+
+    distiller._term_loss = timed_term_loss  # this instance only: the bench's probe, not a code path
+
+    rows: list[dict[str, float]] = []
+    for step in range(args.steps + 1):
+        images, targets = _batch(args, data, step, size)
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        spent.update(teacher=0.0, kd=0.0)
+        t0 = now()
+        with autocast(device, args.amp):
+            losses = distiller(images, targets, step=10**9)  # every scheduled term active
+            total = sum(losses.values())
+        t1 = now()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        t2 = now()
+        scaler.step(opt)
+        scaler.update()
+        t3 = now()
+        if step:  # the first step warms up (allocator, cudnn autotuning, lazy inits)
+            rows.append({"teacher forward": spent["teacher"], "kd terms": spent["kd"],
+                         "student forward": t1 - t0 - spent["teacher"] - spent["kd"],
+                         "backward": t2 - t1, "optimizer": t3 - t2, "step": t3 - t0})
+    print(f"{'real' if args.real else 'tiny'} pair on {device} (amp {args.amp}), batch {args.batch_size} at "
+          f"{size[1]}×{size[0]}, {len(rows)} steps, {len([k for k in losses if k.startswith('kd/')])} kd terms")
+    total_ms = statistics.median(r["step"] for r in rows) * 1e3
+    for key in ("teacher forward", "student forward", "kd terms", "backward", "optimizer", "step"):
+        ms = statistics.median(r[key] for r in rows) * 1e3
+        print(f"  {key:16s} {ms:9.1f} ms  {100 * ms / total_ms:5.1f} %")
+    return 0
+
+
+class _Indexed:
+    """``data[i]`` for :class:`SeededSamples`, whose keys are (stream position, index)."""
+
+    def __init__(self, samples) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.samples[(i, i)]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
