@@ -72,10 +72,11 @@ def detect(model: nn.Module, images: list, *, score_thresh: float = 0.05, max_de
     if model.training:
         raise RuntimeError("detect() needs a model in eval mode; call model.eval() once when loading it")
     tensors = [image_tensor(im) for im in images]
+    device = next(model.parameters()).device  # a model moved to a GPU (hkd predict --device cuda)
     out = []
     for tensor in tensors:
         start = time.perf_counter()
-        (pred,) = model([tensor])
+        (pred,) = model([tensor.to(device)])
         seconds = time.perf_counter() - start
         out.append(Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets, seconds=seconds))
     return out
