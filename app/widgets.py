@@ -54,6 +54,11 @@ def pair_summary() -> None:
 
 def require_pair() -> tuple[models.LoadedModel, models.LoadedModel]:
     """The loaded teacher and student, or a clear message and the end of this page run."""
+    import torch
+
+    from app.services import finetune
+
+    torch.set_num_threads(finetune.app_threads())  # leave the running jobs their cores
     refs = {role: models.current_ref(role) for role in models.ROLES}
     if not all(refs.values()):
         no_checkpoints_help(models.models_folder())

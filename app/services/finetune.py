@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,19 @@ HIERARCHIES = {"backbone": "Backbone", "neck": "FPN", "rpn": "RPN", "roi": "ROI 
 
 def queue() -> JobQueue:
     return JobQueue(settings.jobs_dir())
+
+
+def app_threads() -> int:
+    """Torch threads for the app's own forwards: the cores the running jobs leave free (at least 1).
+
+    OpenMP threads spin while they wait, so two threads of the app beside a one-thread job on two
+    cores are several times slower than one (docs/DESIGN.md, "Threads")."""
+    cores = os.cpu_count() or 2
+    try:
+        busy = sum(j.threads for j in queue().list(advance=False) if j.state == "running")
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
 
 
 def _resolve(value, base: Path):

@@ -95,3 +95,16 @@ def test_a_missing_dataset_offers_to_generate_it(distill_env, tmp_path, monkeypa
     assert any("not generated yet" in w.value for w in at.warning)
     assert at.button(key="distill_launch").disabled
     assert at.button(key="generate_synthped:train_small")
+
+
+def test_the_app_leaves_running_jobs_their_cores(monkeypatch):
+    from types import SimpleNamespace
+
+    from app.services import finetune
+
+    jobs = [SimpleNamespace(state="running", threads=1), SimpleNamespace(state="succeeded", threads=4)]
+    monkeypatch.setattr(finetune.JobQueue, "list", lambda self, advance=True: jobs)
+    monkeypatch.setattr(finetune.os, "cpu_count", lambda: 4)
+    assert finetune.app_threads() == 3
+    jobs.append(SimpleNamespace(state="running", threads=8))
+    assert finetune.app_threads() == 1  # never fewer than one
