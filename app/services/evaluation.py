@@ -440,7 +440,7 @@ class Evaluation:
 def _compare(gt_hash: str, files: tuple[tuple[str, str, int], ...], fppi: float, setup: str, _gt: dict) -> Evaluation:
     from hkd.eval.compare import ComparisonInputError, compare_models
 
-    del gt_hash  # cache key only
+    # gt_hash: the cache key of the ground truth
     dets, skipped = {}, []
     for label, path, _ in files:
         raw = read_predictions(Path(path))
@@ -452,22 +452,36 @@ def _compare(gt_hash: str, files: tuple[tuple[str, str, int], ...], fppi: float,
     if not dets:
         raise EvaluationError("no readable predictions: " + "; ".join(skipped))
     paths = {label: path for label, path, _ in files}
+    # the comparison (AP through pycocotools is most of it) is kept on disk too, so a restarted
+    # app or another server process opens a cached evaluation at once
+    key = json.dumps([gt_hash, [list(f) for f in files], fppi, setup, sorted(dets)])
+    cached = settings.cache_dir() / "compare" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     try:
-        result = compare_models(_gt, dets, fppi=fppi, setup=setup)
-    except ComparisonInputError as exc:
-        where = paths.get(exc.source, "the ground truth")
-        raise EvaluationError(f"{where}: {exc}") from None
-    except ValueError as exc:
-        raise EvaluationError(str(exc)) from None
-    skipped += list(result.skipped)
+        stored = json.loads(cached.read_text())
+        report, curves, result_setup, result_skipped = (stored["report"], stored["curves"], stored["setup"],
+                                                        stored["skipped"])
+    except (OSError, ValueError, KeyError):
+        try:
+            result = compare_models(_gt, dets, fppi=fppi, setup=setup)
+        except ComparisonInputError as exc:
+            where = paths.get(exc.source, "the ground truth")
+            raise EvaluationError(f"{where}: {exc}") from None
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
+        report, curves, result_setup, result_skipped = result.to_dict(), result.curves, result.setup, result.skipped
+        from hkd.models.meta import atomic_write
+
+        text = json.dumps({"report": report, "curves": curves, "setup": result_setup, "skipped": list(result_skipped)})
+        atomic_write(cached, lambda tmp: Path(tmp).write_text(text))
+    skipped += list(result_skipped)
     by_image: dict[str, dict[int, list[dict]]] = {}
     for label, rows in dets.items():
         grouped = defaultdict(list)
         for det in rows:
             grouped[det["image_id"]].append(det)
         by_image[label] = dict(grouped)
-    return Evaluation(result.to_dict(), result.curves, result.setup, tuple(skipped), dets,
-                      {label: paths[label] for label in dets}, by_image)
+    return Evaluation(report, curves, result_setup, tuple(skipped), dets, {label: paths[label] for label in dets},
+                      by_image)
 
 
 def compare(prepared: Prepared, ready: list[PredictionState], *, fppi: float = 0.1,
