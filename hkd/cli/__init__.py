@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "hkd.cli.train_cmd",
     "distill": "hkd.cli.train_cmd",
     "jobs": "hkd.cli.jobs_cmd",
+    "export": "hkd.cli.export_cmd",
 }
 
 

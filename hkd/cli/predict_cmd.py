@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from hkd.cli import CLIError
@@ -12,7 +13,9 @@ from hkd.train.run_folder import write_status
 
 def add_parser(subparsers, name: str) -> None:
     p = subparsers.add_parser(name, help="detect pedestrians in a folder of images; write COCO results JSON")
-    p.add_argument("--checkpoint", required=True, help="HKD checkpoint (.safetensors) or foreign weights with --preset")
+    p.add_argument("--checkpoint", required=True,
+                   help="HKD checkpoint (.safetensors), foreign weights with --preset, "
+                        "or an exported .onnx model (run by onnxruntime)")
     p.add_argument("--preset", help="architecture of a foreign weights file")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--gt", help="COCO-style GT: image_id is taken from it by file_name")
@@ -20,7 +23,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--score-thresh", type=float, default=0.05,
                    help="keep detections with score ≥ this (default 0.05: MR-2/AP need the low scores)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image (default 100)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: torch's or onnxruntime's choice)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N images (in the GT's image order with --gt, else sorted by path)")
     p.add_argument("--status", type=Path, metavar="JSON",
@@ -35,7 +39,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from hkd.data.images import IMAGE_SUFFIXES, ImageError, load_image
-    from hkd.models.checkpoint import CheckpointError, load_checkpoint
+    from hkd.models.checkpoint import CheckpointError
+    from hkd.deploy.onnx import OnnxDetector, OnnxInputError
     from hkd.models.inference import detect
 
     images_dir = Path(args.images)
@@ -62,11 +67,13 @@ def run(args) -> int:
             files = [p for p in files if p.relative_to(images_dir).as_posix() in wanted or p.name in wanted]
         files = files[:args.limit]
     try:
-        loaded = load_checkpoint(args.checkpoint, preset=args.preset, inference=True)
+        model = _load_model(args)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    # both backends give the same Detections: PyTorch through detect(), onnxruntime through its own detect()
+    run_detect = model.detect if isinstance(model, OnnxDetector) else partial(detect, model)
     if args.status:
         write_status(args.status, "running", step=0, total=len(files))
     results, skipped = [], []
@@ -90,7 +97,12 @@ def run(args) -> int:
             if args.status:
                 write_status(args.status, "failed", message=str(exc))
             raise CLIError(str(exc)) from None
-        (dets,) = detect(loaded.model, [image], score_thresh=args.score_thresh, max_dets=args.max_dets)
+        try:
+            (dets,) = run_detect([image], score_thresh=args.score_thresh, max_dets=args.max_dets)
+        except OnnxInputError as exc:  # a fixed-size ONNX export and an image of another size
+            if args.status:
+                write_status(args.status, "failed", message=f"{path}: {exc}")
+            raise CLIError(f"{path}: {exc}") from None
         results.extend(dets.to_coco(image_id))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,3 +115,18 @@ def run(args) -> int:
         write_status(args.status, "succeeded", step=len(files), total=len(files), message=msg,
                      outputs={"dets": str(out)})
     return 0
+
+
+def _load_model(args):
+    """The PyTorch model (prepared for inference), or an :class:`~hkd.deploy.onnx.OnnxDetector` for a .onnx
+    file: both run through :func:`hkd.models.inference.detect` and give the same COCO results."""
+    from hkd.deploy.onnx import OnnxDetector, is_onnx
+    from hkd.models.checkpoint import load_checkpoint
+
+    if is_onnx(args.checkpoint):
+        if args.preset:
+            raise CLIError(f"--preset is for foreign weights; {args.checkpoint} carries its own metadata")
+        if args.threads < 0:
+            raise CLIError(f"--threads must be a positive number, got {args.threads}")
+        return OnnxDetector(args.checkpoint, threads=args.threads or None)
+    return load_checkpoint(args.checkpoint, preset=args.preset, inference=True).model
