@@ -60,6 +60,8 @@ def page_timings_while(queue, job_id: str) -> list[tuple[str, float, str]]:
     at.run()
     at.switch_page("app_pages/detections.py")
     check(at.run())  # warm: both models loaded (a page visit before the job started would have done it)
+    while (job := queue.get(job_id)).active and job.step < 2:  # time the pages beside training steps
+        time.sleep(1)
     at.file_uploader(key="det_upload").upload(image.name, image.read_bytes(), "image/png")
     timed(rows, "Detection compare, 640×480 upload", "decode + both models + matching, cold", lambda: check(at.run()))
     at.slider(key="det_score").set_value(0.3)
