@@ -38,6 +38,9 @@ match_iou = cols[2].slider("Agreement IoU", 0.3, 0.9, 0.5, 0.05, key="det_match"
 has_gt = picture.gt_boxes is not None
 show_gt = has_gt and cols[3].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
                          help="Available for the SynthPed samples (from their annotations).")
+use_onnx = cols[3].toggle("Student through onnxruntime", key="det_onnx",
+                          help="Run the student's ONNX export (hkd export; made and checked against PyTorch "
+                               "on first use) instead of PyTorch.")
 
 shown = {"teacher": teacher, "student": student}
 # file names as chosen: identical files share one cached model, which keeps the first one's path
@@ -48,9 +51,17 @@ if third_path != NONE:
             shown["third"] = models.load({"path": third_path, "preset": None})
     except (CheckpointError, settings.PathNotAllowed) as exc:
         st.error(f"The third checkpoint cannot be used: {exc}  \nPick another one or none.")
-found = {}
+found, backend = {}, {role: "PyTorch" for role in shown}
 for role, m in shown.items():
     with st.spinner(f"Running the {role} ({names[role]})…"):
+        if role == "student" and use_onnx:
+            try:
+                found[role] = compute.detections(m, picture, backend="onnxruntime").filter(score, nms)
+                backend[role] = "onnxruntime"
+                continue
+            except Exception as exc:  # noqa: BLE001 - any export/runtime failure: say so, fall back to PyTorch
+                st.error(f"The student cannot run through onnxruntime ({type(exc).__name__}: {exc}); "
+                         "showing PyTorch's detections.")
         found[role] = compute.detections(m, picture).filter(score, nms)
 
 height, width = picture.pixels.shape[:2]
@@ -60,7 +71,7 @@ for column, (role, m) in zip(st.columns(len(shown), gap="large"), shown.items())
         dets = found[role]
         st.image(draw_boxes(picture.pixels, dets.boxes, scores=dets.scores, color=COLOR[role]), width="stretch")
         st.caption(f"**{len(dets)} pedestrians** with score ≥ {score:.2f} · inference **{dets.seconds * 1000:.0f} ms** "
-                   f"on the CPU for {picture.name} ({width}×{height}; first run, cached afterwards)")
+                   f"on the CPU ({backend[role]}) for {picture.name} ({width}×{height}; first run, cached afterwards)")
 
 st.header("Agreement")
 pairs = [f"{a}|{b}" for a, b in combinations(shown, 2)]

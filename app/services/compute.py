@@ -8,6 +8,8 @@ sha256, an image key is its content hash or sample path.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 import torch
@@ -48,10 +50,49 @@ def _detections(model_key: str, image_key: str, _model, _pixels: np.ndarray) -> 
     return found
 
 
-def detections(m: LoadedModel, picture: Picture) -> Detections:
+def detections(m: LoadedModel, picture: Picture, *, backend: str = "pytorch") -> Detections:
     """All detections of ``m`` on the image (the page filters by score and NMS); ``seconds`` is
-    the inference time measured when first computed."""
+    the inference time measured when first computed. ``backend="onnxruntime"`` runs the model's
+    ONNX export (:func:`onnx_detector`) instead of PyTorch."""
+    if backend == "onnxruntime":
+        return _onnx_detections(m.key, picture.key, onnx_detector(m), picture.pixels)
     return _detections(m.key, picture.key, m.model, picture.pixels)
+
+
+# -- the ONNX backend (hkd.deploy) ----------------------------------------------
+def onnx_cache() -> Path:
+    from app.services import settings
+
+    return settings.cache_dir() / "onnx"
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _onnx_detector(model_key: str, _path: str):
+    from hkd.deploy import OnnxDetector, cached_export
+
+    return OnnxDetector(cached_export(_path, onnx_cache()), threads=2)
+
+
+def onnx_detector(m: LoadedModel):
+    """``m``'s checkpoint exported to ONNX (once per file content, checked against PyTorch on export)
+    and run by onnxruntime; shared by every session and never mutated. Raises CheckpointError
+    (e.g. a preset that cannot be exported) or hkd.deploy's OnnxCheckError."""
+    return _onnx_detector(m.key, str(m.checkpoint.path))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _onnx_detections(model_key: str, image_key: str, _detector, _pixels: np.ndarray) -> Detections:
+    (found,) = _detector.detect([_pixels], score_thresh=0.0)
+    return found
+
+
+def latency_both(m: LoadedModel, runs: int = 3) -> dict:
+    """Measured now: PyTorch and onnxruntime median latency of a 640×480 forward, 2 threads each,
+    back to back by the same protocol (``hkd.deploy.backend_latency``)."""
+    from hkd.deploy import backend_latency
+
+    return backend_latency(m.checkpoint.path, cache_dir=onnx_cache(), model=m.model, detector=onnx_detector(m),
+                           width=PROFILE_SIZE[0], height=PROFILE_SIZE[1], threads=2, warmup=1, runs=runs)
 
 
 # -- feature maps ---------------------------------------------------------------

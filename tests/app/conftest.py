@@ -8,10 +8,13 @@ from tests.app.studio import APP, TIMEOUT
 
 
 @pytest.fixture()
-def studio_env(studio_world, monkeypatch):
+def studio_env(studio_world, monkeypatch, tmp_path):
     monkeypatch.setenv("HKD_MODELS_DIR", str(studio_world["models"]))
     monkeypatch.setenv("HKD_SAMPLES_DIR", str(studio_world["samples"]))
     monkeypatch.delenv("HKD_DATA_ROOTS", raising=False)
+    # jobs, caches (predictions, comparisons, ONNX exports) of this test only
+    monkeypatch.setenv("HKD_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("HKD_CACHE_DIR", str(tmp_path / "cache"))
     return studio_world
 
 

@@ -169,3 +169,18 @@ def _webp() -> bytes:
     buffer = io.BytesIO()
     Image.open(io.BytesIO(png_bytes(seed=12))).save(buffer, format="WEBP")
     return buffer.getvalue()
+
+
+def test_the_student_can_run_through_onnxruntime(open_page):
+    at = open_page("detections")
+    at.slider(key="det_score").set_value(0.05).run()
+    pytorch = [c for c in captions(at).splitlines() if "(PyTorch)" in c]
+    at.toggle(key="det_onnx").set_value(True).run()
+    no_exceptions(at)
+    assert not at.error, [e.value for e in at.error]
+    lines = captions(at).splitlines()
+    onnx = [c for c in lines if "(onnxruntime)" in c]
+    assert len(onnx) == 1 and len([c for c in lines if "(PyTorch)" in c]) == len(pytorch) - 1
+    # the same number of pedestrians through either runtime (captions: teacher first, then the student)
+    assert len(pytorch) == 2
+    assert onnx[0].split(" with ")[0] == pytorch[1].split(" with ")[0]

@@ -33,8 +33,12 @@ def test_latency_button_measures_both_models(app):
     app.button(key="models_latency").click().run()
     no_exceptions(app)
     labels = [m.label for m in app.metric]
-    assert labels == ["Teacher, median", "Student, median", "Speed-up"]
+    assert labels == ["Teacher, PyTorch", "Student, PyTorch", "Student, onnxruntime", "Speed-up"]
     assert all(m.value.endswith(("ms", "×")) for m in app.metric)
+    # both runtimes side by side for both models (the ONNX exports were made and checked on the way)
+    table = next(t.value for t in app.table if "onnxruntime" in t.value)
+    assert list(table["model"]) == ["teacher", "student"]
+    assert all(str(v).endswith("ms") for v in list(table["pytorch"]) + list(table["onnxruntime"]))
 
 
 def test_corrupt_checkpoint_is_reported_and_the_others_still_load(studio_world, monkeypatch, tmp_path):
