@@ -23,6 +23,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--score-thresh", type=float, default=0.05,
                    help="keep detections with score ≥ this (default 0.05: MR-2/AP need the low scores)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image (default 100)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N (default auto: a GPU when there is one); PyTorch checkpoints only")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads (default: torch's or onnxruntime's choice)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -129,4 +131,10 @@ def _load_model(args):
         if args.threads < 0:
             raise CLIError(f"--threads must be a positive number, got {args.threads}")
         return OnnxDetector(args.checkpoint, threads=args.threads or None)
-    return load_checkpoint(args.checkpoint, preset=args.preset, inference=True).model
+    from hkd.models.device import DeviceError, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as exc:
+        raise CLIError(f"--device: {exc}") from None
+    return load_checkpoint(args.checkpoint, preset=args.preset, inference=True).model.to(device)

@@ -57,3 +57,20 @@ def test_predict_bad_inputs(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(ckpt), "--images", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "d.json")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_predict_device_choices(tmp_path, capsys):
+    import torch
+
+    images, ckpt = _world(tmp_path)
+    out = tmp_path / "cpu.json"
+    assert main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert isinstance(json.loads(out.read_text()), list)
+    assert main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+                 "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # this machine: a GPU asked for where none exists is a clear error
+        assert main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+                     "--device", "cuda"]) == 2
+        assert "torch.cuda.is_available() is False" in capsys.readouterr().err
