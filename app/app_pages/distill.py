@@ -118,7 +118,7 @@ def jobs_view() -> None:
 
 
 if not fine_tunes():
-    st.info("No fine-tunes yet. Launch one above (the quick demo finishes in about 5 minutes).")
+    st.info("No fine-tunes yet. Launch one above (the quick demo finishes in 2–5 minutes on a 2-core CPU).")
     st.stop()
 # a fragment: it redraws itself without reloading the page
 st.fragment(jobs_view, run_every=2.0 if any(j.active for j in fine_tunes()) else None)()
