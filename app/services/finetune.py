@@ -51,24 +51,14 @@ def app_threads() -> int:
     return max(1, cores - busy)
 
 
-def _resolve(value, base: Path):
-    if not isinstance(value, str) or not value:
-        return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def load_preset(file_name: str) -> dict:
     """A shipped run config as plain data, every path absolute and the distill section inline."""
-    path = CONFIGS / file_name
-    raw = yaml.safe_load(path.read_text()) or {}
-    for section, key in (("data", "train"), ("data", "val"), ("model", "init")):
-        if raw.get(section, {}).get(key):
-            raw[section][key] = _resolve(raw[section][key], CONFIGS)
-    if raw.get("teacher"):
-        raw["teacher"] = _resolve(raw["teacher"], CONFIGS)
+    from hkd.train.config import resolve_paths
+
+    raw = yaml.safe_load((CONFIGS / file_name).read_text()) or {}
+    resolve_paths(raw, CONFIGS)  # as `hkd distill --config` resolves them: relative to the file
     if isinstance(raw.get("distill"), str):
-        inline = yaml.safe_load(Path(_resolve(raw["distill"], CONFIGS)).read_text()) or {}
+        inline = yaml.safe_load(Path(raw["distill"]).read_text()) or {}
         raw["distill"] = inline.get("distill", inline)
     return raw
 

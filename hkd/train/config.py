@@ -274,7 +274,7 @@ def _resolve(path: Any, base_dir: Path) -> Any:
     return str(expanded if expanded.is_absolute() else (base_dir / expanded).resolve())
 
 
-def _resolve_raw_paths(raw: dict, base_dir: Path) -> None:
+def resolve_paths(raw: dict, base_dir: Path) -> None:
     """Resolve the path keys of a raw config mapping against ``base_dir`` in place."""
     for key in PATH_KEYS:
         node = raw
@@ -298,7 +298,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     # the file's own paths are relative to the file; the command line's to the working directory
-    _resolve_raw_paths(raw, path.parent.resolve())
+    resolve_paths(raw, path.parent.resolve())
     cwd = Path.cwd()
     for item in overrides or []:
         key, sep, value = item.partition("=")
