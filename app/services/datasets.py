@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hkd.train.jobs import Job, JobQueue
+from hkd.train.jobs import Job
 
 from app.services import settings
+from app.services.finetune import queue
 
 # name → (images, seed): the splits of docs/BENCHMARKS.md. Same seed, same bytes, and image i
 # depends only on (seed, i), so train_small is the first 400 images of train.
@@ -107,10 +108,6 @@ def get(key: str) -> DatasetChoice:
         if choice.key == key:
             return choice
     raise KeyError(f"no dataset {key!r}; known: {', '.join(c.key for c in choices())}")
-
-
-def queue() -> JobQueue:
-    return JobQueue(settings.jobs_dir())
 
 
 def generation_job(choice: DatasetChoice) -> Job | None:

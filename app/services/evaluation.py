@@ -34,7 +34,8 @@ import streamlit as st
 from hkd.models.meta import CheckpointError
 from hkd.viz.draw import COLORS
 
-from app.services import models, settings
+from app.services import finetune, models, settings
+from app.services.finetune import queue
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,13 @@ class Candidate:
     default: bool = False
 
 
-def queue():
-    from hkd.train.jobs import JobQueue
-
-    return JobQueue(root=settings.jobs_dir())
-
-
 def _finished_finetunes() -> list[tuple[str, str]]:
     """(name, checkpoint path) of every succeeded train/distill job that left a checkpoint."""
     try:
-        jobs = queue().list()
+        return [(job.name or job.id, str(path)) for job, path in finetune.finished_checkpoints(queue())]
     except (OSError, ValueError) as exc:  # an unreadable queue must not hide the folder's checkpoints
         log.warning("jobs queue %s unreadable: %s", settings.jobs_dir(), exc)
         return []
-    out = []
-    for job in jobs:
-        if job.kind in ("predict", "synth") or job.state != "succeeded":
-            continue
-        path = (job.outputs or {}).get("checkpoint")  # the run's final checkpoint
-        if isinstance(path, str) and Path(path).is_file():
-            out.append((job.name or job.id, path))
-    return out
 
 
 def candidates() -> list[Candidate]:
@@ -103,8 +90,8 @@ def candidates() -> list[Candidate]:
     presets = {r["path"]: r.get("preset") for r in refs.values() if r}
     found: list[tuple[str, dict, str, bool]] = []
     for entry in entries:
-        if entry.error or (entry.needs_preset and not presets.get(entry.path)):
-            continue
+        if entry.error or (entry.needs_preset and not presets.get(entry.path)) or entry.source == "job":
+            continue  # fine-tunes come below, named after their jobs
         stem = Path(entry.path).stem
         found.append((stem, {"path": entry.path, "preset": presets.get(entry.path)},
                       "upload" if entry.source == "upload" else "models folder", stem in DEFAULT_STEMS))

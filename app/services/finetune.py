@@ -148,16 +148,17 @@ def submit(cfg: dict, name: str, threads: int) -> Job:
     return queue().submit_run(kind, write_config(cfg), name=name, threads=threads)
 
 
-def finished_checkpoints() -> list[tuple[Job, Path]]:
-    """Final checkpoints of the succeeded train/distill jobs, oldest first."""
+def finished_checkpoints(jobs_queue: JobQueue | None = None) -> list[tuple[Job, Path]]:
+    """Final checkpoints of the succeeded train/distill jobs (of ``jobs_queue``, default :func:`queue`),
+    oldest first: the one list of fine-tunes every model picker and the Evaluate page offer."""
     out = []
     try:
-        jobs = queue().list(advance=False)
+        jobs = (jobs_queue or queue()).list()
     except OSError:
         return out
     for job in jobs:
         if job.kind in ("train", "distill") and job.state == "succeeded":
-            path = RunFolder(job.run).checkpoint("final")
+            path = Path(job.outputs.get("checkpoint") or RunFolder(job.run).checkpoint("final"))
             if path.is_file():
                 out.append((job, path))
     return out

@@ -341,3 +341,21 @@ def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_dis
     np.testing.assert_equal(again["rows"], data["rows"])  # NaN (a region without variance) equals NaN here
     chart = divergence.divergence_chart(again["rows"], measure="cka")
     assert {t.name for t in chart.data} == {"failure", "success"}
+
+
+def test_a_finished_finetune_in_the_model_pickers_is_listed_once_under_its_job_name(eval_env, monkeypatch):
+    """models.available() offers finished fine-tunes too (as `job …` entries): Evaluate lists each once, named
+    after its job, selected by default — not as the run folder's `final` checkpoint of the models folder."""
+    from app.services import models
+    from hkd.train.jobs import Job
+
+    run = eval_env["root"] / "jobs" / "j1" / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    final = run / "final.safetensors"
+    final.write_bytes((eval_env["models"] / "student_hkd.safetensors").read_bytes())
+    job = Job(id="j1", kind="distill", name="quick", state="succeeded", command=[], run=str(run.parent), created=0.0,
+              updated=0.0, outputs={"checkpoint": str(final)})
+    monkeypatch.setattr(evaluation.finetune.JobQueue, "list", lambda self, advance=True: [job])
+    assert any(e.source == "job" and e.path == str(final) for e in models.available()[0])
+    found = [c for c in evaluation.candidates() if c.ref["path"] == str(final)]
+    assert [(c.label, c.source, c.default) for c in found] == [("quick", "fine-tune", True)]
