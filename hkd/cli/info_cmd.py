@@ -17,7 +17,10 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--preset", help="architecture of a foreign weights file (see `hkd presets`)")
     p.add_argument("--size", default=None,
                    help="input WIDTHxHEIGHT for FLOPs and latency (default 640x480; a fixed-size ONNX model: its size)")
-    p.add_argument("--bench", action="store_true", help="also measure CPU latency")
+    p.add_argument("--bench", action="store_true", help="also measure latency (on --device)")
+    p.add_argument("--device", default="cpu",
+                   help="where --bench times the model: cpu (default) | auto | cuda | cuda:N; "
+                        "an .onnx model is timed by onnxruntime on the CPU")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for --bench (default 2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -33,7 +36,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def describe(checkpoint: str, *, preset: str | None = None, size=(640, 480), bench=False, threads=2) -> dict:
+def describe(checkpoint: str, *, preset: str | None = None, size=(640, 480), bench=False, threads=2,
+             device: str = "cpu") -> dict:
     from dataclasses import asdict
 
     from hkd.deploy.onnx import is_onnx
@@ -41,12 +45,21 @@ def describe(checkpoint: str, *, preset: str | None = None, size=(640, 480), ben
     if is_onnx(checkpoint):
         if preset:
             raise CLIError(f"--preset is for foreign weights; {checkpoint} carries its own metadata")
+        if bench and str(device).lower() not in ("cpu", "auto"):
+            raise CLIError(f"--device {device}: an .onnx model is timed by onnxruntime's CPU provider; "
+                           "time the .safetensors checkpoint on the GPU instead")
         return describe_onnx(checkpoint, size=size, bench=bench, threads=threads)
 
     from hkd.models.checkpoint import load_checkpoint
     from hkd.models.presets import get_preset
-    from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
+    from hkd.models.device import DeviceError, resolve_device
+    from hkd.models.profile import flops_by_hierarchy, latency, params_by_hierarchy
 
+    if bench:
+        try:
+            target = resolve_device(device)
+        except DeviceError as exc:
+            raise CLIError(f"--device: {exc}") from None
     loaded = load_checkpoint(checkpoint, preset=preset)
     p = get_preset(loaded.meta.preset)
     info = {
@@ -64,7 +77,7 @@ def describe(checkpoint: str, *, preset: str | None = None, size=(640, 480), ben
         from hkd.models.optimize import prepare_for_inference
 
         # timed as it is run: frozen norms folded, channels-last (FLOPs above are unchanged by it)
-        info["latency"] = cpu_latency(prepare_for_inference(loaded.model), *size, threads=threads)
+        info["latency"] = latency(prepare_for_inference(loaded.model), *size, device=target, threads=threads)
     return info
 
 
@@ -113,7 +126,8 @@ def run(args) -> int:
 
     size = parse_size(args.size) if args.size else (None if is_onnx(args.checkpoint) else (640, 480))
     try:
-        info = describe(args.checkpoint, preset=args.preset, size=size, bench=args.bench, threads=args.threads)
+        info = describe(args.checkpoint, preset=args.preset, size=size, bench=args.bench, threads=args.threads,
+                        device=args.device)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     if args.json:
@@ -153,7 +167,8 @@ def run(args) -> int:
             print(f"\nlatency      {lat['median_s'] * 1000:.0f} ms median at {w}x{h} (onnxruntime "
                   f"{lat['provider']}, {lat['runs']} runs, {lat['threads']} threads)")
         else:
-            print(f"\nCPU latency  {lat['median_s'] * 1000:.0f} ms median "
+            where = "CPU" if lat["device"] == "cpu" else lat["device"]
+            print(f"\nlatency      {lat['median_s'] * 1000:.0f} ms median on {where} "
                   f"({lat['runs']} runs, {lat['threads']} threads)")
     return 0
 

@@ -86,22 +86,52 @@ def num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def cpu_latency(
-    model: nn.Module, width: int = 640, height: int = 480, *, threads: int | None = 2, warmup: int = 2, runs: int = 7
+def latency(
+    model: nn.Module, width: int = 640, height: int = 480, *, device: torch.device | str = "cpu",
+    threads: int | None = 2, warmup: int = 2, runs: int = 7,
 ) -> dict[str, float]:
-    """Median / min wall time (seconds) of one eval forward on the CPU."""
+    """Median / min wall time (seconds) of one eval forward on ``device``.
+
+    The model and the image are moved to ``device`` (the model is moved back
+    afterwards); on a GPU every run ends with ``torch.cuda.synchronize`` so the
+    time is the forward's, not its launch's. ``threads`` sets torch's CPU threads
+    (on a GPU they only run the host side). The result also names the device.
+    """
+    device = torch.device(device)
     was_training = model.training
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    home = first.device if first is not None else torch.device("cpu")
     model.eval()
-    images = _dummy(width, height)
+    if device != home:
+        model.to(device)
+    images = [image.to(device) for image in _dummy(width, height)]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     times = []
     try:
         with num_threads(threads), torch.inference_mode():
             for _ in range(warmup):
                 model(images)
+            sync()
             for _ in range(runs):
                 start = time.perf_counter()
                 model(images)
+                sync()
                 times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
-    return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs, "threads": threads or torch.get_num_threads()}
+        if device != home:
+            model.to(home)
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs,
+            "threads": threads or torch.get_num_threads(), "device": str(device)}
+
+
+def cpu_latency(
+    model: nn.Module, width: int = 640, height: int = 480, *, threads: int | None = 2, warmup: int = 2, runs: int = 7
+) -> dict[str, float]:
+    """:func:`latency` on the CPU (``model`` may also be any callable with ``eval``/``train``, e.g. an
+    onnxruntime detector)."""
+    return latency(model, width, height, device="cpu", threads=threads, warmup=warmup, runs=runs)

@@ -156,6 +156,19 @@ def test_info_cli_json(saved, capsys):
     assert {"backbone", "neck", "rpn", "roi"} <= set(info["flops"])
 
 
+def test_info_cli_bench_names_its_device(saved, capsys):
+    assert main(["info", str(saved), "--json", "--bench", "--device", "cpu", "--size", "96x64", "--threads", "1"]) == 0
+    latency = json.loads(capsys.readouterr().out)["latency"]
+    assert latency["device"] == "cpu" and latency["median_s"] > 0 and latency["threads"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_info_cli_bench_on_a_missing_gpu_is_a_clear_error(saved, capsys):
+    assert main(["info", str(saved), "--bench", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "torch.cuda.is_available() is False" in err
+
+
 def test_info_cli_bad_file_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "x.safetensors"
     bad.write_bytes(b"\x00" * 10)
