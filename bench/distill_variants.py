@@ -12,6 +12,11 @@ evaluated with ``hkd predict`` + ``hkd eval`` on the *tune* split, never on
 val, so that choosing a config does not leak into the table. Finished runs are
 skipped, interrupted ones resumed; the table goes to stdout and
 runs/variants/table_s<seed>.md.
+
+``--teacher-cache DIR`` passes ``train.teacher_cache=DIR/s<seed>`` to every distill
+run: the variants of one seed see the same batches, so the teacher's image-level
+outputs are computed once per seed and read back by the others (exactly the same
+losses; about 22 MB per step on disk, see :mod:`hkd.distill.teacher_cache`).
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ def train_variant(variant: str, args) -> Path:
     else:
         command, config = "distill", CONFIGS / "student_hkd.yaml"
         overrides = [f"distill={Path(variant).resolve()}", f"teacher={args.teacher.resolve()}"]
+        if args.teacher_cache:
+            overrides.append(f"train.teacher_cache={(args.teacher_cache / f's{args.seed}').resolve()}")
     run_training(train_command(command, config, out, steps=args.steps, seed=args.seed,
                                train_data=args.data / "train", threads=1, overrides=overrides), out)
     return out
@@ -56,6 +63,8 @@ def main() -> int:
                    help="where the runs go (default runs/variants, or runs/variants<steps> when --steps is not 400, "
                         "so that runs of another length never pass for finished ones)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
+    p.add_argument("--teacher-cache", type=Path, default=None,
+                   help="share the teacher's outputs between the distill runs of a seed (a folder; large)")
     args = p.parse_args()
     if args.root is None:
         args.root = default_root(args.steps)

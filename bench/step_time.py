@@ -4,6 +4,7 @@
     python bench/step_time.py --real --device cuda --amp bf16   # the shipped teacher + default student
         [--teacher assets/checkpoints/teacher.safetensors] [--config assets/configs/distill_full.yaml]
         [--data data/synthped/train] [--batch-size 2] [--steps 5]
+        [--plain] [--teacher-cache /tmp/teacher_cache]
 
 Each part is wall time per step (median over ``--steps`` after one warm-up step),
 with ``torch.cuda.synchronize()`` at every boundary on a GPU, so parts add up to
@@ -17,10 +18,20 @@ the step:
 
 The same placement as ``hkd distill``: both models on ``--device``, autocast for
 ``--amp`` with the teacher stored in that precision (:mod:`hkd.train.engine`).
+
+``--plain`` also times the student's own training step (no teacher, no KD; a copy of
+the student with its own optimizer) on the same batches, interleaved with the distill
+steps, and prints the distill / plain ratio. ``--teacher-cache DIR`` then times the
+distill steps with a warm :class:`~hkd.distill.teacher_cache.TeacherCache` in ``DIR``:
+a first pass over the same steps fills it (or finds it filled), a second pass is timed;
+``teacher cache`` is the time spent finding, reading and checking its entries.
+Every step's random draws (multi-scale size, proposal sampling) are seeded from the
+step, so both passes see the same batches.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -61,9 +72,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--plain", action="store_true", help="also time the student's own step (no teacher, no KD)")
+    p.add_argument("--teacher-cache", metavar="DIR", help="also time distill steps with a warm teacher cache in DIR")
     args = p.parse_args()
 
-    from hkd.distill.distiller import Distiller
+    from hkd.distill.distiller import Distiller, detection_losses
+    from hkd.distill.teacher_cache import TeacherCache
     from hkd.models.checkpoint import load_checkpoint
     from hkd.models.device import resolve_device
     from hkd.models.presets import DEFAULT_STUDENT, build_detector, get_preset
@@ -76,19 +90,23 @@ def main() -> int:
         p.error("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
     if args.real:
         loaded = load_checkpoint(args.teacher, inference=True)
-        teacher, t_preset = loaded.model, loaded.meta.preset
+        teacher, t_preset, teacher_id = loaded.model, loaded.meta.preset, loaded.sha256
         student = get_preset(DEFAULT_STUDENT).build(pretrained_backbone=True)
         size = (480, 640)
     else:
         t_preset = "hkd_frcnn_lite2.teacher"
         teacher = build_detector(t_preset, min_size=96, max_size=128).eval()
+        teacher_id = f"bench-tiny:{t_preset}:seed0:{args.amp}"  # random init from torch.manual_seed(0)
         student = build_detector(DEFAULT_STUDENT, pretrained_backbone=False, min_size=96, max_size=128)
         size = (96, 128)
     teacher.to(device=device, dtype=AMP_DTYPES[args.amp] or torch.float32)
     student.to(device)
+    plain = copy.deepcopy(student).train() if args.plain else None  # the student at the same init
     distiller = Distiller.build(teacher, get_preset(t_preset).hierarchy, student, get_preset(DEFAULT_STUDENT).hierarchy,
                                 args.config).train()
     opt = torch.optim.SGD(list(distiller.trainable_parameters()), lr=1e-4, momentum=0.9)
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=1e-4, momentum=0.9) if plain is not None else None
+    plain_scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     data = None
     if args.data:
@@ -98,7 +116,7 @@ def main() -> int:
         data = _Indexed(data_set)
 
     now = _clock(device)
-    spent = {"teacher": 0.0, "kd": 0.0}
+    spent = {"teacher": 0.0, "kd": 0.0, "cache": 0.0}
     starts: dict[int, float] = {}
     modules = [getattr(teacher, name) for name in ("backbone", "head") if hasattr(teacher, name)]
     if hasattr(teacher, "rpn"):
@@ -119,33 +137,89 @@ def main() -> int:
 
     distiller._term_loss = timed_term_loss  # this instance only: the bench's probe, not a code path
 
-    rows: list[dict[str, float]] = []
-    for step in range(args.steps + 1):
-        images, targets = _batch(args, data, step, size)
-        images = [im.to(device) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        spent.update(teacher=0.0, kd=0.0)
-        t0 = now()
-        with autocast(device, args.amp):
-            losses = distiller(images, targets, step=10**9)  # every scheduled term active
-            total = sum(losses.values())
-        t1 = now()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        t2 = now()
-        scaler.step(opt)
-        scaler.update()
-        t3 = now()
-        if step:  # the first step warms up (allocator, cudnn autotuning, lazy inits)
-            rows.append({"teacher forward": spent["teacher"], "kd terms": spent["kd"],
-                         "student forward": t1 - t0 - spent["teacher"] - spent["kd"],
-                         "backward": t2 - t1, "optimizer": t3 - t2, "step": t3 - t0})
+    def lookup_timed(cache: TeacherCache):
+        image_outputs = cache.image_outputs
+
+        def timed_image_outputs(*a, **k):
+            start, teacher_before = now(), spent["teacher"]
+            try:
+                return image_outputs(*a, **k)
+            finally:  # on a miss the teacher runs inside: that time is the teacher's
+                spent["cache"] += now() - start - (spent["teacher"] - teacher_before)
+
+        cache.image_outputs = timed_image_outputs  # this instance only, like _term_loss above
+        return cache
+
+    def distill_pass(plain_rows: list | None = None) -> tuple[list[dict[str, float]], dict]:
+        rows: list[dict[str, float]] = []
+        losses: dict = {}
+        for step in range(args.steps + 1):
+            images, targets = _batch(args, data, step, size)
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            spent.update(teacher=0.0, kd=0.0, cache=0.0)
+            torch.manual_seed(step)  # multi-scale size, proposal sampling: the same batch in every pass
+            t0 = now()
+            with autocast(device, args.amp):
+                losses = distiller(images, targets, step=10**9)  # every scheduled term active
+                total = sum(losses.values())
+            t1 = now()
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            t2 = now()
+            scaler.step(opt)
+            scaler.update()
+            t3 = now()
+            if step:  # the first step warms up (allocator, cudnn autotuning, lazy inits)
+                rows.append({"teacher forward": spent["teacher"], "teacher cache": spent["cache"],
+                             "kd terms": spent["kd"],
+                             "student forward": t1 - t0 - spent["teacher"] - spent["kd"] - spent["cache"],
+                             "backward": t2 - t1, "optimizer": t3 - t2, "step": t3 - t0})
+            if plain_rows is not None:  # the student's own step on the same batch, right after
+                torch.manual_seed(step)
+                t4 = now()
+                with autocast(device, args.amp):
+                    plain_total = sum(detection_losses(plain, images, targets).values())
+                plain_opt.zero_grad(set_to_none=True)
+                plain_scaler.scale(plain_total).backward()
+                plain_scaler.step(plain_opt)
+                plain_scaler.update()
+                if step:
+                    plain_rows.append({"step": now() - t4})
+        return rows, losses
+
+    def report(rows: list[dict[str, float]], keys: tuple[str, ...]) -> float:
+        total_ms = statistics.median(r["step"] for r in rows) * 1e3
+        for key in keys:
+            ms = statistics.median(r[key] for r in rows) * 1e3
+            print(f"  {key:16s} {ms:9.1f} ms  {100 * ms / total_ms:5.1f} %")
+        return total_ms
+
+    plain_rows: list[dict[str, float]] | None = [] if plain is not None else None
+    rows, losses = distill_pass(plain_rows)
     print(f"{'real' if args.real else 'tiny'} pair on {device} (amp {args.amp}), batch {args.batch_size} at "
           f"{size[1]}×{size[0]}, {len(rows)} steps, {len([k for k in losses if k.startswith('kd/')])} kd terms")
-    total_ms = statistics.median(r["step"] for r in rows) * 1e3
-    for key in ("teacher forward", "student forward", "kd terms", "backward", "optimizer", "step"):
-        ms = statistics.median(r[key] for r in rows) * 1e3
-        print(f"  {key:16s} {ms:9.1f} ms  {100 * ms / total_ms:5.1f} %")
+    total_ms = report(rows, ("teacher forward", "student forward", "kd terms", "backward", "optimizer", "step"))
+    plain_ms = None
+    if plain_rows:
+        plain_ms = statistics.median(r["step"] for r in plain_rows) * 1e3
+        print(f"  {'plain step':16s} {plain_ms:9.1f} ms  (the student alone; "
+              f"distill / plain {total_ms / plain_ms:.2f}×)")
+    if args.teacher_cache:
+        distiller.teacher_cache = lookup_timed(TeacherCache(args.teacher_cache, teacher_id))
+        distill_pass()  # fills the cache (or finds it filled)
+        filled = distiller.teacher_cache.misses
+        distiller.teacher_cache = cache = lookup_timed(TeacherCache(args.teacher_cache, teacher_id))
+        rows, _ = distill_pass()
+        per_step = cache.bytes_read / max(1, cache.hits) / 1e6
+        print(f"warm teacher cache {args.teacher_cache}: {cache.hits} hits, {cache.misses} misses "
+              f"({filled} entries written by the filling pass), {per_step:.1f} MB per step")
+        cached_ms = report(rows, ("teacher forward", "teacher cache", "student forward", "kd terms", "backward",
+                                  "optimizer", "step"))
+        ratios = f"cached / uncached distill {cached_ms / total_ms:.2f}×"
+        if plain_ms:
+            ratios += f", cached distill / plain {cached_ms / plain_ms:.2f}×"
+        print(f"  {ratios}")
     return 0
 
 

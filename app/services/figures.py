@@ -77,7 +77,7 @@ def similarity_chart(rows: list[dict]) -> go.Figure:
 
 # one colour per hierarchy group of the loss curves (Distill page)
 GROUP_COLORS = {"total": "#333333", "detection": "#7f7f7f", "Backbone": "#1f77b4", "FPN": "#2ca02c",
-                "RPN": "#9467bd", "ROI head": "#d62728"}
+                "RPN": "#9467bd", "ROI head": "#d62728", "aux heads": "#17becf", "teacher (online)": "#bcbd22"}
 
 
 def loss_chart(groups: dict[str, dict[str, list]], evals: list[tuple[int, float]] | None = None) -> go.Figure:

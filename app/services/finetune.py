@@ -31,7 +31,7 @@ PRESETS = {
     "RPN only": "student_hkd_rpn.yaml",
     "No KD (plain fine-tune)": "student_baseline.yaml",
 }
-HIERARCHIES = {"backbone": "Backbone", "neck": "FPN", "rpn": "RPN", "roi": "ROI head"}
+HIERARCHIES = {"backbone": "Backbone", "neck": "FPN", "rpn": "RPN", "roi": "ROI head", "head": "dense head"}
 
 
 def queue() -> JobQueue:
@@ -174,21 +174,35 @@ def job_for_checkpoint(path: str | Path) -> Job | None:
 
 
 def loss_series(metrics: list[dict]) -> dict[str, dict[str, list]]:
-    """{hierarchy group: {loss key: [steps, values]}} for the curves: det/*, kd/backbone.*, kd/neck.*,
-    kd/rpn.*, kd/roi.* (and the total)."""
+    """{group: {loss key: [steps, values]}} for the curves: det/*, kd/backbone.*, kd/neck.*, kd/rpn.*,
+    kd/roi.*, kd/head.* by hierarchy, aux/* (self-supervised auxiliary heads), teacher/* (the teacher's
+    own losses in online distillation) and the total."""
     groups: dict[str, dict[str, list]] = {}
     for record in metrics:
-        if "eval" in record:
+        if "eval" in record or "teacher_eval" in record:
             continue
         for key, value in record.items():
-            if not isinstance(value, (int, float)) or not (key.startswith(("det/", "kd/")) or key == "loss"):
+            if not isinstance(value, (int, float)) or not (key.startswith(LOSS_PREFIXES) or key == "loss"):
                 continue
-            group = "total" if key == "loss" else "detection" if key.startswith("det/") else \
-                HIERARCHIES.get(key.split("/")[1].split(".")[0], key.split("/")[1].split(".")[0])
+            if key == "loss":
+                group = "total"
+            elif key.startswith("det/"):
+                group = "detection"
+            elif key.startswith("teacher/"):
+                group = "teacher (online)"
+            elif key.startswith("aux/"):
+                group = "aux heads"
+            else:
+                level = key.split("/")[1].split(".")[0]
+                group = HIERARCHIES.get(level, level)
             series = groups.setdefault(group, {}).setdefault(key, [[], []])
             series[0].append(record["step"])
             series[1].append(value)
     return groups
+
+
+# the loss keys of the training metrics: detection, KD terms, auxiliary heads, an online teacher's own
+LOSS_PREFIXES = ("det/", "kd/", "aux/", "teacher/")
 
 
 def eval_series(metrics: list[dict]) -> list[tuple[int, float]]:

@@ -21,6 +21,7 @@ COMMANDS = {
     "compare": "hkd.cli.compare_cmd",
     "train": "hkd.cli.train_cmd",
     "distill": "hkd.cli.train_cmd",
+    "train-aux": "hkd.cli.aux_cmd",
     "jobs": "hkd.cli.jobs_cmd",
     "export": "hkd.cli.export_cmd",
 }

@@ -2,7 +2,8 @@
 
 ``train`` fits a detector on its own (a teacher, or the no-KD student
 baseline); ``distill`` trains the student with the teacher named in the
-config (``teacher:``) at every configured hierarchy. Both write a run folder
+config (``teacher:``) at every configured hierarchy, or together with a teacher
+that learns in the same run (``online:``, see :mod:`hkd.train.config`). Both write a run folder
 (status.json, metrics.jsonl, log.txt, checkpoints/). Under
 ``torchrun --nproc_per_node N`` the same command trains with
 DistributedDataParallel.
@@ -32,9 +33,10 @@ def run(args) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.command == "distill" and not cfg.teacher:
-            raise CLIError(f"{args.config}: `hkd distill` needs a `teacher:` checkpoint in the config")
-        if args.command == "train" and cfg.teacher:
+        if args.command == "distill" and not cfg.distills:
+            raise CLIError(f"{args.config}: `hkd distill` needs a `teacher:` checkpoint in the config "
+                           "(or an `online:` section: a teacher trained in the same run)")
+        if args.command == "train" and cfg.distills:
             raise CLIError(f"{args.config}: names a teacher; use `hkd distill` (or remove `teacher:`)")
         status = train(cfg, args.out, resume=args.resume, progress=False if args.no_progress else None)
     except (ConfigError, CheckpointError, TrainingError) as exc:

@@ -20,7 +20,12 @@ Format (YAML through ``yaml.safe_load``, or JSON; see ``assets/configs/distill_f
 matching level both models have — to one loss term or a list of them. A term is
 ``{loss, weight (default 1.0), <params of that loss>}``; the params and their
 defaults are those of the loss function (``hkd.distill.losses.LOSSES[name].params``).
-An exact level key overrides what a glob gives that level.
+An exact level key overrides what a glob gives that level. Params are numbers,
+except those with a fixed set of choices (``trust``: ``none | label | confidence | iou``,
+on the soft-target losses ``soft_bce``, ``kd_kl`` and ``focal_kd``, with
+``wrong_weight``; see :mod:`hkd.distill.losses.trust`)::
+
+        roi.logits: {loss: kd_kl, temperature: 2.0, bg_weight: 0.5, trust: label, wrong_weight: 0.0}
 
 ``schedule`` is a list of stages; a stage applies while ``step < until_step``, the
 first matching stage wins, and the last stage has no ``until_step`` (it lasts to
@@ -35,6 +40,22 @@ regulariser, relative to the mean variance of the student's channels); the stude
 then learns through the best linear read-out of its features. ``gradient``: the
 adapters are trained by the optimiser with the student (FitNets' regressors).
 
+``aux`` (optional) adds self-supervised augmented distillation (HSAKD) on feature levels,
+with the teacher's auxiliary heads fitted beforehand by ``hkd train-aux`` (see
+:mod:`hkd.distill.aux`)::
+
+      aux: {checkpoint: ../checkpoints/teacher_aux.safetensors, levels: [backbone.c4, neck.p3],
+            weight_kl: 1.0, weight_ce: 1.0, temperature: 1.0, boxes: 8}
+
+``checkpoint`` (required; relative to the config file it is written in) holds the
+teacher's heads; ``levels`` default to the checkpoint's (each must have a teacher head
+there and be a feature level of both models); ``weight_kl`` weighs the KL between the
+teacher's and the student's joint (class × rotation) distributions at ``temperature``,
+``weight_ce`` the student heads' cross-entropy with the joint label; ``boxes``: background
+squares per image (and at most as many ground-truth boxes). The terms show up as
+``aux/<level>/kl`` and ``aux/<level>/ce`` and follow the schedule by their level's
+hierarchy. The student's heads train with it but are not part of the saved student.
+
 Validation happens in two steps: :func:`parse_config` checks the structure, loss
 names, params and hierarchies without knowing the models; :meth:`DistillConfig.resolve`
 expands the globs and checks each level against the teacher's and student's
@@ -46,18 +67,19 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from hkd.distill.adapters import adapter_plan
-from hkd.distill.losses import LOSSES, level_role, losses_for
+from hkd.distill.losses import LOSSES, TRUST_MODES, level_role, losses_for
 from hkd.models.hierarchy import HIERARCHIES, HierarchySpec
 
 SECTION = "distill"
-SECTION_KEYS = ("levels", "schedule", "adapters")
+SECTION_KEYS = ("levels", "schedule", "adapters", "aux")
+AUX_KEYS = ("checkpoint", "levels", "weight_kl", "weight_ce", "temperature", "boxes")
 STAGE_KEYS = ("until_step", "hierarchies")
 ADAPTER_KEYS = ("fit", "momentum", "ridge")
 ADAPTER_FITS = ("least_squares", "gradient")
@@ -71,6 +93,11 @@ _PARAM_RULES = {
     "bg_weight": (lambda v: v >= 0, ">= 0"),
     "gamma": (lambda v: v >= 0, ">= 0"),
     "p": (lambda v: v > 0, "> 0"),
+    "wrong_weight": (lambda v: v >= 0, ">= 0"),
+}
+# String-valued params: name -> the accepted values (any other param must be a number).
+_PARAM_CHOICES = {
+    "trust": TRUST_MODES,
 }
 
 
@@ -135,6 +162,39 @@ class AdapterFit:
 
 
 @dataclass(frozen=True)
+class AuxConfig:
+    """Self-supervised augmented distillation (the ``aux`` key; see the module docstring).
+
+    Attributes:
+        checkpoint: path of the teacher's aux heads (``hkd train-aux``).
+        levels: feature levels; ``None``: the checkpoint's (filled in when the distiller is built).
+        weight_kl, weight_ce: weights of ``aux/<level>/kl`` and ``aux/<level>/ce``.
+        temperature: of the KL's softmax.
+        boxes: background squares (and at most as many ground-truth boxes) per image.
+    """
+
+    checkpoint: str
+    levels: tuple[str, ...] | None = None
+    weight_kl: float = 1.0
+    weight_ce: float = 1.0
+    temperature: float = 1.0
+    boxes: int = 8
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"checkpoint": self.checkpoint}
+        if self.levels is not None:
+            out["levels"] = list(self.levels)
+        out.update(weight_kl=self.weight_kl, weight_ce=self.weight_ce, temperature=self.temperature,
+                   boxes=self.boxes)
+        return out
+
+
+def feature_levels(spec: HierarchySpec) -> list[str]:
+    """Names of the feature-map levels of ``spec`` (backbone / FPN, ``(N, C, H, W)``), in order."""
+    return [lv.name for lv in spec if level_role(lv) == "feature"]
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """A validated ``distill:`` section.
 
@@ -143,12 +203,14 @@ class DistillConfig:
         schedule: the stages; by default one stage with every hierarchy.
         adapters: how the adapters are fitted.
         resolved: whether the levels were expanded and checked against two specs.
+        aux: self-supervised augmented distillation, or ``None`` (off).
     """
 
     terms: tuple[LossTerm, ...]
     schedule: tuple[Stage, ...] = (Stage(None, HIERARCHIES),)
     resolved: bool = False
     adapters: AdapterFit = AdapterFit()
+    aux: AuxConfig | None = None
 
     @property
     def levels(self) -> list[str]:
@@ -172,8 +234,11 @@ class DistillConfig:
         levels: dict[str, list[dict]] = {}
         for term in self.terms:
             levels.setdefault(term.level if self.resolved else term.source or term.level, []).append(term.to_dict())
-        return {"levels": levels, "schedule": [stage.to_dict() for stage in self.schedule],
-                "adapters": self.adapters.to_dict()}
+        out = {"levels": levels, "schedule": [stage.to_dict() for stage in self.schedule],
+               "adapters": self.adapters.to_dict()}
+        if self.aux is not None:
+            out["aux"] = self.aux.to_dict()
+        return out
 
     def resolve(self, teacher_spec: HierarchySpec, student_spec: HierarchySpec) -> "DistillConfig":
         """Expand globs and check every level and loss against the two models.
@@ -228,7 +293,13 @@ class DistillConfig:
                                       f"(from {seen[term.loss]!r} and {term.source!r})")
                 seen[term.loss] = term.source
                 ordered.append(term)
-        return DistillConfig(tuple(ordered), self.schedule, resolved=True, adapters=self.adapters)
+        if self.aux is not None and self.aux.levels is not None:
+            both = [name for name in feature_levels(teacher_spec) if name in feature_levels(student_spec)]
+            for name in self.aux.levels:
+                if name not in both:
+                    raise ConfigError(f"distill.aux.levels: {name!r} is not a feature level of both models; "
+                                      f"levels: {', '.join(both)}")
+        return DistillConfig(tuple(ordered), self.schedule, resolved=True, adapters=self.adapters, aux=self.aux)
 
 
 def _is_glob(key: str) -> bool:
@@ -261,6 +332,12 @@ def _parse_term(key: str, entry: Any, where: str) -> LossTerm:
         if param not in spec.params:
             choices = ", ".join(["weight", *spec.params]) or "none"
             raise ConfigError(f"{where}: loss {name!r} has no param {param!r}; params: {choices}")
+        choices = _PARAM_CHOICES.get(param)
+        if choices is not None:
+            if not isinstance(value, str) or value not in choices:
+                raise ConfigError(f"{where}.{param}: unknown {param} {value!r}; choices: {', '.join(choices)}")
+            params[param] = value
+            continue
         if not _is_number(value):
             raise ConfigError(f"{where}.{param}: must be a number, got {value!r}")
         rule = _PARAM_RULES.get(param)
@@ -347,7 +424,43 @@ def parse_config(data: Mapping[str, Any]) -> DistillConfig:
         if dupes:
             raise ConfigError(f"{SECTION}.levels.{key}: loss {dupes[0]!r} listed twice")
     return DistillConfig(tuple(terms), _parse_schedule(section.get("schedule")),
-                         adapters=_parse_adapters(section.get("adapters")))
+                         adapters=_parse_adapters(section.get("adapters")), aux=_parse_aux(section.get("aux")))
+
+
+def _parse_aux(raw: Any) -> AuxConfig | None:
+    where = f"{SECTION}.aux"
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(AUX_KEYS)}")
+    unknown = [k for k in raw if k not in AUX_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(AUX_KEYS)}")
+    checkpoint = raw.get("checkpoint")
+    if isinstance(checkpoint, Path):
+        checkpoint = str(checkpoint)
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise ConfigError(f"{where}.checkpoint: the teacher's aux heads (a .safetensors file made by "
+                          f"`hkd train-aux`) are required, got {checkpoint!r}")
+    levels = raw.get("levels")
+    if levels is not None:
+        if isinstance(levels, str):
+            levels = [levels]
+        if not isinstance(levels, list) or not levels or not all(isinstance(v, str) and "." in v for v in levels):
+            raise ConfigError(f"{where}.levels: expected a non-empty list of feature levels such as "
+                              f"[backbone.c4, neck.p3], got {levels!r}")
+        levels = tuple(dict.fromkeys(levels))
+    values: dict[str, Any] = {}
+    for key, rule, requirement in (("weight_kl", lambda v: v >= 0, ">= 0"), ("weight_ce", lambda v: v >= 0, ">= 0"),
+                                   ("temperature", lambda v: v > 0, "> 0")):
+        value = raw.get(key, getattr(AuxConfig, key))
+        if not _is_number(value) or not rule(value):
+            raise ConfigError(f"{where}.{key}: must be a number {requirement}, got {value!r}")
+        values[key] = float(value)
+    boxes = raw.get("boxes", AuxConfig.boxes)
+    if not isinstance(boxes, int) or isinstance(boxes, bool) or boxes < 1:
+        raise ConfigError(f"{where}.boxes: must be an integer >= 1 (background boxes per image), got {boxes!r}")
+    return AuxConfig(checkpoint, levels, boxes=boxes, **values)
 
 
 def _parse_adapters(raw: Any) -> AdapterFit:
@@ -392,6 +505,11 @@ def load_config(
             config = parse_config(data if data is not None else {})
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        if config.aux is not None:  # the aux checkpoint is written relative to this file
+            checkpoint = Path(config.aux.checkpoint).expanduser()
+            if not checkpoint.is_absolute():
+                checkpoint = (path.parent / checkpoint).resolve()
+            config = replace(config, aux=replace(config.aux, checkpoint=str(checkpoint)))
     if teacher_spec is not None and student_spec is not None and not config.resolved:
         config = config.resolve(teacher_spec, student_spec)
     return config

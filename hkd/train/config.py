@@ -6,13 +6,17 @@ and ``data.train``)::
     model:   {preset: hkd_frcnn_lite0.student, pretrained_backbone: true, init: null,
               min_size: 480, max_size: 640, train_min_sizes: [352, 384, 416, 448, 480]}
     teacher: assets/checkpoints/teacher.safetensors      # `hkd distill` only
+    online:  {teacher_preset: hkd_frcnn_lite2.teacher,    # `hkd distill` without a teacher checkpoint:
+              pretrained_backbone: true, init: null,      #   teacher and student learn together
+              kd_after: 200, lr_scale: 1.0}
     data:    {train: data/synthped/train, val: data/synthped/val, val_images: 200,
               augment: {flip: 0.5, scale: [0.75, 1.25], color: 0.2}}
     train:   {steps: 2000, batch_size: 2, optimizer: sgd, lr: 0.02, momentum: 0.9,
               weight_decay: 1e-4, warmup_steps: 100, schedule: cosine, seed: 0,
               grad_clip: 10.0, log_every: 10, eval_every: 500, checkpoint_every: 250,
               threads: 2, workers: 0, save_dtype: float16,
-              device: auto, amp: off, channels_last: null}
+              device: auto, amp: off, channels_last: null,
+              teacher_cache: null, teacher_cache_dtype: null}
     distill: {...}  or  distill_full.yaml                 # see hkd.distill.config
 
 Where and how the ``train`` section runs:
@@ -33,6 +37,30 @@ Where and how the ``train`` section runs:
   augmentation is seeded from ``(seed, its position in the sample stream)``, so
   the losses do not depend on ``workers``; on CUDA batches come from pinned memory.
 - ``threads``: torch threads of the training process (workers use one each).
+- ``teacher_cache``: a folder (``hkd distill`` with a ``teacher`` checkpoint only) where
+  the frozen teacher's image-level outputs (backbone, FPN, RPN / dense head) are stored
+  per batch and read back when a batch comes again (:mod:`hkd.distill.teacher_cache`):
+  runs of one seed, data, batch size and augmentation see the same batches, so a sweep
+  of distill configs computes those once; only the teacher's ROI head runs at every
+  step. The losses equal an uncached run's bit for bit. The cost is disk: one entry per
+  step of 22 MB for the shipped pair (hkd_frcnn_lite2.teacher, batch 2 at 640×480;
+  ~44 GB for 2000 steps), 11 MB with ``teacher_cache_dtype: float16``. hkd never cleans
+  the folder: delete it when the sweep is done. The run log ends with its hits and misses.
+- ``teacher_cache_dtype``: ``null`` (the teacher's own precision: bit-exact), ``float16``
+  (half the disk; the teacher's outputs rounded, so the losses differ slightly from an
+  uncached run's but not between runs sharing the folder) or ``float32``. Under
+  ``amp`` the teacher's outputs are half precision already: keep ``null``.
+
+Online distillation (``online:`` instead of ``teacher:``): the conventional pipeline
+trains a teacher, then distils it; with ``online`` one run trains both. The teacher
+(``teacher_preset``, from ImageNet weights or from the checkpoint ``init``) learns the
+task with its own detection losses (``teacher/det/…`` in the metrics) on the same
+batches as the student; the student learns its own task from step 0 and the
+``distill`` terms from step ``kd_after`` on (the warm-up in which the teacher learns
+alone; the distill section's ``schedule`` counts its steps from there). The teacher's
+learning rate is ``train.lr × lr_scale`` under the same schedule. The run folder
+holds the student's checkpoints as usual and the teacher's as
+``checkpoints/teacher_final.safetensors`` (``teacher_last`` for ``--resume``).
 
 Paths written in the config file are relative to the config file; paths given
 on the command line (``--set teacher=runs/t/final.safetensors``) are relative to
@@ -102,6 +130,19 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (see hkd.models.device)
     amp: str = "off"
     channels_last: bool | None = None  # None: on for CUDA with amp
+    teacher_cache: str | None = None  # folder of the teacher's cached image-level outputs (never cleaned)
+    teacher_cache_dtype: str | None = None  # None: the teacher's own dtype (bit-exact) | float16 | float32
+
+
+@dataclass
+class OnlineConfig:
+    """Online distillation: the teacher trains in the same run (see the module docstring)."""
+
+    teacher_preset: str = ""  # default: the HKD teacher preset
+    pretrained_backbone: bool = True
+    init: str | None = None  # a teacher checkpoint to start from
+    kd_after: int = 200
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -111,7 +152,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: str | None = None
     distill: dict | str | None = None  # section or file; validated by hkd.distill.config against both presets
+    online: OnlineConfig | None = None  # teacher trained in this run instead of a `teacher` checkpoint
     source: str | None = None
+
+    @property
+    def distills(self) -> bool:
+        """Whether this run distils (a teacher checkpoint, or an online teacher)."""
+        return bool(self.teacher) or self.online is not None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -182,7 +229,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | None = None) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source or 'config'}: the top level must be a mapping")
-    valid = {"model", "data", "train", "teacher", "distill"}
+    valid = {"model", "data", "train", "teacher", "distill", "online"}
     for key in raw:
         if key not in valid:
             raise ConfigError(f"unknown top-level key {key!r}; valid keys: {', '.join(sorted(valid))}")
@@ -192,6 +239,7 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         train=_build(TrainConfig, raw.get("train"), "train"),
         teacher=raw.get("teacher"),
         distill=raw.get("distill"),
+        online=_build(OnlineConfig, raw["online"], "online") if raw.get("online") is not None else None,
         source=source,
     )
     if not cfg.model.preset:
@@ -207,10 +255,13 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
     if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("train.steps and train.batch_size must be positive")
     check_placement(cfg.train)
+    _check_teacher_cache(cfg)
     sizes = cfg.model.train_min_sizes
     if sizes is not None and (not isinstance(sizes, list) or not sizes
                               or not all(isinstance(v, int) and 32 <= v <= 4096 for v in sizes)):
         raise ConfigError(f"model.train_min_sizes: expected a list of pixel sizes like [384, 416, 448], got {sizes!r}")
+    if cfg.online is not None:
+        _check_online(cfg)
     if cfg.distill is not None and not isinstance(cfg.distill, (dict, str)):
         raise ConfigError("distill: expected a mapping, or the path of a distill config file")
     if base_dir is not None:
@@ -218,9 +269,48 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         cfg.data.val = _resolve(cfg.data.val, base_dir)
         cfg.model.init = _resolve(cfg.model.init, base_dir)
         cfg.teacher = _resolve(cfg.teacher, base_dir)
+        cfg.train.teacher_cache = _resolve(cfg.train.teacher_cache, base_dir)
+        if cfg.online is not None:
+            cfg.online.init = _resolve(cfg.online.init, base_dir)
         if isinstance(cfg.distill, str):
             cfg.distill = _resolve(cfg.distill, base_dir)
     return cfg
+
+
+def _check_online(cfg: RunConfig) -> None:
+    from hkd.models.presets import DEFAULT_TEACHER, get_preset
+
+    online = cfg.online
+    if cfg.teacher:
+        raise ConfigError("online: the teacher is trained in this run, so `teacher:` (a trained teacher's "
+                          "checkpoint) must not be set too; remove one of them")
+    online.teacher_preset = online.teacher_preset or DEFAULT_TEACHER
+    try:
+        preset = get_preset(online.teacher_preset)
+    except KeyError as exc:
+        raise ConfigError(f"online.teacher_preset: {exc.args[0]}") from None
+    if preset.family != get_preset(cfg.model.preset).family:
+        raise ConfigError(f"online.teacher_preset {online.teacher_preset} is a {preset.family} detector and "
+                          f"model.preset {cfg.model.preset} a {get_preset(cfg.model.preset).family} one: "
+                          "distil within one family")
+    if not 0 <= online.kd_after < cfg.train.steps:
+        raise ConfigError(f"online.kd_after: {online.kd_after} must be between 0 and train.steps - 1 "
+                          f"({cfg.train.steps - 1}): the student learns from the teacher from that step on")
+    if online.lr_scale <= 0:
+        raise ConfigError(f"online.lr_scale: expected a positive number, got {online.lr_scale}")
+
+
+def _check_teacher_cache(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.teacher_cache is not None and (not isinstance(t.teacher_cache, str) or not t.teacher_cache):
+        raise ConfigError(f"train.teacher_cache: expected the path of a folder (or null), got {t.teacher_cache!r}")
+    if t.teacher_cache_dtype not in (None, "float16", "float32"):
+        raise ConfigError(f"train.teacher_cache_dtype: {t.teacher_cache_dtype!r} is not one of float16, float32 "
+                          "or null (the teacher's own precision)")
+    if t.teacher_cache and not cfg.teacher:
+        raise ConfigError("train.teacher_cache stores a frozen teacher checkpoint's outputs, but this run has "
+                          + ("an online teacher, which learns at every step" if cfg.online is not None
+                             else "no `teacher:`") + "; remove train.teacher_cache")
 
 
 def cpu_cores() -> int:
@@ -264,7 +354,8 @@ def check_placement(t: TrainConfig) -> None:
 
 
 # the keys that hold paths, as (section, key) or (key,)
-PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("teacher",), ("distill",))
+PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("teacher",), ("distill",), ("online", "init"),
+             ("train", "teacher_cache"))
 
 
 def _resolve(path: Any, base_dir: Path) -> Any:

@@ -162,7 +162,7 @@ def build_step(cfg: RunConfig, student: nn.Module, device: torch.device | None =
     half precision of ``train.amp`` if any (it only runs forward, so it needs no
     float32 master copy, and autocast would otherwise cast its weights at every step).
     """
-    if cfg.teacher is None:
+    if not cfg.distills:
         def detection_step(module, images, targets, step):
             return {f"det/{k}": v for k, v in module(images, targets).items()}
 
@@ -170,25 +170,72 @@ def build_step(cfg: RunConfig, student: nn.Module, device: torch.device | None =
     from hkd.distill.config import ConfigError as DistillConfigError
     from hkd.distill.distiller import Distiller
 
-    # the teacher only runs forward (eval, no grad): prepared for inference, ~1.2× faster on CPU
-    teacher = load_checkpoint(cfg.teacher, inference=True)
-    if device is not None:
-        teacher.model.to(device=device, dtype=AMP_DTYPES[cfg.train.amp] or torch.float32)
-        if channels_last:
-            teacher.model.to(memory_format=torch.channels_last)
-    t_spec = get_preset(teacher.meta.preset).hierarchy
+    options = {}
+    if cfg.online is not None:  # a teacher that learns in this run, in float32 like the student
+        teacher_model, teacher_preset = build_online_teacher(cfg), cfg.online.teacher_preset
+        if device is not None:
+            teacher_model.to(device)
+            if channels_last:
+                teacher_model.to(memory_format=torch.channels_last)
+        options = {"online": True, "kd_after": cfg.online.kd_after}
+    else:
+        # the teacher only runs forward (eval, no grad): prepared for inference, ~1.2× faster on CPU
+        teacher = load_checkpoint(cfg.teacher, inference=True)
+        teacher_model, teacher_preset = teacher.model, teacher.meta.preset
+        if device is not None:
+            teacher_model.to(device=device, dtype=AMP_DTYPES[cfg.train.amp] or torch.float32)
+            if channels_last:
+                teacher_model.to(memory_format=torch.channels_last)
+        if cfg.train.teacher_cache:  # keyed by the checkpoint's bytes: a retrained teacher never hits
+            from hkd.distill.teacher_cache import TeacherCache
+
+            options = {"teacher_cache": TeacherCache(cfg.train.teacher_cache, teacher_id=teacher.sha256,
+                                                     dtype=cfg.train.teacher_cache_dtype)}
+    t_spec = get_preset(teacher_preset).hierarchy
     s_spec = get_preset(cfg.model.preset).hierarchy
     try:
-        distiller = Distiller.build(teacher.model, t_spec, student, s_spec, cfg.distill or {})
+        distiller = Distiller.build(teacher_model, t_spec, student, s_spec, cfg.distill or {}, **options)
     except DistillConfigError as exc:
         raise ConfigError(f"distill: {exc}") from None
     cfg.distill = distiller.config.to_dict()  # the run folder and checkpoints record it inline
     return distiller, lambda module, images, targets, step: module(images, targets, step=step)
 
 
+def build_online_teacher(cfg: RunConfig) -> nn.Module:
+    """The teacher of online distillation: from ``online.init`` or its preset (ImageNet backbone),
+    with the student's multi-scale sizes so both see every batch at one size."""
+    online = cfg.online
+    if online.init:
+        loaded = load_checkpoint(online.init)
+        if loaded.meta.preset != online.teacher_preset:
+            raise ConfigError(f"online.init {online.init} holds {loaded.meta.preset}, not {online.teacher_preset}")
+        model = loaded.model
+    else:
+        # the student's inference size too (model.min_size / max_size), so both are evaluated alike
+        sizes = {k: v for k, v in (("min_size", cfg.model.min_size), ("max_size", cfg.model.max_size)) if v}
+        model = build_detector(online.teacher_preset, pretrained_backbone=online.pretrained_backbone, **sizes)
+    if cfg.model.train_min_sizes:
+        set_train_sizes(model, cfg.model.train_min_sizes)
+    return model
+
+
+def param_groups(trainable: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by model (``student``; ``teacher`` for online distillation)."""
+    groups = getattr(trainable, "parameter_groups", None)
+    if groups is not None:
+        return groups()
+    return {"student": [p for p in trainable.parameters() if p.requires_grad]}
+
+
 def make_optimizer(cfg: RunConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD/AdamW and the warm-up + schedule of ``train``. ``params``: parameters, or
+    :func:`param_groups`'s dict (an online teacher's group gets ``train.lr × online.lr_scale``)."""
     t = cfg.train
-    params = [p for p in params if p.requires_grad]
+    if isinstance(params, dict):
+        scale = {"teacher": cfg.online.lr_scale if cfg.online is not None else 1.0}
+        params = [{"params": group, "lr": t.lr * scale.get(name, 1.0)} for name, group in params.items() if group]
+    else:
+        params = [p for p in params if p.requires_grad]
     if t.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     else:
@@ -259,19 +306,20 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
         if world > 1:
             ddp_module = nn.parallel.DistributedDataParallel(
                 trainable, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=cfg.teacher is not None)
-        opt, sched = make_optimizer(cfg, trainable.parameters())
+                find_unused_parameters=cfg.distills)
+        groups = param_groups(trainable)
+        opt, sched = make_optimizer(cfg, groups)
         scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
         start = 0
         if resume:
-            start = _restore(run, student, trainable, opt, sched, scaler)
+            start = _restore(run, student, trainable, opt, sched, scaler, cfg)
             if main_process:
                 run.truncate_metrics(start)
         if main_process:
             (run.config_path).write_text(__import__("json").dumps(cfg.to_dict(), indent=2))
             metrics = MetricsLog(run, first_step=start + 1 if resume else None)
             run.write_status("running", step=start, total=t.steps, pid=os.getpid(), started=time.time(),
-                             message="", world_size=world, mode="distill" if cfg.teacher else "train",
+                             message="", world_size=world, mode=run_mode(cfg),
                              device=str(device), amp=t.amp)
             log.info("run %s: %s for %d steps (batch %d × %d processes) on %s (amp %s, %d workers), "
                      "%d training images", run.root, cfg.model.preset, t.steps, t.batch_size, world, device,
@@ -285,7 +333,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
         run_start = time.perf_counter() - (float(run.read_status().get("seconds", 0.0)) if resume else 0.0)
         step = start
         last_eval: dict | None = None
-        trainable_params = [p for p in trainable.parameters() if p.requires_grad]
+        # clipped per model: an online teacher's gradients do not scale down the student's
+        clip_groups = [group for group in groups.values() if group]
         for step in range(start, t.steps):
             if cancelled["flag"]:
                 raise Cancelled()
@@ -304,7 +353,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
             scaler.scale(total).backward()
             if t.grad_clip:
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(trainable_params, t.grad_clip)
+                for group in clip_groups:
+                    torch.nn.utils.clip_grad_norm_(group, t.grad_clip)
             scaler.step(opt)
             scaler.update()
             sched.step()
@@ -331,8 +381,15 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
                 last_eval = _evaluate(metrics, student, val_set, cfg, done, device)
                 student.train()
         bar.close()
+        teacher_cache = getattr(trainable, "teacher_cache", None)
+        if main_process and teacher_cache is not None:
+            log.info("%s", teacher_cache.summary())
         if main_process:
             final = _evaluate(metrics, student, val_set, cfg, t.steps, device) if val_set is not None else None
+            if cfg.online is not None:
+                teacher_eval = (_evaluate(metrics, trainable.teacher, val_set, cfg, t.steps, device, key="teacher_eval")
+                                if val_set is not None else None)
+                _save_teacher(run, "teacher_final", trainable.teacher, cfg, t.steps, teacher_eval)
             _save(run, "final", student, cfg, parent, t.steps, opt, sched, metrics=final)
             _save(run, "last", student, cfg, parent, t.steps, opt, sched, metrics=final, trainable=trainable,
                   scaler=scaler)
@@ -414,19 +471,43 @@ class MetricsLog:
         self.writer.close()
 
 
+def run_mode(cfg: RunConfig) -> str:
+    """``train``, ``distill`` or ``online`` (distillation with a teacher trained in the run)."""
+    return "online" if cfg.online is not None else "distill" if cfg.teacher else "train"
+
+
 def _evaluate(metrics: MetricsLog, student: nn.Module, val_set, cfg: RunConfig, step: int,
-              device: torch.device) -> dict:
+              device: torch.device, key: str = "eval") -> dict:
     from hkd.train.evaluate import evaluate_model
 
     start = time.perf_counter()
     model = student if device.type == "cpu" else _OnDevice(student, device)
     result = evaluate_model(model, val_set, max_images=cfg.data.val_images)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    metrics.append({"step": step, "eval": result})
+    metrics.append({"step": step, key: result})
     metrics.writer.flush()
-    log.info("eval @%d: MR-2 %s, AP50 %.3f", step,
+    log.info("%s @%d: MR-2 %s, AP50 %.3f", key, step,
              ", ".join(f"{k} {v:.2f}" for k, v in result["mr"].items()), result["ap50"])
     return result
+
+
+def _provenance(cfg: RunConfig) -> str:
+    if cfg.online is not None:
+        return (f"distilled online from a {cfg.online.teacher_preset} trained in the same run "
+                f"(KD from step {cfg.online.kd_after})")
+    return "distilled from " + Path(cfg.teacher).name if cfg.teacher else ""
+
+
+def _save_teacher(run: RunFolder, name: str, teacher: nn.Module, cfg: RunConfig, step: int,
+                  metrics: dict | None) -> None:
+    """An online teacher's checkpoint (``teacher_final`` / ``teacher_last``), self-describing like the student's."""
+    preset = get_preset(cfg.online.teacher_preset)
+    meta = CheckpointMeta(preset=preset.name, classes=list(preset.classes),
+                          min_size=teacher.transform.min_size[-1], max_size=teacher.transform.max_size, train_config=cfg.to_dict(), metrics=metrics or {},
+                          parent=Path(cfg.online.init).name if cfg.online.init else None, step=step,
+                          notes=f"online teacher, trained beside {cfg.model.preset}")
+    dtype = torch.float16 if cfg.train.save_dtype == "float16" and name == "teacher_final" else torch.float32
+    save_checkpoint(run.checkpoint(name), teacher, meta, dtype=dtype)
 
 
 def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int, opt, sched, metrics,
@@ -435,7 +516,7 @@ def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int,
     meta = CheckpointMeta(preset=cfg.model.preset, classes=list(preset.classes),
                           min_size=cfg.model.min_size or preset.min_size, max_size=cfg.model.max_size or preset.max_size, train_config=cfg.to_dict(), metrics=metrics or {},
                           parent=parent or (Path(cfg.teacher).name if cfg.teacher else None), step=step,
-                          notes="distilled from " + Path(cfg.teacher).name if cfg.teacher else "")
+                          notes=_provenance(cfg))
     if name == "final":
         from hkd.models.profile import flops_by_hierarchy, params_by_hierarchy
 
@@ -445,26 +526,38 @@ def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int,
                      "flops_size": [640, 480]}
     dtype = torch.float16 if cfg.train.save_dtype == "float16" and name == "final" else torch.float32
     save_checkpoint(run.checkpoint(name), student, meta, dtype=dtype)
+    if name == "last" and getattr(trainable, "online", False):
+        _save_teacher(run, "teacher_last", trainable.teacher, cfg, step, None)
     if name == "last":
         state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
         adapters = getattr(trainable, "adapters", None)
         if adapters is not None:  # distillation adapters train too; the checkpoint holds only the student
             state["adapters"] = adapters.state_dict()
+        aux = getattr(trainable, "aux_student", None)
+        if aux is not None:  # the student's aux heads (distill.aux) likewise: training-only
+            state["aux"] = aux.state_dict()
         if scaler is not None and scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         atomic_write(run.state_path, lambda tmp: torch.save(state, tmp))
 
 
 def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sched,
-             scaler: torch.amp.GradScaler | None = None) -> int:
+             scaler: torch.amp.GradScaler | None = None, cfg: RunConfig | None = None) -> int:
     ckpt = run.checkpoint("last")
     if not ckpt.exists() or not run.state_path.exists():
         raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/last.safetensors or train_state.pt)")
     loaded = load_checkpoint(ckpt)
     student.load_state_dict(loaded.model.state_dict())
+    if getattr(trainable, "online", False):
+        teacher_ckpt = run.checkpoint("teacher_last")
+        if not teacher_ckpt.exists():
+            raise ConfigError(f"{run.root}: an online run without checkpoints/teacher_last.safetensors cannot resume")
+        trainable.teacher.load_state_dict(load_checkpoint(teacher_ckpt).model.state_dict())
     state = torch.load(run.state_path, map_location="cpu", weights_only=True)
     if "adapters" in state and getattr(trainable, "adapters", None) is not None:
         trainable.adapters.load_state_dict(state["adapters"])
+    if "aux" in state and getattr(trainable, "aux_student", None) is not None:
+        trainable.aux_student.load_state_dict(state["aux"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     if scaler is not None and scaler.is_enabled() and "scaler" in state:

@@ -584,9 +584,9 @@ def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: s
         cfg = load_config(config, overrides)
     except ConfigError as exc:
         raise JobError(f"config {config}: {exc}") from None
-    if kind == "distill" and not cfg.teacher:
-        raise JobError(f"config {config}: a distill job needs a `teacher:` checkpoint")
-    if kind == "train" and cfg.teacher:
+    if kind == "distill" and not cfg.distills:
+        raise JobError(f"config {config}: a distill job needs a `teacher:` checkpoint (or an `online:` teacher)")
+    if kind == "train" and cfg.distills:
         raise JobError(f"config {config}: names a teacher; submit it as a distill job")
     student = get_preset(cfg.model.preset)
     if cfg.model.init:
@@ -596,19 +596,24 @@ def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: s
             raise JobError(f"model.init: {exc}") from None
         if init.preset != cfg.model.preset:
             raise JobError(f"model.init {cfg.model.init} holds {init.preset}, not {cfg.model.preset}")
-    if cfg.teacher:
-        try:
-            teacher = read_meta(cfg.teacher)
-        except CheckpointError as exc:
-            raise JobError(f"teacher: {exc}") from None
-        if list(teacher.classes) != list(student.classes):
-            raise JobError(f"teacher {Path(cfg.teacher).name} predicts {teacher.classes}, the student "
+    if cfg.distills:
+        if cfg.teacher:
+            try:
+                teacher = read_meta(cfg.teacher)
+            except CheckpointError as exc:
+                raise JobError(f"teacher: {exc}") from None
+            name, teacher_preset, classes = Path(cfg.teacher).name, teacher.preset, list(teacher.classes)
+        else:
+            name = teacher_preset = cfg.online.teacher_preset
+            classes = list(get_preset(teacher_preset).classes)
+        if classes != list(student.classes):
+            raise JobError(f"teacher {name} predicts {classes}, the student "
                            f"({cfg.model.preset}) {list(student.classes)}: a pair must share its classes")
         from hkd.distill.config import ConfigError as DistillConfigError
         from hkd.distill.config import load_config as load_distill
 
         try:
-            load_distill(cfg.distill or {}, get_preset(teacher.preset).hierarchy, student.hierarchy)
+            load_distill(cfg.distill or {}, get_preset(teacher_preset).hierarchy, student.hierarchy)
         except (DistillConfigError, OSError) as exc:
             raise JobError(f"distill: {exc}") from None
     for what, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
@@ -649,7 +654,10 @@ def run_summary(cfg) -> dict:
             terms = terms if isinstance(terms, list) else [terms]
             levels[level] = ", ".join(t if isinstance(t, str) else f"{t.get('loss')}×{t.get('weight', 1.0):g}"
                                       for t in terms)
-    return {"preset": cfg.model.preset, "teacher": Path(cfg.teacher).name if cfg.teacher else None,
+    teacher = Path(cfg.teacher).name if cfg.teacher else None
+    if cfg.online is not None:
+        teacher = f"online: {cfg.online.teacher_preset} (KD from step {cfg.online.kd_after})"
+    return {"preset": cfg.model.preset, "teacher": teacher,
             "init": Path(cfg.model.init).name if cfg.model.init else None, "steps": cfg.train.steps,
             "lr": cfg.train.lr, "train": cfg.data.train, "levels": levels}
 

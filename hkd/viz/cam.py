@@ -144,7 +144,7 @@ class TapActivationsAndGradients:
                 if self.restrict_proposals:
                     scored, explained = forward.with_gradient(self._output_index[torch.from_numpy(chosen)])
                 else:
-                    scored, explained = outputs[0], self.boxes[chosen]
+                    scored, explained = _pedestrians(outputs[0]), self.boxes[chosen]
                 target = FasterRCNNBoxScoreTarget(labels=[PEDESTRIAN] * len(chosen), bounding_boxes=explained)
                 self.targets[:] = [target]
                 score = target(scored)
@@ -185,6 +185,17 @@ class TapActivationsAndGradients:
         """Nothing to remove (the Tap already did); drop the stored tensors."""
         self.activations, self.gradients = [], []
         self.targets.clear()
+
+
+def _pedestrians(output: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The pedestrian detections of one output dict (a two-stage (background, pedestrian) head has no others).
+
+    A single-stage head (RetinaNet) scores every class on the same anchor box, so a
+    background-class detection can have exactly the explained box; the target's IoU argmax
+    would pick it and score that detection 0.
+    """
+    keep = output["labels"] == PEDESTRIAN
+    return {key: value[keep] for key, value in output.items()}
 
 
 class _TwoStageForward:
@@ -283,7 +294,7 @@ def detection_cam(
     """CAM of the pedestrian detections of ``image`` at ``level``.
 
     Args:
-        model: a two-stage detector in eval mode (never switched here).
+        model: a torchvision detector (two-stage, RetinaNet or FCOS) in eval mode (never switched here).
         spec: its hierarchy; ``level`` must be one of its map levels.
         image: (H, W, 3) uint8 RGB.
         method: ``"gradcam"``, ``"gradcam++"`` (target: the detection's score

@@ -205,3 +205,19 @@ def test_the_focused_box_applies_to_its_image_in_picture_pixels_once_per_page(ba
     bare_session["focus"] = ["file:/x/a.png", [0, 0, 9, 9]]
     with pytest.raises(ValueError, match="image_key, box and source"):
         images.focus_for(picture)
+
+
+def test_loss_series_groups_every_kind_of_loss_key():
+    from app.services.finetune import loss_series
+
+    metrics = [{"step": 10, "loss": 3.0, "det/loss_classifier": 1.0, "kd/neck.p3/mse": 0.5,
+                "kd/head.cls_logits/focal_kd": 0.1, "aux/neck.p3/kl": 0.2, "teacher/det/loss_classifier": 0.9,
+                "lr": 0.01, "images_per_s": 1.5},
+               {"step": 10, "eval": {"mr": {"Reasonable": 40.0}}},
+               {"step": 10, "teacher_eval": {"mr": {"Reasonable": 30.0}}}]
+    groups = loss_series(metrics)
+    assert groups == {
+        "total": {"loss": [[10], [3.0]]}, "detection": {"det/loss_classifier": [[10], [1.0]]},
+        "FPN": {"kd/neck.p3/mse": [[10], [0.5]]}, "dense head": {"kd/head.cls_logits/focal_kd": [[10], [0.1]]},
+        "aux heads": {"aux/neck.p3/kl": [[10], [0.2]]},
+        "teacher (online)": {"teacher/det/loss_classifier": [[10], [0.9]]}}

@@ -66,7 +66,8 @@ def test_gradient_reaches_the_student_only(name):
 
 
 def test_registry_params_come_from_signatures():
-    assert LOSSES["kd_kl"].params == {"temperature": 2.0, "bg_weight": 0.5}
+    assert LOSSES["kd_kl"].params == {"temperature": 2.0, "bg_weight": 0.5, "trust": "none", "wrong_weight": 0.0}
+    assert LOSSES["kd_kl"].inputs == () and LOSSES["kd_kl"].optional_inputs == ("row_labels", "row_iou")
     assert LOSSES["masked_mse"].params == {"psi": 0.5}
     assert set(LOSSES["masked_mse"].inputs) == {"gt_boxes", "cell_anchors", "stride"}
     assert LOSSES["bounded_l2"].inputs == ("target", "num_samples")

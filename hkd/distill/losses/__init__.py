@@ -8,8 +8,13 @@ A loss is a plain function ``fn(student, teacher, *, <inputs>, <params>)``:
   provides (:data:`INPUTS`: ground-truth boxes, anchors and stride for the
   fine-grained imitation mask, ``target``: the ground-truth regression targets
   of the rows);
-* keyword-only arguments *with* a default are the **params** a config may set
-  (``temperature``, ``margin`` …); nothing else is accepted.
+* keyword-only arguments named in :data:`INPUTS` with the default ``None`` are
+  **optional inputs**: the distiller computes and passes them only for the
+  terms whose params ask for them (``register(..., needs=…)``, see
+  :meth:`LossSpec.inputs_for`), so a term that does not use them costs nothing —
+  e.g. the rows' ground-truth labels for ``trust`` (:mod:`hkd.distill.losses.trust`);
+* other keyword-only arguments *with* a default are the **params** a config may set
+  (``temperature``, ``margin``, ``trust`` …); nothing else is accepted.
 
 Each loss applies to some level **roles** (:data:`ROLES`, see :func:`level_role`):
 a role says what a level's tensor *is* (a feature map, RPN objectness, ROI
@@ -17,13 +22,15 @@ class logits …), which is finer than ``Level.kind`` (logits and embeddings are
 both ``"vectors"``).
 
     >>> LOSSES["kd_kl"].params
-    {'temperature': 2.0, 'bg_weight': 0.5}
+    {'temperature': 2.0, 'bg_weight': 0.5, 'trust': 'none', 'wrong_weight': 0.0}
+    >>> LOSSES["kd_kl"].inputs_for({"trust": "iou"})
+    ('row_labels', 'row_iou')
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from torch import Tensor
 
@@ -42,6 +49,7 @@ from hkd.distill.losses.feature import (
 from hkd.distill.losses.focal import focal_kd
 from hkd.distill.losses.roi import class_deltas, kd_kl
 from hkd.distill.losses.rpn import bounded_l2, soft_bce
+from hkd.distill.losses.trust import TRUST_MODES, trust_inputs
 
 # role -> what the prepared student/teacher tensors are
 ROLES: dict[str, str] = {
@@ -55,13 +63,17 @@ ROLES: dict[str, str] = {
     "dense_logits": "single-stage class logits per anchor, (N, A, classes)",
 }
 
-# inputs (keyword-only, no default) the distiller knows how to provide
+# inputs (keyword-only, no default; or default None: optional) the distiller knows how to provide
 INPUTS: dict[str, str] = {
     "gt_boxes": "per image, (G, 4) ground-truth boxes in the transformed batch's coordinates",
     "cell_anchors": "(A, 4) zero-centred anchors of the student's anchor level closest to the map's stride",
     "stride": "(sy, sx) input pixels per cell of the map",
     "target": "ground-truth regression targets (P, 4) of the positive rows",
     "num_samples": "the detection loss's normaliser: anchors (RPN) or proposals (ROI) sampled in the batch",
+    "row_labels": "int64 ground-truth label of each row the loss sees (sampled proposal, anchor), rows' shape: "
+                  "0 background, c >= 1 the matched GT box's class, -1 ignored (between the matcher's thresholds)",
+    "row_iou": "IoU of each row (sampled proposal, anchor) with its matched ground-truth box (its best), "
+               "rows' shape; 0 in images without boxes",
 }
 
 # How the student tensor is adapted before the loss: "full" (1×1 conv / linear
@@ -78,9 +90,11 @@ class LossSpec:
         fn: the pure function.
         roles: level roles it applies to.
         params: config-settable params and their defaults (from ``fn``'s signature).
-        inputs: names of the inputs the distiller must provide.
+        inputs: names of the inputs the distiller must always provide.
         adapt: ``"full"`` or ``"spatial"`` adaptation of the student tensor.
         summary: one line for tables and error messages.
+        optional_inputs: inputs (default ``None`` in ``fn``) provided only when ``needs`` asks.
+        needs: ``params → names`` of the optional inputs a term with those params needs.
     """
 
     name: str
@@ -90,17 +104,34 @@ class LossSpec:
     inputs: tuple[str, ...]
     adapt: str
     summary: str
+    optional_inputs: tuple[str, ...] = ()
+    needs: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
 
     def __call__(self, student: Tensor, teacher: Tensor, **kwargs) -> Tensor:
         return self.fn(student, teacher, **kwargs)
+
+    def inputs_for(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        """The inputs a term with ``params`` needs: :attr:`inputs`, then the optional ones it asks for.
+
+        Raises:
+            ValueError: from ``needs``, for params it cannot read (e.g. an unknown ``trust``).
+        """
+        if self.needs is None:
+            return self.inputs
+        wanted = set(self.needs({**self.params, **params}))
+        return self.inputs + tuple(name for name in self.optional_inputs if name in wanted)
 
 
 LOSSES: dict[str, LossSpec] = {}
 
 
 def register(name: str, fn: Callable[..., Tensor], roles: tuple[str, ...], *, adapt: str = "full",
-             summary: str = "") -> LossSpec:
-    """Add ``fn`` to :data:`LOSSES` under ``name``; params and inputs are read from its signature."""
+             summary: str = "", needs: Callable[[Mapping[str, Any]], Iterable[str]] | None = None) -> LossSpec:
+    """Add ``fn`` to :data:`LOSSES` under ``name``; params and inputs are read from its signature.
+
+    ``needs(params)`` names the optional inputs (keyword-only, in :data:`INPUTS`, default
+    ``None``) a term with ``params`` (defaults filled in) needs; required with optional inputs.
+    """
     if name in LOSSES:
         raise ValueError(f"loss {name!r} registered twice")
     unknown = set(roles) - set(ROLES)
@@ -113,7 +144,7 @@ def register(name: str, fn: Callable[..., Tensor], roles: tuple[str, ...], *, ad
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if [p.name for p in positional] != ["student", "teacher"]:
         raise ValueError(f"loss {name!r}: positional arguments must be (student, teacher)")
-    params, inputs = {}, []
+    params, inputs, optional = {}, [], []
     for p in signature.parameters.values():
         if p.kind != p.KEYWORD_ONLY:
             continue
@@ -121,10 +152,16 @@ def register(name: str, fn: Callable[..., Tensor], roles: tuple[str, ...], *, ad
             if p.name not in INPUTS:
                 raise ValueError(f"loss {name!r}: input {p.name!r} is not one the distiller provides: {sorted(INPUTS)}")
             inputs.append(p.name)
+        elif p.name in INPUTS:
+            if p.default is not None:
+                raise ValueError(f"loss {name!r}: optional input {p.name!r} must default to None")
+            optional.append(p.name)
         else:
             params[p.name] = p.default
+    if optional and needs is None:
+        raise ValueError(f"loss {name!r}: optional inputs {optional} need needs=…, saying which params use them")
     spec = LossSpec(name, fn, frozenset(roles), params, tuple(inputs), adapt,
-                    summary or (inspect.getdoc(fn) or "").split("\n", 1)[0])
+                    summary or (inspect.getdoc(fn) or "").split("\n", 1)[0], tuple(optional), needs)
     LOSSES[name] = spec
     return spec
 
@@ -144,17 +181,17 @@ register("masked_nmse", masked_nmse, ("feature",),
          summary="fine-grained imitation relative to the teacher's energy near objects")
 register("attention", attention, ("feature",), adapt="spatial",
          summary="attention transfer: squared difference of L2-normalised attention maps")
-register("soft_bce", soft_bce, ("objectness",),
+register("soft_bce", soft_bce, ("objectness",), needs=trust_inputs,
          summary="soft objectness: binary KL to the teacher's probabilities")
 register("bounded_l2", bounded_l2, ("anchor_deltas", "box_deltas"),
          summary="teacher-bounded L2 regression on positive rows (Chen et al. 2017)")
-register("kd_kl", kd_kl, ("class_logits",),
+register("kd_kl", kd_kl, ("class_logits",), needs=trust_inputs,
          summary="soft-target KD with temperature and background down-weighting")
-register("focal_kd", focal_kd, ("dense_logits",),
+register("focal_kd", focal_kd, ("dense_logits",), needs=trust_inputs,
          summary="teacher-confidence-weighted binary KL for dense single-stage heads")
 
 __all__ = [
-    "LOSSES", "ROLES", "INPUTS", "LossSpec", "register", "losses_for", "level_role",
+    "LOSSES", "ROLES", "INPUTS", "TRUST_MODES", "LossSpec", "register", "losses_for", "level_role",
     "mse", "masked_mse", "nmse", "masked_nmse", "masked_squared_error", "attention", "attention_map", "imitation_mask",
     "soft_bce", "bounded_l2", "kd_kl", "class_deltas", "focal_kd",
 ]

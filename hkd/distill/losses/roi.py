@@ -1,7 +1,9 @@
 """ROI-head distillation losses (Chen et al., NeurIPS 2017; Hinton et al. 2015).
 
 * :func:`kd_kl` — soft-target KD on the class logits of the sampled proposals,
-  with temperature (T² scaling) and background down-weighting.
+  with temperature (T² scaling), background down-weighting and, optionally,
+  per-proposal trust in the teacher (``trust``, ``wrong_weight``: see
+  :mod:`hkd.distill.losses.trust`).
 * region features (K, C, 7, 7) and embeddings (K, D) use
   :func:`hkd.distill.losses.feature.mse` through an adapter;
 * box deltas use :func:`hkd.distill.losses.rpn.bounded_l2` on the deltas of the
@@ -14,27 +16,37 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hkd.distill.losses.rpn import bounded_l2, check_logit_pair
+from hkd.distill.losses.trust import check_trust, softmax_belief, trust_weights
 
 __all__ = ["kd_kl", "class_deltas", "bounded_l2"]
 
 
-def kd_kl(student: Tensor, teacher: Tensor, *, temperature: float = 2.0, bg_weight: float = 0.5) -> Tensor:
-    """Soft-target KD: ``T² · Σ_k w_k · KL(p_t,k ‖ p_s,k) / K``.
+def kd_kl(student: Tensor, teacher: Tensor, *, temperature: float = 2.0, bg_weight: float = 0.5,
+          trust: str = "none", wrong_weight: float = 0.0,
+          row_labels: Tensor | None = None, row_iou: Tensor | None = None) -> Tensor:
+    """Soft-target KD: ``T² · Σ_k τ_k · w_k · KL(p_t,k ‖ p_s,k) / K``.
 
     ``p = softmax(logits / T)``; ``w_k = bg_weight`` for the proposals whose
     teacher argmax is class 0 (background), 1 otherwise. Dividing by ``K``
     (not ``Σ w``) keeps the down-weighting effective when most proposals are
-    background, as they are.
+    background, as they are. ``τ_k`` is the trust in the teacher on proposal
+    ``k`` (:mod:`hkd.distill.losses.trust`; 1 under ``trust: none``); the
+    normaliser stays ``K``.
 
     Args:
         student: (K, C) student class logits (C includes background at index 0).
         teacher: (K, C) teacher class logits for the same proposals.
         temperature: T > 0.
         bg_weight: weight of background proposals, ≥ 0.
+        trust: ``none``, ``label``, ``confidence`` or ``iou``.
+        wrong_weight: ``τ_k`` of the proposals whose teacher argmax is not their label (``label``), ≥ 0.
+        row_labels: (K,) int64 label of each sampled proposal (0 background); needed unless ``trust: none``.
+        row_iou: (K,) IoU of each proposal with its matched GT box; needed by ``trust: iou``.
     Returns:
         scalar.
     """
     check_logit_pair("kd_kl", student, teacher, temperature)
+    check_trust("kd_kl", trust, wrong_weight)
     if student.shape[0] == 0:
         return student.sum()
     teacher = teacher.detach()
@@ -42,6 +54,8 @@ def kd_kl(student: Tensor, teacher: Tensor, *, temperature: float = 2.0, bg_weig
     log_t = F.log_softmax(teacher / temperature, dim=1)
     kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(dim=1)  # (K,)
     weight = torch.where(teacher.argmax(dim=1) == 0, torch.full_like(kl, bg_weight), torch.ones_like(kl))
+    if trust != "none":
+        weight = weight * trust_weights("kd_kl", trust, softmax_belief, teacher, row_labels, row_iou, wrong_weight)
     return (weight * kl).sum() / kl.shape[0] * temperature**2
 
 

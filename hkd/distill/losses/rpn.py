@@ -3,7 +3,9 @@
 * :func:`soft_bce` — soft objectness: the teacher's sigmoid probabilities
   (optionally softened with a temperature) as targets of the student's
   objectness, written as a binary KL divergence (BCE minus the teacher's
-  entropy), so it is 0 when the student equals the teacher.
+  entropy), so it is 0 when the student equals the teacher; optionally weighted
+  per anchor by the trust in the teacher (``trust``, ``wrong_weight``: see
+  :mod:`hkd.distill.losses.trust`).
 * :func:`bounded_l2` — teacher-bounded regression: an L2 loss on the student's
   box deltas that is active only while the student is not better than the
   teacher by a margin. The ROI head uses the same function on the deltas of
@@ -17,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hkd.distill.losses.trust import binary_belief, check_trust, trust_weights
 
 
 def check_logit_pair(name: str, student: Tensor, teacher: Tensor, temperature: float) -> None:
@@ -37,23 +41,38 @@ def binary_kl(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Ten
     return cross - entropy
 
 
-def soft_bce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> Tensor:
+def soft_bce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, trust: str = "none",
+             wrong_weight: float = 0.0, row_labels: Tensor | None = None, row_iou: Tensor | None = None) -> Tensor:
     """Binary KL between teacher and student objectness, averaged over anchors.
 
-    ``T² · mean[ BCE(σ(s/T), p_t) − H(p_t) ]`` with ``p_t = σ(t/T)``; the
-    ``T²`` keeps the gradient scale independent of the temperature (Hinton et al.).
+    ``T² · Σ_m τ_m [ BCE(σ(s_m/T), p_t,m) − H(p_t,m) ] / M`` with ``p_t = σ(t/T)``;
+    the ``T²`` keeps the gradient scale independent of the temperature (Hinton et al.).
+    ``τ_m`` is the trust in the teacher on anchor ``m`` (:mod:`hkd.distill.losses.trust`;
+    1 under ``trust: none``, which is the plain mean); the normaliser stays ``M``.
 
     Args:
         student: (M,) or (M, 1) student objectness logits.
         teacher: teacher objectness logits, same shape.
         temperature: softening temperature T > 0.
+        trust: ``none``, ``label``, ``confidence`` or ``iou``.
+        wrong_weight: ``τ_m`` of the anchors the teacher gets wrong (``label``), ≥ 0.
+        row_labels: (M,) anchor labels (1 object, 0 background, -1 between the matcher's
+            thresholds); needed unless ``trust: none``.
+        row_iou: (M,) each anchor's IoU with its matched GT box; needed by ``trust: iou``.
     Returns:
         scalar.
     """
     check_logit_pair("soft_bce", student, teacher, temperature)
+    check_trust("soft_bce", trust, wrong_weight)
     if student.numel() == 0:
         return student.sum()
-    return binary_kl(student, teacher, temperature).mean() * temperature**2
+    if trust == "none":
+        return binary_kl(student, teacher, temperature).mean() * temperature**2
+    if teacher.numel() != teacher.shape[0]:
+        raise ValueError(f"soft_bce: trust needs one objectness logit per anchor, got {tuple(teacher.shape)}")
+    kl = binary_kl(student, teacher, temperature).reshape(-1)  # (M,)
+    weight = trust_weights("soft_bce", trust, binary_belief, teacher.reshape(-1), row_labels, row_iou, wrong_weight)
+    return (weight * kl).sum() / kl.shape[0] * temperature**2
 
 
 def bounded_l2(student: Tensor, teacher: Tensor, *, target: Tensor, num_samples: int, margin: float = 0.0) -> Tensor:
