@@ -91,9 +91,7 @@ class LevelAdapter(nn.Module):
             y = teacher.permute(0, 2, 3, 1).reshape(-1, teacher.shape[1])
         else:
             x, y = student, teacher
-        x = torch.cat([x.double(), x.new_ones(len(x), 1, dtype=torch.float64)], dim=1)
-        y = y.double()
-        xx, xy, count = _global_moments(x.T @ x, x.T @ y, len(x))
+        xx, xy, count = _global_moments(*_moments(x, y), len(x))
         if count == 0:
             return
         xx, xy = xx / count, xy / count
@@ -123,6 +121,26 @@ class LevelAdapter(nn.Module):
         if self.resize and size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return x
+
+
+def _moments(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The sums ``x̃ᵀx̃`` and ``x̃ᵀy`` in float64, ``x̃ = [x, 1]`` (rows × (C_s + 1)).
+
+    The products run as float32 matrix products (one batch's rows: 25k region cells
+    × 64 student channels × 256 teacher channels for ``roi.features``, where float64
+    products took 0.26 s of a 4.6 s CPU step) and are accumulated in float64; the
+    column sums (the ones column) in float32 (torch sums pairwise), then widened: a
+    float64 sum of a float32 tensor first copies all of it to float64.
+    """
+    x, y = x.float(), y.float()
+    xx = x.new_empty(x.shape[1] + 1, x.shape[1] + 1, dtype=torch.float64)
+    xy = x.new_empty(x.shape[1] + 1, y.shape[1], dtype=torch.float64)
+    xx[:-1, :-1] = x.T @ x
+    xx[-1, :-1] = xx[:-1, -1] = x.sum(dim=0).double()
+    xx[-1, -1] = len(x)
+    xy[:-1] = x.T @ y
+    xy[-1] = y.sum(dim=0).double()
+    return xx, xy
 
 
 def _global_moments(xx: Tensor, xy: Tensor, count: int) -> tuple[Tensor, Tensor, int]:
