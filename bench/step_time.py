@@ -64,7 +64,10 @@ def _batch(args, data, step: int, size: tuple[int, int]):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--real", action="store_true", help="the shipped teacher and the default student preset")
-    p.add_argument("--teacher", default=str(REPO / "assets/checkpoints/teacher.safetensors"))
+    p.add_argument("--teacher", default=str(REPO / "assets/checkpoints/teacher.safetensors"),
+                   help="with --real: a teacher checkpoint, or a preset name (built from ImageNet weights: "
+                        "timing does not depend on the weights)")
+    p.add_argument("--student", default=None, help="with --real: the student preset (default: the HKD student)")
     p.add_argument("--config", default=str(REPO / "assets/configs/distill_full.yaml"), help="distill config")
     p.add_argument("--data", help="a training dataset folder (default: generated noise images)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -88,10 +91,17 @@ def main() -> int:
     device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         p.error("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+    s_preset = args.student or DEFAULT_STUDENT
     if args.real:
-        loaded = load_checkpoint(args.teacher, inference=True)
-        teacher, t_preset, teacher_id = loaded.model, loaded.meta.preset, loaded.sha256
-        student = get_preset(DEFAULT_STUDENT).build(pretrained_backbone=True)
+        if Path(args.teacher).suffix:  # a checkpoint file
+            loaded = load_checkpoint(args.teacher, inference=True)
+            teacher, t_preset, teacher_id = loaded.model, loaded.meta.preset, loaded.sha256
+        else:  # a preset: ImageNet backbone, prepared for inference like a loaded teacher
+            from hkd.models.optimize import prepare_for_inference
+
+            t_preset, teacher_id = args.teacher, f"bench-preset:{args.teacher}:imagenet"
+            teacher = prepare_for_inference(get_preset(t_preset).build(pretrained_backbone=True))
+        student = get_preset(s_preset).build(pretrained_backbone=True)
         size = (480, 640)
     else:
         t_preset = "hkd_frcnn_lite2.teacher"
@@ -102,7 +112,7 @@ def main() -> int:
     teacher.to(device=device, dtype=AMP_DTYPES[args.amp] or torch.float32)
     student.to(device)
     plain = copy.deepcopy(student).train() if args.plain else None  # the student at the same init
-    distiller = Distiller.build(teacher, get_preset(t_preset).hierarchy, student, get_preset(DEFAULT_STUDENT).hierarchy,
+    distiller = Distiller.build(teacher, get_preset(t_preset).hierarchy, student, get_preset(s_preset).hierarchy,
                                 args.config).train()
     opt = torch.optim.SGD(list(distiller.trainable_parameters()), lr=1e-4, momentum=0.9)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=1e-4, momentum=0.9) if plain is not None else None

@@ -125,3 +125,35 @@ def test_dataset_label_reads_the_split_info(scripts, tmp_path):
     (tmp_path / "cp").mkdir()
     (tmp_path / "cp" / "annotations.json").write_text(json.dumps({"images": []}))
     assert table.dataset_label(tmp_path / "cp") == "dataset cp (? images)"
+
+
+def test_variants_share_a_teacher_cache_per_seed(scripts, tmp_path, monkeypatch):
+    _, variants = scripts
+    calls = []
+    monkeypatch.setattr(variants, "run_training", lambda cmd, out: calls.append(cmd))
+    args = SimpleNamespace(root=tmp_path, seed=3, steps=10, data=tmp_path, teacher=tmp_path / "t.safetensors",
+                           teacher_cache=tmp_path / "cache")
+    variants.train_variant("none", args)
+    variants.train_variant(str(tmp_path / "distill_x.yaml"), args)
+    assert "train.teacher_cache" not in _set(calls[0])  # the no-KD student has no teacher
+    assert _set(calls[1])["train.teacher_cache"] == str((tmp_path / "cache" / "s3").resolve())
+
+
+def test_online_table_reads_the_curve_and_refuses_unfinished_runs(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        online = importlib.import_module("online_table")
+    finally:
+        sys.path.remove(str(BENCH))
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": 100, "time": 60.0, "loss": 1.0}, {"step": 100, "eval": {"mr": {"Reasonable": 50.0}}},
+               {"step": 200, "time": 150.0, "loss": 0.9}, {"step": 200, "eval": {"mr": {"Reasonable": 40.0}}},
+               {"step": 200, "teacher_eval": {"mr": {"Reasonable": 20.0}}}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    assert online._curve(run) == [(100, 1.0, 50.0), (200, 2.5, 40.0)]
+    (run / "status.json").write_text(json.dumps({"state": "running", "seconds": 30}))
+    with pytest.raises(SystemExit, match="not succeeded"):
+        online._minutes(run)
+    (run / "status.json").write_text(json.dumps({"state": "succeeded", "seconds": 120}))
+    assert online._minutes(run) == 2.0
