@@ -69,6 +69,7 @@ error that names the key and lists the valid ones.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -229,6 +230,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | None = None) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source or 'config'}: the top level must be a mapping")
+    if base_dir is not None:  # a copy: the caller's mapping keeps its own paths
+        raw = copy.deepcopy(raw)
+        resolve_paths(raw, Path(base_dir))
     valid = {"model", "data", "train", "teacher", "distill", "online"}
     for key in raw:
         if key not in valid:
@@ -264,16 +268,6 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         _check_online(cfg)
     if cfg.distill is not None and not isinstance(cfg.distill, (dict, str)):
         raise ConfigError("distill: expected a mapping, or the path of a distill config file")
-    if base_dir is not None:
-        cfg.data.train = _resolve(cfg.data.train, base_dir)
-        cfg.data.val = _resolve(cfg.data.val, base_dir)
-        cfg.model.init = _resolve(cfg.model.init, base_dir)
-        cfg.teacher = _resolve(cfg.teacher, base_dir)
-        cfg.train.teacher_cache = _resolve(cfg.train.teacher_cache, base_dir)
-        if cfg.online is not None:
-            cfg.online.init = _resolve(cfg.online.init, base_dir)
-        if isinstance(cfg.distill, str):
-            cfg.distill = _resolve(cfg.distill, base_dir)
     return cfg
 
 
@@ -355,7 +349,7 @@ def check_placement(t: TrainConfig) -> None:
 
 # the keys that hold paths, as (section, key) or (key,)
 PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("teacher",), ("distill",), ("online", "init"),
-             ("train", "teacher_cache"))
+             ("train", "teacher_cache"), ("distill", "aux", "checkpoint"))
 
 
 def _resolve(path: Any, base_dir: Path) -> Any:
