@@ -93,7 +93,9 @@ def main() -> int:
         p.error("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
     s_preset = args.student or DEFAULT_STUDENT
     if args.real:
-        if Path(args.teacher).suffix:  # a checkpoint file
+        from hkd.models.presets import PRESETS
+
+        if args.teacher not in PRESETS:  # a checkpoint file
             loaded = load_checkpoint(args.teacher, inference=True)
             teacher, t_preset, teacher_id = loaded.model, loaded.meta.preset, loaded.sha256
         else:  # a preset: ImageNet backbone, prepared for inference like a loaded teacher
