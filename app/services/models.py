@@ -25,6 +25,7 @@ from hkd.models.meta import (
     SAFE_SUFFIXES,
     CheckpointError,
     CheckpointMeta,
+    NotADetectorError,
     file_sha256,
     foreign_meta,
     read_meta,
@@ -53,6 +54,7 @@ class CheckpointEntry:
     needs_preset: bool = False  # foreign weights: the user names the architecture
     error: str | None = None  # unreadable header: why
     job: str | None = None  # "<name> (<id>)" of the fine-tune job that wrote it
+    other_kind: bool = False  # an HKD file that is not a detector (a teacher's aux heads): not listed in folders
 
     @property
     def name(self) -> str:
@@ -129,6 +131,8 @@ def describe_file(path: Path, source: str) -> CheckpointEntry:
         return CheckpointEntry(str(path), source, needs_preset=True)
     try:
         meta = read_meta(path)
+    except NotADetectorError as exc:
+        return CheckpointEntry(str(path), source, error=str(exc), other_kind=True)
     except CheckpointError as exc:
         if _has_hkd_header(path) is False:
             return CheckpointEntry(str(path), source, needs_preset=True)
@@ -139,8 +143,9 @@ def describe_file(path: Path, source: str) -> CheckpointEntry:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _scan(folder: str, listing: tuple[tuple[str, int, int], ...], source: str) -> list[CheckpointEntry]:
     del listing  # part of the cache key only: a changed folder is scanned again
-    return [describe_file(p, source) for p in sorted(Path(folder).iterdir())
-            if p.is_file() and p.suffix.lower() in SUFFIXES]
+    entries = (describe_file(p, source) for p in sorted(Path(folder).iterdir())
+               if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return [entry for entry in entries if not entry.other_kind]  # e.g. a teacher's aux heads: not a model
 
 
 def scan_folder(folder: str | Path, source: str = "folder") -> list[CheckpointEntry]:

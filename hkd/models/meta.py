@@ -19,6 +19,7 @@ from hkd.models.presets import get_preset
 
 FORMAT = "hkd-checkpoint/1"
 META_KEY = "hkd"
+DETECTOR_KIND = "detector"  # HKD files of other kinds (``kind`` in the metadata) are not detectors
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 
@@ -81,10 +82,18 @@ class CheckpointMeta:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{source}: HKD metadata is not valid JSON ({exc})") from None
+        if isinstance(raw, dict) and raw.get("kind") not in (None, DETECTOR_KIND):
+            raise NotADetectorError(f"{source}: holds {raw['kind']!r}, not a detector"
+                                    + (" (a teacher's auxiliary heads made by `hkd train-aux`: name it in "
+                                       "distill.aux.checkpoint)" if raw["kind"] == "aux_heads" else ""))
         if not isinstance(raw, dict) or "preset" not in raw:
             raise CheckpointError(f"{source}: HKD metadata has no 'preset'")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+class NotADetectorError(CheckpointError):
+    """An HKD safetensors file of another kind (e.g. a teacher's auxiliary heads), not a detector."""
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -221,3 +222,22 @@ def test_loss_series_groups_every_kind_of_loss_key():
         "FPN": {"kd/neck.p3/mse": [[10], [0.5]]}, "dense head": {"kd/head.cls_logits/focal_kd": [[10], [0.1]]},
         "aux heads": {"aux/neck.p3/kl": [[10], [0.2]]},
         "teacher (online)": {"teacher/det/loss_classifier": [[10], [0.9]]}}
+
+
+def test_a_models_folder_lists_detectors_not_a_teachers_aux_heads(studio_env):
+    from safetensors.torch import save_file
+
+    from app.services import models
+    from hkd.models.meta import NotADetectorError, read_meta
+
+    aux = studio_env["models"] / "teacher_aux.safetensors"
+    save_file({"w": torch.zeros(2)}, str(aux), metadata={"hkd": json.dumps({"kind": "aux_heads", "levels": []})})
+    try:
+        names = [Path(e.path).name for e in models.scan_folder(studio_env["models"])]
+        assert "teacher_aux.safetensors" not in names and "teacher.safetensors" in names
+        with pytest.raises(NotADetectorError, match="auxiliary heads"):
+            read_meta(aux)
+        upload = models.describe_file(aux, "upload")  # offered by hand: named, with the reason
+        assert upload.other_kind and "not a detector" in upload.error
+    finally:
+        aux.unlink()
