@@ -400,27 +400,24 @@ class Distiller(nn.Module):
         }
         hierarchies = {term.hierarchy for term in terms}
         roi_head_levels = {"roi.embedding", "roi.logits", "roi.deltas"} & set(levels)
+        roi_levels = [name for name in levels if name.startswith("roi.")]
         if self.online:
-            # the teacher's own training forward on the shared batch: its losses train it
-            image_levels = [name for name in levels if not name.startswith("roi.")]
-            with Tap(teacher, self.teacher_spec, image_levels) as own_tap:
+            # the teacher's own training forward on the shared batch: its losses train it; the
+            # KD terms read its tensors detached (the tap stores them so)
+            image_levels = [name for name in levels if name not in roi_levels]
+            with Tap(teacher, self.teacher_spec, image_levels, detach=True) as own_tap:
                 t_features, teacher_losses = _two_stage_losses(teacher, batch, targets)
             out.update({f"teacher/{key}": value for key, value in teacher_losses.items()})
             if not terms:
                 return out
             t_features = OrderedDict((name, value.detach()) for name, value in t_features.items())
-            with torch.no_grad(), Tap(teacher, self.teacher_spec, [n for n in levels if n.startswith("roi.")]) as roi_tap:
-                if "roi" in hierarchies:
-                    t_regions = teacher.roi_heads.box_roi_pool(t_features, proposals, batch.image_sizes)
-                    if roi_head_levels:
-                        teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(t_regions))
-            t_tap = _Levels({name: _detached((roi_tap if name.startswith("roi.") else own_tap)[name])
-                             for name in levels})
+            with torch.no_grad(), Tap(teacher, self.teacher_spec, roi_levels) as roi_tap:
+                self._teacher_regions(t_features, proposals, batch, hierarchies, roi_head_levels)
+            t_tap = _Levels({name: (roi_tap if name in roi_levels else own_tap)[name] for name in levels})
         elif not terms:
             return out
         else:
             cache = self.teacher_cache
-            roi_levels = [name for name in levels if name.startswith("roi.")]
             with torch.no_grad(), Tap(teacher, self.teacher_spec, levels if cache is None else roi_levels) as t_tap:
                 if cache is None:
                     t_features = teacher.backbone(batch.tensors)
@@ -429,11 +426,7 @@ class Distiller(nn.Module):
                 else:  # every image-level output from the cache (computed in full and stored on a miss)
                     cached = cache.image_outputs(teacher, self.teacher_spec, batch)
                     t_features = cached.features
-                if "roi" in hierarchies:
-                    # the student's sampled proposals, in the shared batch's coordinates
-                    t_regions = teacher.roi_heads.box_roi_pool(t_features, proposals, batch.image_sizes)
-                    if roi_head_levels:
-                        teacher.roi_heads.box_predictor(teacher.roi_heads.box_head(t_regions))
+                self._teacher_regions(t_features, proposals, batch, hierarchies, roi_head_levels)
             if cache is not None:
                 t_tap = _Levels({name: (t_tap if name in roi_levels else cached.levels)[name] for name in levels})
 
@@ -443,6 +436,17 @@ class Distiller(nn.Module):
             out[term.key] = term.weight * self._term_loss(term, s_tap[term.level], t_tap[term.level], context)
         return out
 
+    def _teacher_regions(self, t_features: Mapping[str, Tensor], proposals: list[Tensor], batch: ImageList,
+                         hierarchies: set[str], roi_head_levels: set[str]) -> None:
+        """The teacher's box RoI pool (and box head + predictor, if a term reads them) on the student's
+        sampled proposals, in the shared batch's coordinates; the caller's tap captures the levels."""
+        if "roi" not in hierarchies:
+            return
+        roi_heads = self.teacher.roi_heads
+        regions = roi_heads.box_roi_pool(t_features, proposals, batch.image_sizes)
+        if roi_head_levels:
+            roi_heads.box_predictor(roi_heads.box_head(regions))
+
     def _single_stage(self, batch: ImageList, targets: list[dict[str, Tensor]], terms: list[LossTerm]) -> dict[str, Tensor]:
         student, teacher = self.student, self.teacher
         levels = list(dict.fromkeys(term.level for term in terms))
@@ -451,13 +455,12 @@ class Distiller(nn.Module):
             head_outputs = student.head(features)
         out = {f"det/{key}": value for key, value in _dense_losses(student, batch, targets, features, head_outputs).items()}
         if self.online:
-            with Tap(teacher, self.teacher_spec, levels) as own_tap:
+            with Tap(teacher, self.teacher_spec, levels, detach=True) as t_tap:  # KD targets, detached
                 t_features = list(teacher.backbone(batch.tensors).values())
                 t_losses = _dense_losses(teacher, batch, targets, t_features, teacher.head(t_features))
             out.update({f"teacher/det/{key}": value for key, value in t_losses.items()})
             if not terms:
                 return out
-            t_tap = _Levels({name: _detached(own_tap[name]) for name in levels})
         elif not terms:
             return out
         elif self.teacher_cache is not None:  # every level of a dense detector is image-level
@@ -545,17 +548,6 @@ def _dense_losses(model: nn.Module, batch: ImageList, targets: list[dict[str, Te
 
 class _Levels(dict):
     """Level tensors by name, read like a :class:`~hkd.models.taps.Tap` (``levels[name]``)."""
-
-
-def _detached(value: Any) -> Any:
-    """A tensor (or a list/tuple of them) cut from the graph: an online teacher's outputs as KD targets."""
-    if isinstance(value, Tensor):
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    return value
 
 
 def _float32(value: Any) -> Any:
@@ -680,15 +672,19 @@ class _StepInputs:
         if self.matcher is None:
             raise ValueError("per-anchor labels of a dense head need the student's proposal_matcher (RetinaNet)")
         if self._dense_truth is None:
-            labels = []
+            labels, best = [], []
             for anchors, target in zip(self.anchors(), self.targets):
                 boxes = target["boxes"]
                 if boxes.numel() == 0:
                     labels.append(torch.zeros(anchors.shape[0], dtype=torch.int64, device=anchors.device))
+                    best.append(anchors.new_zeros(anchors.shape[0]))
                     continue
-                matched = self.matcher(box_iou(boxes, anchors))
+                iou = box_iou(boxes, anchors)
+                best.append(iou.amax(dim=0))  # what row_truth's row_iou is (_best_iou): computed once
+                matched = self.matcher(iou)
                 label = target["labels"].to(torch.int64)[matched.clamp(min=0)]
                 label = torch.where(matched >= 0, label, torch.zeros_like(label))
                 labels.append(torch.where(matched == self.matcher.BETWEEN_THRESHOLDS, -1, label))
             self._dense_truth = torch.stack(labels)
+            self._iou.setdefault("dense_logits", torch.cat(best))
         return self._dense_truth

@@ -43,7 +43,8 @@ class Tap:
         model: the detector (possibly wrapped in DDP).
         levels: a ``HierarchySpec`` or an iterable of ``Level``.
         names: level names to capture (default: every level in ``levels``).
-        detach: store detached tensors (for visualisation; distillation needs graphs).
+        detach: store detached tensors (for visualisation, and for targets that must carry no graph:
+            an online teacher's outputs; a student's levels need their graphs).
 
     After (or during) the block, ``tap[name]`` is the level's output of the last
     forward and ``tap.calls(name)`` every capture in order.

@@ -173,24 +173,22 @@ def build_step(cfg: RunConfig, student: nn.Module, device: torch.device | None =
     options = {}
     if cfg.online is not None:  # a teacher that learns in this run, in float32 like the student
         teacher_model, teacher_preset = build_online_teacher(cfg), cfg.online.teacher_preset
-        if device is not None:
-            teacher_model.to(device)
-            if channels_last:
-                teacher_model.to(memory_format=torch.channels_last)
+        teacher_dtype = torch.float32
         options = {"online": True, "kd_after": cfg.online.kd_after}
     else:
         # the teacher only runs forward (eval, no grad): prepared for inference, ~1.2× faster on CPU
         teacher = load_checkpoint(cfg.teacher, inference=True)
         teacher_model, teacher_preset = teacher.model, teacher.meta.preset
-        if device is not None:
-            teacher_model.to(device=device, dtype=AMP_DTYPES[cfg.train.amp] or torch.float32)
-            if channels_last:
-                teacher_model.to(memory_format=torch.channels_last)
+        teacher_dtype = AMP_DTYPES[cfg.train.amp] or torch.float32
         if cfg.train.teacher_cache:  # keyed by the checkpoint's bytes: a retrained teacher never hits
             from hkd.distill.teacher_cache import TeacherCache
 
             options = {"teacher_cache": TeacherCache(cfg.train.teacher_cache, teacher_id=teacher.sha256,
                                                      dtype=cfg.train.teacher_cache_dtype)}
+    if device is not None:
+        teacher_model.to(device=device, dtype=teacher_dtype)
+        if channels_last:
+            teacher_model.to(memory_format=torch.channels_last)
     t_spec = get_preset(teacher_preset).hierarchy
     s_spec = get_preset(cfg.model.preset).hierarchy
     try:
@@ -312,7 +310,7 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
         scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
         start = 0
         if resume:
-            start = _restore(run, student, trainable, opt, sched, scaler, cfg)
+            start = _restore(run, student, trainable, opt, sched, scaler)
             if main_process:
                 run.truncate_metrics(start)
         if main_process:
@@ -542,7 +540,7 @@ def _save(run: RunFolder, name: str, student, cfg: RunConfig, parent, step: int,
 
 
 def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sched,
-             scaler: torch.amp.GradScaler | None = None, cfg: RunConfig | None = None) -> int:
+             scaler: torch.amp.GradScaler | None = None) -> int:
     ckpt = run.checkpoint("last")
     if not ckpt.exists() or not run.state_path.exists():
         raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/last.safetensors or train_state.pt)")
