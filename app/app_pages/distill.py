@@ -1,6 +1,7 @@
 """Distill: launch a short fine-tune of the student in the background, watch it, use its checkpoint."""
 import os
 import time
+from pathlib import Path
 
 import streamlit as st
 
@@ -14,19 +15,38 @@ st.caption("Fine-tune the student with the teacher at the hierarchies you choose
            "process (`hkd distill`), outlives the browser tab and the app, and its checkpoint appears in every "
            "model picker when it is done. The same queue: `hkd jobs list`.")
 queue = finetune.queue()
+# the fields a preset sets: picking another preset starts them again from its values
+PRESET_FIELDS = ("distill_steps", "distill_lr", "distill_val_images", "distill_temperature", "distill_terms",
+                 "distill_trust", "distill_wrong", "distill_aux", "distill_aux_scale", "distill_kd_after",
+                 "distill_start", "distill_name", *(f"distill_{kind}_{h}" for kind in ("on", "scale")
+                                                    for h in finetune.HIERARCHIES))
+
+
+def _forget_preset() -> None:
+    for key in PRESET_FIELDS:
+        st.session_state.pop(key, None)
+
 
 with st.expander("New fine-tune", expanded=not queue.ids()):
-    preset_label = st.selectbox("Start from", list(finetune.PRESETS), key="distill_preset",
+    preset_label = st.selectbox("Start from", list(finetune.PRESETS), key="distill_preset", on_change=_forget_preset,
                                 help="A shipped config in assets/configs/; every field below starts from it.")
     preset = finetune.load_preset(finetune.PRESETS[preset_label])
     entries = [e for e in models.available()[0] if not e.error and not e.needs_preset]
     labels = {e.path: e.label for e in entries}
+    online = preset.get("online")
     cols = st.columns(2)
     pair = {role: (models.current_ref(role) or {}).get("path") for role in models.ROLES}
-    teacher = widgets.path_select(cols[0], "Teacher", labels, pair["teacher"], "distill_teacher")
+    if online:
+        teacher = None
+        cols[0].markdown(f"**Teacher**: `{online.get('teacher_preset')}`, trained in the same job from "
+                         + ("its checkpoint `online.init`" if online.get("init") else "ImageNet backbones"))
+        cols[0].caption("Online distillation: no teacher checkpoint is needed; the job writes the teacher's "
+                        "checkpoints (teacher_final) beside the student's.")
+    else:
+        teacher = widgets.path_select(cols[0], "Teacher", labels, pair["teacher"], "distill_teacher")
     student = widgets.path_select(cols[1], "Student to start from", labels, pair["student"], "distill_student")
     start = cols[1].radio("Student weights", ["its current weights", "ImageNet backbones"], horizontal=True,
-                          key="distill_start")
+                          key="distill_start", index=1 if online else 0)
     student_preset = models.info({"path": student, "preset": None}).meta.preset if student else None
     ready = [c for c in datasets.choices()]
     by_key = {c.key: c for c in ready}
@@ -51,17 +71,42 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
             enabled[h] = col.toggle(title, value=has, key=f"distill_on_{h}", disabled=not has)
             scale[h] = col.number_input(f"{title} weight ×", 0.0, 100.0, 1.0, 0.25, key=f"distill_scale_{h}",
                                         disabled=not has)
-        temperature = st.slider("ROI soft-target temperature", 1.0, 8.0, float(next(
+        cols = st.columns(3)
+        temperature = cols[0].slider("ROI soft-target temperature", 1.0, 8.0, float(next(
             (x.params.get("temperature", 2.0) for x in terms if x.loss == "kd_kl"), 2.0)), 0.5, key="distill_temperature")
+        trust, wrong = finetune.trust_of(terms)
+        trust_mode = cols[1].selectbox(
+            "Trust in the teacher", list(finetune.TRUST_MODES), list(finetune.TRUST_MODES).index(trust),
+            format_func=lambda m: f"{m}: {finetune.TRUST_MODES[m]}", key="distill_trust",
+            help="Weights each proposal's / anchor's soft-target terms (ROI logits, RPN objectness, focal KD) by the "
+                 "teacher's quality there, judged by the ground truth (hkd.distill.losses.trust).")
+        wrong = cols[2].number_input("Weight where the teacher is wrong", 0.0, 1.0, wrong, 0.1, key="distill_wrong",
+                                     disabled=trust_mode != "label", help="0 drops the KD term there (trust: label).")
+        preset_aux = (preset.get("distill") or {}).get("aux")
+        aux = None
+        if preset_aux:
+            cols = st.columns(2)
+            on = cols[0].toggle("Self-supervised aux heads (HSAKD)", value=True, key="distill_aux",
+                                help=f"Training-only heads on {', '.join(preset_aux.get('levels') or ['every level'])} "
+                                     f"match the teacher's heads of `{Path(preset_aux['checkpoint']).name}` "
+                                     "(made by `hkd train-aux` for that teacher); the saved student gains no parameters.")
+            aux = cols[1].number_input("aux weight ×", 0.0, 100.0, 1.0, 0.25, key="distill_aux_scale",
+                                       disabled=not on) if on else None
+        kd_after = None
+        if online:
+            kd_after = st.number_input(
+                "KD from step (the teacher learns alone before)", 0, max(0, int(steps) - 1),
+                min(int(online.get("kd_after", 0)), max(0, int(steps) // 4)), key="distill_kd_after")
         terms = widgets.terms_editor(terms, "distill_terms")
     else:
-        temperature = None
+        temperature = trust_mode = aux = kd_after = None
         st.info("This config trains without a teacher (no KD): the honest baseline for a distilled fine-tune.")
     cfg = finetune.build_config(
         preset, teacher=teacher, init=student if start == "its current weights" else None,
         train=by_key[train_key].path, val=by_key[val_key].path if val_key else None, val_images=val_images,
         steps=steps, lr=lr, eval_every=eval_every, terms=terms or None, enabled=enabled, scale=scale,
-        temperature=temperature, threads=threads)
+        temperature=temperature, threads=threads, trust=(trust_mode, wrong) if trust_mode else None, aux=aux,
+        kd_after=kd_after)
     if student_preset:
         cfg["model"]["preset"] = student_preset
     with st.popover("Show the config (YAML)"):

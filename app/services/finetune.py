@@ -25,6 +25,9 @@ CONFIGS = settings.REPO_ROOT / "assets" / "configs"
 PRESETS = {
     "Quick demo (≤ 5 min on a 2-core CPU)": "quick_demo.yaml",
     "Full HKD (all hierarchies, 800 steps)": "student_hkd.yaml",
+    "HKD + trust in the teacher (no KD where it is wrong)": "student_hkd_trust.yaml",
+    "HKD + self-supervised aux heads (HSAKD)": "student_hkd_aux.yaml",
+    "Online: teacher and student train together": "student_online.yaml",
     "ROI head only": "student_hkd_roi.yaml",
     "FPN only": "student_hkd_fpn.yaml",
     "Backbone only": "student_hkd_backbone.yaml",
@@ -58,9 +61,31 @@ def load_preset(file_name: str) -> dict:
     raw = yaml.safe_load((CONFIGS / file_name).read_text()) or {}
     resolve_paths(raw, CONFIGS)  # as `hkd distill --config` resolves them: relative to the file
     if isinstance(raw.get("distill"), str):
-        inline = yaml.safe_load(Path(raw["distill"]).read_text()) or {}
+        source = Path(raw["distill"])
+        inline = yaml.safe_load(source.read_text()) or {}
         raw["distill"] = inline.get("distill", inline)
+        aux = raw["distill"].get("aux")
+        if isinstance(aux, dict) and isinstance(aux.get("checkpoint"), str):  # relative to the distill file
+            aux["checkpoint"] = str((source.parent / Path(aux["checkpoint"]).expanduser()).resolve())
     return raw
+
+
+# the soft-target losses that take the trust params (hkd.distill.losses.trust)
+TRUST_LOSSES = ("kd_kl", "soft_bce", "focal_kd")
+TRUST_MODES = {
+    "none": "trust it everywhere (plain KD)",
+    "label": "drop KD where its class is wrong",
+    "confidence": "weigh by its probability of the true class",
+    "iou": "weigh by the row's IoU with its object",
+}
+
+
+def trust_of(terms: list["Term"]) -> tuple[str, float]:
+    """(trust mode, wrong_weight) of the first soft-target term, ``("none", 0.0)`` if it has none."""
+    for term in terms:
+        if term.loss in TRUST_LOSSES:
+            return str(term.params.get("trust", "none")), float(term.params.get("wrong_weight", 0.0))
+    return "none", 0.0
 
 
 @dataclass
@@ -91,8 +116,14 @@ def terms_of(distill: dict | None) -> list[Term]:
 def build_config(preset: dict, *, teacher: str | None, init: str | None, train: str, val: str | None,
                  val_images: int, steps: int, lr: float, eval_every: int, terms: list[Term] | None,
                  enabled: dict[str, bool], scale: dict[str, float], temperature: float | None,
-                 threads: int) -> dict:
-    """The run config of the form: ``preset`` with the user's choices; ``terms`` None means no KD."""
+                 threads: int, trust: tuple[str, float] | None = None, aux: float | None = None,
+                 kd_after: int | None = None) -> dict:
+    """The run config of the form: ``preset`` with the user's choices; ``terms`` None means no KD.
+
+    ``trust`` ``(mode, wrong_weight)`` replaces the trust params of every soft-target term (``None``:
+    as the terms say); ``aux`` scales the weights of the preset's ``distill.aux`` section (``None`` or
+    0: no aux heads); ``kd_after`` is an online preset's first KD step. An online preset (an
+    ``online:`` section) trains its own teacher: ``teacher`` is not used."""
     cfg = copy.deepcopy(preset)
     cfg.setdefault("model", {})
     cfg["model"]["init"] = init
@@ -106,8 +137,10 @@ def build_config(preset: dict, *, teacher: str | None, init: str | None, train: 
     cfg["train"]["warmup_steps"] = min(int(cfg["train"].get("warmup_steps", 0)), max(1, int(steps) // 10))
     cfg["train"]["checkpoint_every"] = max(1, min(int(cfg["train"].get("checkpoint_every", 200)), int(steps) // 3 or 1))
     cfg["train"]["log_every"] = max(1, min(int(cfg["train"].get("log_every", 10)), int(steps) // 20 or 1))
-    if terms is None or not teacher:
+    online = cfg.get("online") if terms is not None else None
+    if terms is None or not (teacher or online):
         cfg.pop("teacher", None)
+        cfg.pop("online", None)
         cfg.pop("distill", None)
         return cfg
     levels: dict[str, list[dict]] = {}
@@ -117,13 +150,30 @@ def build_config(preset: dict, *, teacher: str | None, init: str | None, train: 
         params = dict(term.params)
         if temperature is not None and term.loss == "kd_kl":
             params["temperature"] = float(temperature)
+        if trust is not None and term.loss in TRUST_LOSSES:
+            params.pop("trust", None)
+            params.pop("wrong_weight", None)
+            if trust[0] != "none":
+                params["trust"] = trust[0]
+            if trust[0] == "label":
+                params["wrong_weight"] = float(trust[1])
         levels.setdefault(term.level, []).append(
             {"loss": term.loss, "weight": round(term.weight * scale.get(term.hierarchy, 1.0), 6), **params})
     distill = {"levels": {lv: (ts[0] if len(ts) == 1 else ts) for lv, ts in levels.items()}}
     schedule = (preset.get("distill") or {}).get("schedule")
     if schedule and all(s.get("until_step", 0) < steps for s in schedule if "until_step" in s):
         distill["schedule"] = schedule  # a stage that would outlast the run is dropped with the schedule
-    cfg["teacher"] = teacher
+    preset_aux = (preset.get("distill") or {}).get("aux")
+    if preset_aux and aux:
+        distill["aux"] = {**preset_aux, **{k: round(float(preset_aux.get(k, 1.0)) * float(aux), 6)
+                                           for k in ("weight_kl", "weight_ce")}}
+    if online:
+        cfg.pop("teacher", None)
+        cfg["online"] = dict(online)
+        if kd_after is not None:
+            cfg["online"]["kd_after"] = int(kd_after)
+    else:
+        cfg["teacher"] = teacher
     cfg["distill"] = distill
     return cfg
 
@@ -144,7 +194,7 @@ def write_config(cfg: dict) -> Path:
 
 def submit(cfg: dict, name: str, threads: int) -> Job:
     """Check and queue the run; raises :class:`hkd.train.jobs.JobError` with the problem."""
-    kind = "distill" if cfg.get("teacher") else "train"
+    kind = "distill" if cfg.get("teacher") or cfg.get("online") else "train"
     return queue().submit_run(kind, write_config(cfg), name=name, threads=threads)
 
 

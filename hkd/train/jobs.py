@@ -612,10 +612,13 @@ def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: s
         from hkd.distill.config import ConfigError as DistillConfigError
         from hkd.distill.config import load_config as load_distill
 
+        teacher_spec = get_preset(teacher_preset).hierarchy
         try:
-            load_distill(cfg.distill or {}, get_preset(teacher_preset).hierarchy, student.hierarchy)
+            distill = load_distill(cfg.distill or {}, teacher_spec, student.hierarchy)
         except (DistillConfigError, OSError) as exc:
             raise JobError(f"distill: {exc}") from None
+        if distill.aux is not None:
+            _check_aux(distill.aux, teacher_spec, online=cfg.online is not None)
     for what, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if path:
             _check_dataset(what, path)
@@ -626,6 +629,33 @@ def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: s
     elif run.read_status().get("state") not in (None, "queued"):
         raise JobError(f"{out} already holds a run; resume it or choose another run folder")
     return cfg
+
+
+def _check_aux(aux, teacher_spec, *, online: bool) -> None:
+    """What can be told of ``distill.aux`` from the heads' header, before a process starts: the
+    file, its levels and their channels (the probe-feature check needs the teacher's weights and
+    runs when the distiller is built)."""
+    from hkd.distill.aux import read_aux_meta
+    from hkd.models.meta import CheckpointError
+
+    if online:
+        raise JobError("distill.aux: the teacher's aux heads are fitted on a frozen teacher checkpoint "
+                       "(`hkd train-aux`); an online teacher changes at every step — drop distill.aux or use `teacher:`")
+    try:
+        meta = read_aux_meta(aux.checkpoint)
+    except CheckpointError as exc:
+        raise JobError(f"distill.aux.checkpoint: {exc}") from None
+    levels = list(aux.levels) if aux.levels is not None else list(meta.levels)
+    for name in levels:
+        if name not in meta.levels:
+            raise JobError(f"distill.aux.levels: {name!r} has no teacher head in {aux.checkpoint}; "
+                           f"it has: {', '.join(meta.levels)}")
+        channels = teacher_spec[name].channels if name in teacher_spec else None
+        if channels != meta.levels[name]:
+            raise JobError(f"distill.aux.checkpoint {aux.checkpoint}: made for another teacher "
+                           f"({meta.teacher.get('preset')}, {meta.teacher.get('file')}): its {name} head takes "
+                           f"{meta.levels[name]} channels, this teacher's has {channels}; fit heads for this "
+                           "teacher with `hkd train-aux`")
 
 
 def _check_dataset(what: str, path: str) -> None:

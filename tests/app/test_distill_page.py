@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -108,3 +109,76 @@ def test_the_app_leaves_running_jobs_their_cores(monkeypatch):
     assert finetune.app_threads() == 3
     jobs.append(SimpleNamespace(state="running", threads=8))
     assert finetune.app_threads() == 1  # never fewer than one
+
+
+def shown_config(at: AppTest) -> dict:
+    import yaml
+
+    (text,) = [c.value for c in at.code if "model:" in c.value]
+    return yaml.safe_load(text)
+
+
+def pick_preset(at: AppTest, prefix: str) -> AppTest:
+    box = at.selectbox(key="distill_preset")
+    (label,) = [o for o in box.options if o.startswith(prefix)]
+    box.set_value(label).run()
+    no_exceptions(at)
+    return at
+
+
+def checked(cfg: dict, tmp_path, name: str) -> None:
+    """The page's config passes every check a launch makes (without starting a process)."""
+    from hkd.train.jobs import check_run
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(__import__("yaml").safe_dump(cfg))
+    check_run("distill", path, [], tmp_path / f"{name}_run")
+
+
+def test_trust_in_the_teacher_is_a_switch_on_every_soft_target_term(distill_env):
+    at = open_distill()
+    at.number_input(key="distill_steps").set_value(7).run()
+    at = pick_preset(at, "HKD + trust")
+    assert at.number_input(key="distill_steps").value == 800  # the fields start again from the new preset
+    levels = shown_config(at)["distill"]["levels"]
+    assert levels["roi.logits"]["trust"] == "label" and levels["roi.logits"]["wrong_weight"] == 0.0
+    assert levels["rpn.objectness"]["trust"] == "label"
+    assert "trust" not in levels["roi.deltas"]  # a regression term takes no trust
+    at.selectbox(key="distill_trust").set_value("iou").run()
+    no_exceptions(at)
+    levels = shown_config(at)["distill"]["levels"]
+    assert levels["roi.logits"]["trust"] == "iou" and "wrong_weight" not in levels["roi.logits"]
+    at.selectbox(key="distill_trust").set_value("none").run()
+    levels = shown_config(at)["distill"]["levels"]
+    assert "trust" not in levels["roi.logits"] and "trust" not in levels["rpn.objectness"]
+    # and on the full-HKD preset, which ships without it
+    at = pick_preset(at, "Full HKD")
+    at.selectbox(key="distill_trust").set_value("confidence").run()
+    assert shown_config(at)["distill"]["levels"]["rpn.objectness"]["trust"] == "confidence"
+    checked(shown_config(at), distill_env["tmp"], "trust")
+
+
+def test_aux_heads_are_a_switch_and_their_checkpoint_resolves(distill_env):
+    at = pick_preset(open_distill(), "HKD + self-supervised aux")
+    cfg = shown_config(at)
+    aux = cfg["distill"]["aux"]
+    assert Path(aux["checkpoint"]).is_absolute() and Path(aux["checkpoint"]).name == "teacher_aux.safetensors"
+    assert Path(aux["checkpoint"]).is_file()
+    checked(cfg, distill_env["tmp"], "aux")
+    at.number_input(key="distill_aux_scale").set_value(0.5).run()
+    assert shown_config(at)["distill"]["aux"]["weight_kl"] == pytest.approx(0.5 * aux["weight_kl"])
+    at.toggle(key="distill_aux").set_value(False).run()
+    no_exceptions(at)
+    assert "aux" not in shown_config(at)["distill"]
+
+
+def test_online_needs_no_teacher_checkpoint(distill_env):
+    at = pick_preset(open_distill(), "Online")
+    assert not [s for s in at.selectbox if s.key == "distill_teacher"]  # no teacher picker
+    at.number_input(key="distill_steps").set_value(40).run()
+    no_exceptions(at)
+    cfg = shown_config(at)
+    assert "teacher" not in cfg and cfg["online"]["teacher_preset"] == "hkd_frcnn_lite2.teacher"
+    assert 0 <= cfg["online"]["kd_after"] < 40
+    assert cfg["model"].get("init") is None  # the online student starts from ImageNet backbones by default
+    checked(cfg, distill_env["tmp"], "online")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hkd.cli import main
@@ -154,6 +155,43 @@ def test_bad_submissions_are_refused_before_launch(tmp_path, tiny_dataset, tiny_
     with pytest.raises(JobError, match="nothing to resume"):
         queue.submit_run("train", write_config(tmp_path, tiny_dataset, tiny_config), out=tmp_path / "new", resume=True)
     assert queue.ids() == []  # nothing was queued
+
+
+def test_aux_heads_that_cannot_fit_the_teacher_are_refused_before_launch(tmp_path, tiny_dataset, tiny_config,
+                                                                        teacher_ckpt):
+    from hkd.distill.aux import AuxHeads, AuxMeta, save_aux_heads
+    from hkd.models.presets import get_preset
+
+    spec = get_preset("hkd_frcnn_lite2.teacher").hierarchy
+    queue = JobQueue(tmp_path / "jobs")
+
+    def config_with(aux: dict, name: str, online: bool = False) -> Path:
+        path = write_config(tmp_path, tiny_dataset, tiny_config, teacher_ckpt, name=name)
+        raw = yaml.safe_load(path.read_text())
+        raw["distill"]["aux"] = aux
+        if online:
+            raw.pop("teacher")
+            raw["online"] = {"teacher_preset": "hkd_frcnn_lite2.teacher", "pretrained_backbone": False, "kd_after": 1}
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    heads = AuxHeads(spec, ["neck.p3"], hidden=8, seed=0)
+    other = {"file": "other.safetensors", "preset": "some_other.teacher"}
+    wrong = save_aux_heads(tmp_path / "wrong.safetensors", heads,
+                           AuxMeta(teacher=other, levels={"neck.p3": 999}, crop=32, head=heads.arch),
+                           {"neck.p3": torch.zeros(2, 999)})
+    with pytest.raises(JobError, match="made for another teacher.*999 channels"):
+        queue.submit_run("distill", config_with({"checkpoint": str(wrong)}, "wrong.yaml"))
+    right = save_aux_heads(tmp_path / "right.safetensors", heads,
+                           AuxMeta(teacher=other, levels={"neck.p3": spec["neck.p3"].channels}, crop=32, head=heads.arch),
+                           {"neck.p3": torch.zeros(2, spec["neck.p3"].channels)})
+    with pytest.raises(JobError, match="'neck.p4' has no teacher head.*it has: neck.p3"):
+        queue.submit_run("distill", config_with({"checkpoint": str(right), "levels": ["neck.p4"]}, "level.yaml"))
+    with pytest.raises(JobError, match="distill.aux.checkpoint"):
+        queue.submit_run("distill", config_with({"checkpoint": str(tmp_path / "missing.safetensors")}, "gone.yaml"))
+    with pytest.raises(JobError, match="online teacher"):
+        queue.submit_run("distill", config_with({"checkpoint": str(right)}, "online.yaml", online=True))
+    assert queue.ids() == []
 
 
 def test_jobs_cli_submit_show_cancel(tmp_path, tiny_dataset, tiny_config, capsys, monkeypatch):
