@@ -3,6 +3,11 @@
     hkd synth --out data/synthped/tune --num 200 --seed 2000
     python bench/distill_variants.py --teacher assets/checkpoints/teacher.safetensors \\
         --seed 1 none assets/configs/distill_full.yaml bench/variants/*.yaml
+    # the single-stage pair: its own no-KD config and the run config its distill variants go into
+    python bench/distill_variants.py --teacher runs/retina/teacher_s0/checkpoints/final.safetensors \
+        --baseline-config assets/configs/retina_student_baseline.yaml \
+        --base-config assets/configs/retina_student_kd.yaml --root runs/retina --steps 800 \
+        --seed 0 none assets/configs/distill_retina_focal.yaml
 
 Each variant is a distill config (``none``: the no-KD student) trained like a
 student of the distillation benchmark (same data, steps and seed, one torch
@@ -41,9 +46,9 @@ def train_variant(variant: str, args) -> Path:
     """Train (or resume) one variant; returns its run folder."""
     out = args.root / f"{variant_name(variant)}_s{args.seed}"
     if variant == "none":
-        command, config, overrides = "train", CONFIGS / "student_baseline.yaml", []
+        command, config, overrides = "train", args.baseline_config.resolve(), []
     else:
-        command, config = "distill", CONFIGS / "student_hkd.yaml"
+        command, config = "distill", args.base_config.resolve()
         overrides = [f"distill={Path(variant).resolve()}", f"teacher={args.teacher.resolve()}"]
         if args.teacher_cache:
             overrides.append(f"train.teacher_cache={(args.teacher_cache / f's{args.seed}').resolve()}")
@@ -63,11 +68,19 @@ def main() -> int:
                    help="where the runs go (default runs/variants, or runs/variants<steps> when --steps is not 400, "
                         "so that runs of another length never pass for finished ones)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
+    p.add_argument("--baseline-config", type=Path, default=CONFIGS / "student_baseline.yaml",
+                   help="run config of the no-KD student ('none'); e.g. assets/configs/retina_student_baseline.yaml")
+    p.add_argument("--base-config", type=Path, default=CONFIGS / "student_hkd.yaml",
+                   help="run config the distill variants replace `distill:` and `teacher:` of "
+                        "(e.g. assets/configs/retina_student_kd.yaml for the single-stage pair)")
     p.add_argument("--teacher-cache", type=Path, default=None,
                    help="share the teacher's outputs between the distill runs of a seed (a folder; large)")
     args = p.parse_args()
     if args.root is None:
         args.root = default_root(args.steps)
+    for config in (args.baseline_config, args.base_config):
+        if not config.is_file():
+            p.error(f"{config}: no such run config")
     for variant in args.variants:
         if variant != "none" and not Path(variant).is_file():
             p.error(f"{variant}: no such distill config (or 'none' for the no-KD student)")

@@ -132,11 +132,58 @@ def test_variants_share_a_teacher_cache_per_seed(scripts, tmp_path, monkeypatch)
     calls = []
     monkeypatch.setattr(variants, "run_training", lambda cmd, out: calls.append(cmd))
     args = SimpleNamespace(root=tmp_path, seed=3, steps=10, data=tmp_path, teacher=tmp_path / "t.safetensors",
-                           teacher_cache=tmp_path / "cache")
+                           teacher_cache=tmp_path / "cache", baseline_config=tmp_path / "base.yaml",
+                           base_config=tmp_path / "kd.yaml")
     variants.train_variant("none", args)
     variants.train_variant(str(tmp_path / "distill_x.yaml"), args)
     assert "train.teacher_cache" not in _set(calls[0])  # the no-KD student has no teacher
     assert _set(calls[1])["train.teacher_cache"] == str((tmp_path / "cache" / "s3").resolve())
+    # the configs the runs start from (the single-stage pair passes its own)
+    assert calls[0][calls[0].index("--config") + 1] == (tmp_path / "base.yaml").resolve()
+    assert calls[1][calls[1].index("--config") + 1] == (tmp_path / "kd.yaml").resolve()
+
+
+def test_options_table_pairs_the_gap_by_seed_and_picks_the_best_on_tune(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        options = importlib.import_module("options_table")
+    finally:
+        sys.path.remove(str(BENCH))
+    data = tmp_path / "data"
+    for split, n in (("tune", 3), ("val", 5)):
+        (data / split).mkdir(parents=True)
+        (data / split / "annotations.json").write_text(json.dumps({"images": [{}] * n}))
+    root = tmp_path / "runs"
+    # MR⁻² by (split, run): teacher 10; no KD 30 / 20 by seed; "b" is best on tune but not finished for seed 1
+    table = {("tune", "no_kd_s0"): 30, ("tune", "no_kd_s1"): 20, ("tune", "distill_full_s0"): 20,
+             ("tune", "distill_full_s1"): 15, ("tune", "a_s0"): 18, ("tune", "a_s1"): 16, ("tune", "b_s0"): 11,
+             ("val", "no_kd_s0"): 40, ("val", "no_kd_s1"): 30, ("val", "distill_full_s0"): 25,
+             ("val", "distill_full_s1"): 20, ("val", "a_s0"): 24, ("val", "a_s1"): 22}
+    for (split, name), value in table.items():
+        run = root / name
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints" / "final.safetensors").write_bytes(b"x")
+        (run / "status.json").write_text(json.dumps({"state": "succeeded", "seconds": 600}))
+    (root / "b_s1").mkdir()
+    (root / "b_s1" / "status.json").write_text(json.dumps({"state": "running"}))
+
+    def evaluate(ckpt, split, out, name):
+        value = 10.0 if out.name == "teacher_eval" else float(table[(name, out.name)])
+        return {"mr": {"Reasonable": value, "Small": value, "Heavy": 2 * value}, "ap50": 0.5}
+
+    monkeypatch.setattr(options, "evaluate_checkpoint", evaluate)
+    monkeypatch.setattr(sys, "argv", ["options_table.py", "--root", str(root), "--data", str(data),
+                                      "--teacher", str(tmp_path / "t.safetensors"), "no_kd", "distill_full", "a", "b"])
+    assert options.main() == 0
+    text = capsys.readouterr().out
+    tune, val = text.split("Best on tune")
+    # full HKD on tune: seed 0 closes (30-20)/(30-10) = 50 %, seed 1 (20-15)/(20-10) = 50 %
+    assert "| distill_full | 20.00 | 15.00 | 17.50 | 50 % (50 / 50) |" in tune
+    assert "| a | 18.00 | 16.00 | 17.00 | 50 % (60 / 40) |" in tune
+    assert "| b | 11.00 | — | — | — |" in tune  # unfinished: no mean, never a number
+    assert val.startswith(": **a**")  # the best with every seed, chosen on tune
+    assert "| a | 24.00 | 22.00 | 23.00 | 46 % (53 / 40) |" in val
+    assert "| no_kd | 40.00 | 30.00 | 35.00 | — |" in val
 
 
 def test_online_table_reads_the_curve_and_refuses_unfinished_runs(tmp_path):

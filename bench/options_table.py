@@ -1,0 +1,160 @@
+"""The distiller's options on SynthPed: every variant on the tune split over seeds, the best on val.
+
+    python bench/options_table.py --root runs/variants_long --seeds 0 1 \\
+        --teacher assets/checkpoints/teacher.safetensors \\
+        no_kd distill_full distill_trust distill_aux [--marker two-stage] [--write-docs]
+
+Reads the runs ``bench/distill_variants.py`` trained (``<root>/<variant>_s<seed>/``,
+``no_kd`` the no-KD student), evaluates each final checkpoint on the *tune* split
+(``hkd predict`` + ``hkd eval``, kept in the run folder as ``tune_eval.json``) and
+the teacher likewise (kept in ``<root>/teacher_eval/``). The tune table gives every
+variant per seed, the mean, and the share of the no-KD → teacher gap it closes,
+**paired by seed** (``(no_kd_s − variant_s) / (no_kd_s − teacher)`` for each seed,
+then the mean). The best distill variant by its tune mean (only variants with
+every seed finished compete) is then evaluated on *val* with no-KD and full HKD
+(``distill_full``) beside it: the choice is made on tune, val only reports it.
+A run that has not finished is a ``—`` cell, never a number.
+
+``--write-docs`` puts the tables into docs/BENCHMARKS.md between
+``<!-- options-table:<marker>:begin -->`` and ``<!-- options-table:<marker>:end -->``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+from distill_table import ROOT, evaluate_checkpoint
+
+DOCS = ROOT / "docs" / "BENCHMARKS.md"
+NO_KD, FULL = "no_kd", "distill_full"
+
+
+def finished(run: Path) -> Path | None:
+    """The final checkpoint of a succeeded run, else None."""
+    status = run / "status.json"
+    if not status.exists() or json.loads(status.read_text()).get("state") != "succeeded":
+        return None
+    ckpt = run / "checkpoints" / "final.safetensors"
+    return ckpt if ckpt.is_file() else None
+
+
+def minutes(run: Path) -> float:
+    return float(json.loads((run / "status.json").read_text()).get("seconds", 0.0)) / 60
+
+
+def gap_closed(no_kd: float, student: float, teacher: float) -> float:
+    """Share (%) of the no-KD → teacher MR⁻² gap a student closes."""
+    return 100.0 * (no_kd - student) / (no_kd - teacher)
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def collect(args, split: str) -> tuple[dict, dict]:
+    """({variant: {seed: metrics}}, {variant: {seed: train minutes}}) of the finished runs on ``split``."""
+    metrics: dict = {}
+    train_min: dict = {}
+    for variant in args.variants:
+        for seed in args.seeds:
+            run = args.root / f"{variant}_s{seed}"
+            ckpt = finished(run)
+            if ckpt is None:
+                continue
+            metrics.setdefault(variant, {})[seed] = evaluate_checkpoint(ckpt, args.data / split, run, split)
+            train_min.setdefault(variant, {})[seed] = minutes(run)
+    return metrics, train_min
+
+
+def mr(m: dict) -> float:
+    return float(m["mr"]["Reasonable"])
+
+
+def closed_by_seed(metrics: dict, variant: str, teacher: float, seeds: list[int]) -> list[float]:
+    return [gap_closed(mr(metrics[NO_KD][s]), mr(metrics[variant][s]), teacher) for s in seeds
+            if s in metrics.get(NO_KD, {}) and s in metrics.get(variant, {})]
+
+
+def split_table(args, split: str, variants: list[str], metrics: dict, train_min: dict, teacher: dict) -> list[str]:
+    t_mr = mr(teacher)
+    seed_cols = " | ".join(f"seed {s}" for s in args.seeds)
+    lines = [f"| variant | {seed_cols} | mean MR⁻² | gap closed (paired) | mean Small | mean Heavy | mean AP50 | train min |",
+             "|---|" + "---:|" * (len(args.seeds) + 6)]
+    for variant in variants:
+        runs = metrics.get(variant, {})
+        cells = [_fmt(mr(runs[s]) if s in runs else None) for s in args.seeds]
+        complete = all(s in runs for s in args.seeds)
+        mean = statistics.fmean(mr(runs[s]) for s in args.seeds) if complete else None
+        closed = closed_by_seed(metrics, variant, t_mr, args.seeds) if variant != NO_KD else []
+        closed_cell = "—" if variant == NO_KD or len(closed) < len(args.seeds) else \
+            f"{statistics.fmean(closed):.0f} % ({' / '.join(f'{c:.0f}' for c in closed)})"
+        means = {k: statistics.fmean(float(runs[s]["mr"][k]) for s in args.seeds) if complete else None
+                 for k in ("Small", "Heavy")}
+        ap = statistics.fmean(float(runs[s]["ap50"]) for s in args.seeds) if complete else None
+        tmin = " / ".join(f"{train_min[variant][s]:.0f}" for s in args.seeds if s in train_min.get(variant, {}))
+        lines.append(f"| {variant} | {' | '.join(cells)} | {_fmt(mean)} | {closed_cell} | {_fmt(means['Small'])} | "
+                     f"{_fmt(means['Heavy'])} | {_fmt(ap, '.3f')} | {tmin or '—'} |")
+    lines.append(f"| teacher ({Path(args.teacher).name}) | " + " | ".join(f"{t_mr:.2f}" for _ in args.seeds)
+                 + f" | {t_mr:.2f} | 100 % | {float(teacher['mr']['Small']):.2f} | {float(teacher['mr']['Heavy']):.2f} | "
+                 f"{float(teacher['ap50']):.3f} | — |")
+    return lines
+
+
+def best_variant(args, metrics: dict) -> str | None:
+    complete = [v for v in args.variants if v != NO_KD and all(s in metrics.get(v, {}) for s in args.seeds)]
+    return min(complete, key=lambda v: statistics.fmean(mr(metrics[v][s]) for s in args.seeds), default=None)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="+", help="run names under --root without the _s<seed> suffix (no_kd first)")
+    p.add_argument("--root", type=Path, default=ROOT / "runs" / "variants_long")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher checkpoint the variants distilled from")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synthped", help="holds tune/ and val/")
+    p.add_argument("--marker", default="two-stage", help="which table of docs/BENCHMARKS.md --write-docs replaces")
+    p.add_argument("--write-docs", action="store_true")
+    args = p.parse_args()
+    if NO_KD not in args.variants:
+        p.error(f"the variants must include {NO_KD!r}: the gap is measured from the no-KD student")
+    for split in ("tune", "val"):
+        if not (args.data / split / "annotations.json").is_file():
+            p.error(f"{args.data / split}: no such split (see `hkd synth`)")
+    teacher_dir = args.root / "teacher_eval"
+    tune, train_min = collect(args, "tune")
+    teacher_tune = evaluate_checkpoint(args.teacher, args.data / "tune", teacher_dir, "tune")
+    lines = [f"Tune split ({len(json.loads((args.data / 'tune' / 'annotations.json').read_text())['images'])} images), "
+             f"seeds {', '.join(map(str, args.seeds))}; runs in {args.root.relative_to(ROOT) if args.root.is_relative_to(ROOT) else args.root}; "
+             "MR⁻² Reasonable per seed; train min per seed (wall time, two trainings at a time on 1 thread each):", ""]
+    lines += split_table(args, "tune", args.variants, tune, train_min, teacher_tune)
+    best = best_variant(args, tune)
+    if best is not None:
+        val_variants = [v for v in dict.fromkeys([NO_KD, FULL, best]) if v in args.variants]
+        saved = args.variants
+        args.variants = val_variants
+        val, val_min = collect(args, "val")
+        args.variants = saved
+        teacher_val = evaluate_checkpoint(args.teacher, args.data / "val", teacher_dir, "val")
+        lines += ["", f"Best on tune: **{best}**; on the val split "
+                      f"({len(json.loads((args.data / 'val' / 'annotations.json').read_text())['images'])} images) "
+                      "beside no KD and full HKD, the same checkpoints:", ""]
+        lines += split_table(args, "val", val_variants, val, val_min, teacher_val)
+    else:
+        lines += ["", "No distill variant has every seed finished yet: no val row."]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_docs:
+        begin, end = f"<!-- options-table:{args.marker}:begin -->", f"<!-- options-table:{args.marker}:end -->"
+        docs = DOCS.read_text()
+        if begin not in docs:
+            raise SystemExit(f"{DOCS}: no {begin} … {end} markers")
+        docs = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}\n{end}", docs, flags=re.S)
+        DOCS.write_text(docs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
