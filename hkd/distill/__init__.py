@@ -16,6 +16,10 @@ _EXPORTS = {
     "hkd.distill.config": ("ConfigError", "DistillConfig", "LossTerm", "Stage", "load_config", "parse_config"),
     "hkd.distill.distiller": ("Distiller", "check_transforms", "check_wiring", "detection_losses", "detector_family"),
     "hkd.distill.losses": ("LOSSES", "LossSpec", "attention_map", "losses_for"),
+    "hkd.distill.losses.trust": ("TRUST_MODES",),
+    "hkd.distill.teacher_cache": ("TeacherCache",),
+    "hkd.distill.aux": ("AuxHeads", "load_aux_heads", "read_aux_meta", "save_aux_heads", "train_teacher_aux"),
+    "hkd.distill.pairs": ("check_pair",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

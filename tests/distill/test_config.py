@@ -179,3 +179,12 @@ def test_json_files_and_whole_run_configs(tmp_path, specs):
         load_config(bad)
     assert load_config(config) is config
     assert isinstance(parse_config({"levels": {}}), DistillConfig)
+
+
+def test_every_public_name_of_hkd_distill_resolves():
+    import hkd.distill as distill
+
+    for name in distill.__all__:
+        assert getattr(distill, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        distill.nothing  # noqa: B018
