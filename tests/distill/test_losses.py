@@ -17,6 +17,9 @@ from hkd.distill.losses import (
     kd_kl,
     masked_mse,
     mse,
+    box_area_mask,
+    decoupled_nmse,
+    pearson,
     register,
     soft_bce,
 )
@@ -27,10 +30,13 @@ BOXES = [torch.tensor([[16.0, 8.0, 40.0, 56.0]]), torch.zeros(0, 4)]
 
 def _example(name: str, g: torch.Generator):
     """(student, teacher, inputs) of the shapes the distiller passes to loss ``name``."""
-    if name in ("mse", "nmse", "attention"):
+    if name in ("mse", "nmse", "attention", "pearson"):
         return torch.randn(2, 8, 6, 5, generator=g), torch.randn(2, 8, 6, 5, generator=g), {}
     if name in ("masked_mse", "masked_nmse"):
         inputs = {"gt_boxes": BOXES, "cell_anchors": CELL, "stride": (8, 8)}
+        return torch.randn(2, 8, 8, 8, generator=g), torch.randn(2, 8, 8, 8, generator=g), inputs
+    if name == "decoupled_nmse":
+        inputs = {"gt_boxes": BOXES, "stride": (8, 8)}
         return torch.randn(2, 8, 8, 8, generator=g), torch.randn(2, 8, 8, 8, generator=g), inputs
     if name == "soft_bce":
         return torch.randn(50, 1, generator=g), torch.randn(50, 1, generator=g), {}
@@ -230,3 +236,52 @@ def test_normalised_hint_losses_are_scale_free():
     torch.testing.assert_close(masked_nmse(10 * s, 10 * t, **inputs), masked_nmse(s, t, **inputs))
     assert float(mse(10 * s, 10 * t)) > 50 * float(mse(s, t))
     assert float(masked_mse(10 * s, 10 * t, **inputs)) > 50 * float(masked_mse(s, t, **inputs))
+
+
+def test_pearson_is_one_minus_the_correlation_and_blind_to_scale_and_offset():
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.randn(2, 4, 6, 5, generator=g)
+    scale = torch.rand(1, 4, 1, 1, generator=g) + 0.5
+    offset = torch.randn(1, 4, 1, 1, generator=g)
+    assert pearson(teacher * scale + offset, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert pearson(-teacher, teacher).item() == pytest.approx(2.0, rel=1e-5)  # anti-correlated: the worst
+    student = torch.randn(2, 4, 6, 5, generator=g)
+    s, t = student.flatten(2), teacher.flatten(2)
+    r = torch.stack([torch.corrcoef(torch.stack([s[n, c], t[n, c]]))[0, 1] for n in range(2) for c in range(4)])
+    assert pearson(student, teacher).item() == pytest.approx((1 - r).mean().item(), rel=1e-4)
+    assert torch.isfinite(pearson(torch.zeros(1, 2, 3, 3), torch.randn(1, 2, 3, 3)))  # a flat channel
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        pearson(torch.randn(3, 4), torch.randn(3, 4))
+
+
+def test_box_area_mask_weights_each_box_by_its_area():
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 16.0], [32.0, 0.0, 64.0, 64.0]]), torch.zeros(0, 4)]
+    mask = box_area_mask(boxes, (8, 8), 8)
+    assert mask.shape == (2, 8, 8)
+    assert mask[0, :2, :2].eq(1 / 4).all()  # a 2×2-cell box: each cell 1/4
+    assert mask[0, :, 4:].eq(1 / 32).all()  # a 4×8-cell box: each cell 1/32
+    assert mask[0].sum().item() == pytest.approx(2.0)  # every box sums to 1: small people count as much
+    assert mask[1].eq(0).all()
+
+
+def test_decoupled_nmse_keeps_foreground_and_background_apart():
+    g = torch.Generator().manual_seed(4)
+    teacher = torch.randn(1, 3, 8, 8, generator=g)
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 16.0]])]  # the top-left 2×2 cells
+    fg_only, bg_only = teacher.clone(), teacher.clone()
+    fg_only[..., :2, :2] = 0.0  # wrong in the box only
+    bg_only[..., 4:, 4:] = 0.0  # wrong outside it only
+    inputs = {"gt_boxes": boxes, "stride": (8, 8)}
+    # an all-zero student in a part scores 1 there (relative to the teacher's energy): fg 1, bg the zeroed share
+    assert decoupled_nmse(fg_only, teacher, **inputs, fg_weight=1.0, bg_weight=0.0).item() == pytest.approx(1.0)
+    assert decoupled_nmse(fg_only, teacher, **inputs, fg_weight=0.0, bg_weight=1.0).item() == 0.0
+    assert decoupled_nmse(bg_only, teacher, **inputs, fg_weight=1.0, bg_weight=0.0).item() == 0.0
+    share = teacher[..., 4:, 4:].pow(2).sum() / (teacher.pow(2).sum() - teacher[..., :2, :2].pow(2).sum())
+    assert decoupled_nmse(bg_only, teacher, **inputs, fg_weight=0.0, bg_weight=1.0).item() == pytest.approx(share.item(), rel=1e-5)
+    # no boxes: only the background part
+    assert decoupled_nmse(fg_only, teacher, gt_boxes=[torch.zeros(0, 4)], stride=(8, 8)).item() == pytest.approx(
+        0.5 * (teacher[..., :2, :2].pow(2).sum() / teacher.pow(2).sum()).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="fg_weight"):
+        decoupled_nmse(teacher, teacher, **inputs, fg_weight=-1.0)
+    with pytest.raises(ValueError, match="2 sets of boxes for 1 images"):
+        decoupled_nmse(teacher, teacher, gt_boxes=boxes * 2, stride=(8, 8))

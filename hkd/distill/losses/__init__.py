@@ -39,12 +39,15 @@ from hkd.distill.plan import ROLE_BY_NAME as _ROLE_BY_NAME, level_role  # noqa: 
 from hkd.distill.losses.feature import (
     attention,
     attention_map,
+    box_area_mask,
+    decoupled_nmse,
     imitation_mask,
     masked_mse,
     masked_nmse,
     masked_squared_error,
     mse,
     nmse,
+    pearson,
 )
 from hkd.distill.losses.focal import focal_kd
 from hkd.distill.losses.roi import class_deltas, kd_kl
@@ -181,6 +184,10 @@ register("masked_nmse", masked_nmse, ("feature",),
          summary="fine-grained imitation relative to the teacher's energy near objects")
 register("attention", attention, ("feature",), adapt="spatial",
          summary="attention transfer: squared difference of L2-normalised attention maps")
+register("pearson", pearson, ("feature",),
+         summary="PKD: hint loss of per-channel standardised maps, 1 - Pearson correlation (Cao et al. 2022)")
+register("decoupled_nmse", decoupled_nmse, ("feature",),
+         summary="decoupled imitation: foreground (GT boxes, by inverse area) and background apart (after FGD 2022)")
 register("soft_bce", soft_bce, ("objectness",), needs=trust_inputs,
          summary="soft objectness: binary KL to the teacher's probabilities")
 register("bounded_l2", bounded_l2, ("anchor_deltas", "box_deltas"),
@@ -193,5 +200,6 @@ register("focal_kd", focal_kd, ("dense_logits",), needs=trust_inputs,
 __all__ = [
     "LOSSES", "ROLES", "INPUTS", "TRUST_MODES", "LossSpec", "register", "losses_for", "level_role",
     "mse", "masked_mse", "nmse", "masked_nmse", "masked_squared_error", "attention", "attention_map", "imitation_mask",
+    "pearson", "decoupled_nmse", "box_area_mask",
     "soft_bce", "bounded_l2", "kd_kl", "class_deltas", "focal_kd",
 ]

@@ -9,6 +9,15 @@
   (raw teacher maps differ by two orders of magnitude between C3 and P6).
 * :func:`attention` — attention transfer (Zagoruyko & Komodakis, ICLR 2017) on
   :func:`attention_map`, which the visualisation code reuses.
+* :func:`pearson` — PKD (Cao et al., NeurIPS 2022): the hint loss after each
+  channel of both maps is standardised over its locations, i.e. one minus the
+  Pearson correlation per channel; blind to a channel's scale and offset, which
+  differ between detectors of unequal depth.
+* :func:`decoupled_nmse` — decoupled foreground / background imitation in the
+  spirit of FGD (Yang et al., CVPR 2022): the locations inside ground-truth boxes
+  (each box weighted by the inverse of its area, so that small people count as
+  much as large ones) and the rest, each relative to the teacher's energy there,
+  with their own weights.
 
 Every loss takes the student tensor first and the teacher tensor second, returns
 a scalar, is exactly 0 when both are equal and never sends a gradient into the
@@ -196,6 +205,99 @@ def attention(student: Tensor, teacher: Tensor, *, p: float = 2.0) -> Tensor:
             "differ in batch or spatial size"
         )
     return (attention_map(student, p) - attention_map(teacher.detach(), p)).pow(2).mean()
+
+
+def _standardise(x: Tensor, eps: float) -> Tensor:
+    """Each (image, channel) of an (N, C, H, W) map to zero mean and unit variance over its locations."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    var = x.var(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (x - mean) / (var + eps).sqrt()
+
+
+def pearson(student: Tensor, teacher: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """PKD: ``mean((ŝ - t̂)²) / 2`` of the per-channel standardised maps (Cao et al., NeurIPS 2022).
+
+    With ``ŝ``, ``t̂`` standardised per image and channel over the H×W locations, the
+    loss is ``1 - r`` averaged over channels, ``r`` the Pearson correlation of the two
+    channels' maps: 0 when the student equals the teacher up to a positive scale and an
+    offset per channel, 1 for uncorrelated maps, 2 at worst. ``eps`` keeps a flat channel
+    (variance 0) finite.
+
+    Args:
+        student: (N, C, H, W) adapted student map; teacher: same shape.
+    Returns:
+        scalar.
+    """
+    _same_shape(student, teacher, "pearson")
+    if student.dim() != 4:
+        raise ValueError(f"pearson: needs (N, C, H, W) maps, got {tuple(student.shape)}")
+    if eps <= 0:
+        raise ValueError(f"pearson: eps must be > 0, got {eps}")
+    return 0.5 * (_standardise(student, eps) - _standardise(teacher.detach(), eps)).pow(2).mean()
+
+
+def box_area_mask(gt_boxes: list[Tensor], size: tuple[int, int], stride: tuple[int, int] | int) -> Tensor:
+    """(N, H, W) foreground weights: at each cell whose centre lies inside a box, ``1 / (the box's area
+    in cells)`` (the largest where boxes overlap); 0 on the background (FGD's scale mask)."""
+    h, w = size
+    sy, sx = (stride, stride) if isinstance(stride, int) else stride
+    out = []
+    for boxes in gt_boxes:
+        mask = torch.zeros(h, w, device=boxes.device if boxes.numel() else None)
+        if boxes.numel():
+            ys = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) * sy
+            xs = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) * sx
+            b = boxes.to(torch.float32)
+            inside = ((ys[None, :, None] >= b[:, 1, None, None]) & (ys[None, :, None] < b[:, 3, None, None])
+                      & (xs[None, None, :] >= b[:, 0, None, None]) & (xs[None, None, :] < b[:, 2, None, None]))
+            cells = inside.flatten(1).sum(dim=1).clamp(min=1).to(torch.float32)  # (G,) the box's area in cells
+            mask = (inside.to(torch.float32) / cells[:, None, None]).amax(dim=0)
+        out.append(mask)
+    return torch.stack(out)
+
+
+def decoupled_nmse(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    gt_boxes: list[Tensor],
+    stride: tuple[int, int],
+    fg_weight: float = 1.0,
+    bg_weight: float = 0.5,
+) -> Tensor:
+    """Decoupled imitation: ``fg_weight · L_fg + bg_weight · L_bg`` (after FGD, Yang et al. 2022).
+
+    ``L_fg = Σ m·(s - t)² / Σ m·t²`` with ``m`` the :func:`box_area_mask` weights (cells
+    inside ground-truth boxes, each box's cells summing to 1); ``L_bg`` the same over the
+    cells outside every box with weight 1. Each part is relative to the teacher's energy
+    where it looks, so a few foreground cells are not drowned by the background; a part
+    with no cells (no boxes, or boxes everywhere) is 0.
+
+    Args:
+        student, teacher: (N, C, H, W) maps (student adapted).
+        gt_boxes: per image, (G_i, 4) xyxy boxes in the transformed batch's coordinates.
+        stride: (sy, sx) input pixels per cell of this map.
+    Returns:
+        scalar.
+    """
+    _same_shape(student, teacher, "decoupled_nmse")
+    n, _, h, w = teacher.shape
+    if len(gt_boxes) != n:
+        raise ValueError(f"decoupled_nmse: {len(gt_boxes)} sets of boxes for {n} images")
+    if fg_weight < 0 or bg_weight < 0:
+        raise ValueError(f"decoupled_nmse: fg_weight and bg_weight must be >= 0, got {fg_weight}, {bg_weight}")
+    teacher = teacher.detach()
+    fg = box_area_mask(gt_boxes, (h, w), stride).to(device=student.device, dtype=student.dtype)
+    bg = (fg == 0).to(student.dtype)
+    squared = (student - teacher).pow(2).sum(dim=1)  # (N, H, W)
+    energy = teacher.pow(2).sum(dim=1)
+
+    def part(mask: Tensor) -> Tensor:
+        if not bool(mask.any()):
+            return squared.sum() * 0.0  # keeps the graph (and the device)
+        return (mask * squared).sum() / (mask * energy).sum().clamp(min=1e-12)
+
+    return fg_weight * part(fg) + bg_weight * part(bg)
 
 
 def _same_shape(student: Tensor, teacher: Tensor, name: str) -> None:
