@@ -15,21 +15,18 @@ st.caption("Fine-tune the student with the teacher at the hierarchies you choose
            "process (`hkd distill`), outlives the browser tab and the app, and its checkpoint appears in every "
            "model picker when it is done. The same queue: `hkd jobs list`.")
 queue = finetune.queue()
-# the fields a preset sets: picking another preset starts them again from its values
-PRESET_FIELDS = ("distill_steps", "distill_lr", "distill_val_images", "distill_temperature", "distill_terms",
-                 "distill_trust", "distill_wrong", "distill_aux", "distill_aux_scale", "distill_kd_after",
-                 "distill_start", "distill_name", *(f"distill_{kind}_{h}" for kind in ("on", "scale")
-                                                    for h in finetune.HIERARCHIES))
-
-
-def _forget_preset() -> None:
-    for key in PRESET_FIELDS:
-        st.session_state.pop(key, None)
+# the fields a preset sets: picking another preset sets them again from its values (assigned, so that
+# the browser shows them too), and the term table's edits are dropped
+def _apply_preset() -> None:
+    st.session_state.pop("distill_terms", None)
+    st.session_state.update(finetune.form_defaults(st.session_state["distill_preset"]))
 
 
 with st.expander("New fine-tune", expanded=not queue.ids()):
-    preset_label = st.selectbox("Start from", list(finetune.PRESETS), key="distill_preset", on_change=_forget_preset,
+    preset_label = st.selectbox("Start from", list(finetune.PRESETS), key="distill_preset", on_change=_apply_preset,
                                 help="A shipped config in assets/configs/; every field below starts from it.")
+    for key, value in finetune.form_defaults(preset_label).items():
+        st.session_state.setdefault(key, value)
     preset = finetune.load_preset(finetune.PRESETS[preset_label])
     entries = [e for e in models.available()[0] if not e.error and not e.needs_preset]
     labels = {e.path: e.label for e in entries}
@@ -46,7 +43,7 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
         teacher = widgets.path_select(cols[0], "Teacher", labels, pair["teacher"], "distill_teacher")
     student = widgets.path_select(cols[1], "Student to start from", labels, pair["student"], "distill_student")
     start = cols[1].radio("Student weights", ["its current weights", "ImageNet backbones"], horizontal=True,
-                          key="distill_start", index=1 if online else 0)
+                          key="distill_start")
     student_preset = models.info({"path": student, "preset": None}).meta.preset if student else None
     ready = [c for c in datasets.choices()]
     by_key = {c.key: c for c in ready}
@@ -54,12 +51,10 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
     val_key = widgets.dataset_select(cols[1], "Validation data", by_key, "synthped:val", "distill_val")
 
     cols = st.columns(5)
-    t = preset["train"]
-    steps = cols[0].number_input("Steps", 1, 100_000, int(t.get("steps", 60)), key="distill_steps")
-    lr = cols[1].number_input("Learning rate", 1e-5, 1.0, float(t.get("lr", 0.002)), format="%.4f", key="distill_lr")
+    steps = cols[0].number_input("Steps", 1, 100_000, key="distill_steps")
+    lr = cols[1].number_input("Learning rate", 1e-5, 1.0, format="%.4f", key="distill_lr")
     eval_every = cols[2].number_input("Eval every (steps, 0: at the end)", 0, 100_000, 0, key="distill_eval_every")
-    val_images = cols[3].number_input("Validation images", 10, 5000, int(preset["data"].get("val_images", 100)),
-                                      key="distill_val_images")
+    val_images = cols[3].number_input("Validation images", 10, 5000, key="distill_val_images")
     threads = cols[4].number_input("Threads", 1, os.cpu_count() or 1, max(1, (os.cpu_count() or 2) - 1),
                                    key="distill_threads", help="Default: all cores but one, so the app stays responsive.")
     terms = finetune.terms_of(preset.get("distill"))
@@ -68,35 +63,35 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
         st.markdown("**Hierarchies** — switch each on or off and scale its weights")
         for col, (h, title) in zip(st.columns(4), finetune.HIERARCHIES.items()):
             has = any(term.hierarchy == h for term in terms)
-            enabled[h] = col.toggle(title, value=has, key=f"distill_on_{h}", disabled=not has)
-            scale[h] = col.number_input(f"{title} weight ×", 0.0, 100.0, 1.0, 0.25, key=f"distill_scale_{h}",
+            enabled[h] = col.toggle(title, key=f"distill_on_{h}", disabled=not has)
+            scale[h] = col.number_input(f"{title} weight ×", 0.0, 100.0, step=0.25, key=f"distill_scale_{h}",
                                         disabled=not has)
         cols = st.columns(3)
-        temperature = cols[0].slider("ROI soft-target temperature", 1.0, 8.0, float(next(
-            (x.params.get("temperature", 2.0) for x in terms if x.loss == "kd_kl"), 2.0)), 0.5, key="distill_temperature")
-        trust, wrong = finetune.trust_of(terms)
+        temperature = cols[0].slider("ROI soft-target temperature", 1.0, 8.0, step=0.5, key="distill_temperature")
         trust_mode = cols[1].selectbox(
-            "Trust in the teacher", list(finetune.TRUST_MODES), list(finetune.TRUST_MODES).index(trust),
+            "Trust in the teacher", list(finetune.TRUST_MODES),
             format_func=lambda m: f"{m}: {finetune.TRUST_MODES[m]}", key="distill_trust",
             help="Weights each proposal's / anchor's soft-target terms (ROI logits, RPN objectness, focal KD) by the "
                  "teacher's quality there, judged by the ground truth (hkd.distill.losses.trust).")
-        wrong = cols[2].number_input("Weight where the teacher is wrong", 0.0, 1.0, wrong, 0.1, key="distill_wrong",
+        wrong = cols[2].number_input("Weight where the teacher is wrong", 0.0, 1.0, step=0.1, key="distill_wrong",
                                      disabled=trust_mode != "label", help="0 drops the KD term there (trust: label).")
         preset_aux = (preset.get("distill") or {}).get("aux")
         aux = None
         if preset_aux:
             cols = st.columns(2)
-            on = cols[0].toggle("Self-supervised aux heads (HSAKD)", value=True, key="distill_aux",
+            on = cols[0].toggle("Self-supervised aux heads (HSAKD)", key="distill_aux",
                                 help=f"Training-only heads on {', '.join(preset_aux.get('levels') or ['every level'])} "
                                      f"match the teacher's heads of `{Path(preset_aux['checkpoint']).name}` "
                                      "(made by `hkd train-aux` for that teacher); the saved student gains no parameters.")
-            aux = cols[1].number_input("aux weight ×", 0.0, 100.0, 1.0, 0.25, key="distill_aux_scale",
+            aux = cols[1].number_input("aux weight ×", 0.0, 100.0, step=0.25, key="distill_aux_scale",
                                        disabled=not on) if on else None
         kd_after = None
         if online:
-            kd_after = st.number_input(
-                "KD from step (the teacher learns alone before)", 0, max(0, int(steps) - 1),
-                min(int(online.get("kd_after", 0)), max(0, int(steps) // 4)), key="distill_kd_after")
+            last = max(0, int(steps) - 1)
+            if st.session_state["distill_kd_after"] > last:  # fewer steps than the warm-up: KD from a quarter in
+                st.session_state["distill_kd_after"] = min(last, int(steps) // 4)
+            kd_after = st.number_input("KD from step (the teacher learns alone before)", 0, last,
+                                       key="distill_kd_after")
         terms = widgets.terms_editor(terms, "distill_terms")
     else:
         temperature = trust_mode = aux = kd_after = None
@@ -112,7 +107,7 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
     with st.popover("Show the config (YAML)"):
         st.caption("Save it and run `hkd distill --config it.yaml --out runs/my_run` to do the same from a shell.")
         st.code(finetune.config_yaml(cfg), language="yaml")
-    name = st.text_input("Job name", value=preset_label.split(" (")[0].lower().replace(" ", "-"), key="distill_name")
+    name = st.text_input("Job name", key="distill_name")
     missing = [c for c in (by_key[train_key], by_key.get(val_key)) if c is not None and not c.exists]
     for choice in missing:
         widgets.generate_dataset(choice)

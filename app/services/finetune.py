@@ -80,6 +80,32 @@ TRUST_MODES = {
 }
 
 
+def form_defaults(label: str) -> dict:
+    """The Distill form's fields (session-state keys) as the preset ``label`` of :data:`PRESETS` sets them."""
+    preset = load_preset(PRESETS[label])
+    t, terms = preset.get("train") or {}, terms_of(preset.get("distill"))
+    steps = int(t.get("steps", 60))
+    trust, wrong = trust_of(terms)
+    online = preset.get("online")
+    out = {
+        "distill_steps": steps,
+        "distill_lr": float(t.get("lr", 0.002)),
+        "distill_val_images": int((preset.get("data") or {}).get("val_images", 100)),
+        "distill_temperature": float(next((x.params.get("temperature", 2.0) for x in terms if x.loss == "kd_kl"), 2.0)),
+        "distill_trust": trust,
+        "distill_wrong": wrong,
+        "distill_aux": True,
+        "distill_aux_scale": 1.0,
+        "distill_kd_after": min(int((online or {}).get("kd_after", 0)), max(0, steps // 4)),
+        "distill_start": "ImageNet backbones" if online else "its current weights",
+        "distill_name": label.split(" (")[0].split(":")[0].lower().replace(" + ", "-").replace(" ", "-"),
+    }
+    for h in HIERARCHIES:
+        out[f"distill_on_{h}"] = any(term.hierarchy == h for term in terms)
+        out[f"distill_scale_{h}"] = 1.0
+    return out
+
+
 def trust_of(terms: list["Term"]) -> tuple[str, float]:
     """(trust mode, wrong_weight) of the first soft-target term, ``("none", 0.0)`` if it has none."""
     for term in terms:

@@ -3,6 +3,7 @@ checkpoint in the Models picker."""
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.server import start_server, stop_server, wait_healthy
 from tests.e2e.test_browser import WAIT_MS, go_to, wait_idle
@@ -36,6 +37,12 @@ def set_number(page, label: str, value: int) -> None:
     wait_idle(page)
 
 
+def pick_preset(page, prefix: str) -> None:
+    page.get_by_label("Start from", exact=True).click()
+    page.get_by_role("option", name=prefix).click()
+    wait_idle(page)
+
+
 def curve_points(page) -> int:
     """Points of the first trace of the loss chart, read from plotly's own data."""
     return page.evaluate("() => { const p = document.querySelector('.js-plotly-plot');"
@@ -50,6 +57,14 @@ def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, browser, a
     go_to(page, "Distill")
     page.get_by_text("No fine-tunes yet").wait_for()
     wait_idle(page)
+    # another preset shows its own values in the browser (not the previous preset's), trust included
+    set_number(page, "Steps", 7)
+    pick_preset(page, "HKD + trust")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("800")
+    expect(page.get_by_label("Trust in the teacher", exact=True)).to_have_value("label: drop KD where its class is wrong")
+    page.screenshot(path=str(artifacts / "distill_trust_preset.png"), full_page=True)
+    pick_preset(page, "Quick demo")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("60")
     set_number(page, "Steps", STEPS)
     set_number(page, "Validation images", 10)
     set_number(page, "Threads", 1)
