@@ -188,3 +188,12 @@ def test_every_public_name_of_hkd_distill_resolves():
         assert getattr(distill, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         distill.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS.parents[1] / "bench" / "variants").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_tune_variant_loads_for_its_pair(path):
+    """bench/variants/*.yaml are distill configs of the default pair, or (retina_*) of the single-stage pair."""
+    teacher, student = (("hkd_retina_lite2.teacher", "hkd_retina_lite0.student") if path.name.startswith("retina_")
+                        else (TEACHER, STUDENT))
+    config = load_config(path, get_preset(teacher).hierarchy, get_preset(student).hierarchy)
+    assert config.terms and all(t.weight > 0 for t in config.terms)
