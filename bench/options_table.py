@@ -2,7 +2,8 @@
 
     python bench/options_table.py --root runs/variants_long --seeds 0 1 \\
         --teacher assets/checkpoints/teacher.safetensors \\
-        no_kd distill_full distill_trust distill_aux [--marker two-stage] [--write-docs]
+        no_kd distill_full distill_trust distill_aux [--marker two-stage] [--write-docs] \\
+        [--record bench/records/variants_long]
 
 Reads the runs ``bench/distill_variants.py`` trained (``<root>/<variant>_s<seed>/``,
 ``no_kd`` the no-KD student), evaluates each final checkpoint on the *tune* split
@@ -14,6 +15,9 @@ then the mean). The best distill variant by its tune mean (only variants with
 every seed finished compete) is then evaluated on *val* with no-KD and full HKD
 (``distill_full``) beside it: the choice is made on tune, val only reports it.
 A run that has not finished is a ``—`` cell, never a number.
+
+``--record DIR`` keeps what the table needs of each run (status, config, evaluations;
+no checkpoints) in ``DIR``; ``--root DIR`` rebuilds the table from such a record.
 
 ``--write-docs`` puts the tables into docs/BENCHMARKS.md between
 ``<!-- options-table:<marker>:begin -->`` and ``<!-- options-table:<marker>:end -->``.
@@ -32,13 +36,41 @@ DOCS = ROOT / "docs" / "BENCHMARKS.md"
 NO_KD, FULL = "no_kd", "distill_full"
 
 
+def succeeded(run: Path) -> bool:
+    status = run / "status.json"
+    return status.exists() and json.loads(status.read_text()).get("state") == "succeeded"
+
+
 def finished(run: Path) -> Path | None:
     """The final checkpoint of a succeeded run, else None."""
-    status = run / "status.json"
-    if not status.exists() or json.loads(status.read_text()).get("state") != "succeeded":
-        return None
     ckpt = run / "checkpoints" / "final.safetensors"
-    return ckpt if ckpt.is_file() else None
+    return ckpt if succeeded(run) and ckpt.is_file() else None
+
+
+def run_metrics(run: Path, data: Path, split: str) -> dict | None:
+    """The evaluation of a succeeded run on ``split``: its final checkpoint evaluated (kept as
+    ``<split>_eval.json``), or, where the checkpoint is gone (a record made by ``--record``),
+    the evaluation recorded beside its status. None for a run that has not finished."""
+    ckpt = finished(run)
+    if ckpt is not None:
+        return evaluate_checkpoint(ckpt, data / split, run, split)
+    recorded = run / f"{split}_eval.json"
+    if succeeded(run) and recorded.is_file():
+        return json.loads(recorded.read_text())
+    return None
+
+
+def record(args, runs: list[Path], out: Path) -> None:
+    """Copy each run's status, config and evaluations (not its checkpoints) to ``out/<run>/``:
+    enough for this table to be rebuilt with ``--root out`` on a machine without the runs."""
+    import shutil
+
+    for run in runs:
+        dest = out / run.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("status.json", "config.yaml", "tune_eval.json", "val_eval.json"):
+            if (run / name).is_file() and (run / name).resolve() != (dest / name).resolve():
+                shutil.copy2(run / name, dest / name)
 
 
 def minutes(run: Path) -> float:
@@ -61,10 +93,10 @@ def collect(args, split: str) -> tuple[dict, dict]:
     for variant in args.variants:
         for seed in args.seeds:
             run = args.root / f"{variant}_s{seed}"
-            ckpt = finished(run)
-            if ckpt is None:
+            result = run_metrics(run, args.data, split)
+            if result is None:
                 continue
-            metrics.setdefault(variant, {})[seed] = evaluate_checkpoint(ckpt, args.data / split, run, split)
+            metrics.setdefault(variant, {})[seed] = result
             train_min.setdefault(variant, {})[seed] = minutes(run)
     return metrics, train_min
 
@@ -117,6 +149,9 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synthped", help="holds tune/ and val/")
     p.add_argument("--marker", default="two-stage", help="which table of docs/BENCHMARKS.md --write-docs replaces")
     p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--record", type=Path, default=None,
+                   help="copy every run's status, config and evaluations (no checkpoints) here, e.g. "
+                        "bench/records/variants_long: the table rebuilds from it with --root")
     args = p.parse_args()
     if NO_KD not in args.variants:
         p.error(f"the variants must include {NO_KD!r}: the gap is measured from the no-KD student")
@@ -146,6 +181,9 @@ def main() -> int:
         lines += ["", "No distill variant has every seed finished yet: no val row."]
     text = "\n".join(lines)
     print(text)
+    if args.record is not None:
+        record(args, [args.root / f"{v}_s{s}" for v in args.variants for s in args.seeds
+                      if succeeded(args.root / f"{v}_s{s}")] + [teacher_dir], args.record)
     if args.write_docs:
         begin, end = f"<!-- options-table:{args.marker}:begin -->", f"<!-- options-table:{args.marker}:end -->"
         docs = DOCS.read_text()

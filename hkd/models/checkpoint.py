@@ -164,6 +164,41 @@ def load_foreign_weights(path: str | os.PathLike, preset: str) -> nn.Module:
     return model.eval()
 
 
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str = "backbone.") -> int:
+    """Copy the backbone and FPN (the ``backbone.*`` tensors) of the HKD checkpoint ``path`` into ``model``.
+
+    For a detector of another family on the same body and FPN, e.g. the single-stage
+    teacher started from the two-stage teacher's backbone. Every ``backbone.*`` tensor of
+    ``model`` must be in the file with the same shape (else :class:`CheckpointError` naming
+    the first mismatches); the file's other tensors (its heads) are ignored. Returns how
+    many tensors were copied.
+    """
+    path = _existing(path)
+    meta = read_meta(path)  # an HKD safetensors checkpoint: nothing is unpickled
+    target = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    if not target:
+        raise CheckpointError(f"the model has no {prefix}* tensors to initialise from {path}")
+    with _open_safetensors(path) as fh:
+        keys = set(fh.keys())
+        missing = sorted(set(target) - keys)
+        try:
+            state = {k: fh.get_tensor(k) for k in target if k in keys}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: damaged weights ({exc})") from None
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in target.items() if k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
+        if missing:
+            parts.append(f"{len(missing)} of the model's {len(target)} {prefix}* tensors missing (e.g. {missing[0]})")
+        raise CheckpointError(f"{path} ({meta.preset}): its backbone does not fit this model: " + "; ".join(parts))
+    state = {k: (v.to(target[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=False)
+    return len(state)
+
+
 def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):

@@ -3,7 +3,7 @@
 A run config has these sections (every key optional except ``model.preset``
 and ``data.train``)::
 
-    model:   {preset: hkd_frcnn_lite0.student, pretrained_backbone: true, init: null,
+    model:   {preset: hkd_frcnn_lite0.student, pretrained_backbone: true, init: null, init_backbone: null,
               min_size: 480, max_size: 640, train_min_sizes: [352, 384, 416, 448, 480]}
     teacher: assets/checkpoints/teacher.safetensors      # `hkd distill` only
     online:  {teacher_preset: hkd_frcnn_lite2.teacher,    # `hkd distill` without a teacher checkpoint:
@@ -88,6 +88,9 @@ class ModelConfig:
     preset: str = ""
     pretrained_backbone: bool = True
     init: str | None = None  # checkpoint to start from (fine-tunes)
+    # the backbone + FPN (its backbone.* tensors) of another HKD checkpoint on the same body,
+    # e.g. the single-stage teacher from the two-stage teacher; the heads start fresh
+    init_backbone: str | None = None
     min_size: int | None = None  # inference resize of the shorter side (default: the preset's)
     max_size: int | None = None
     # multi-scale training: the shorter side is resized to one of these per batch
@@ -254,6 +257,9 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         get_preset(cfg.model.preset)
     except KeyError as exc:
         raise ConfigError(f"model.preset: {exc.args[0]}") from None
+    if cfg.model.init and cfg.model.init_backbone:
+        raise ConfigError("model.init and model.init_backbone are both set: init already holds the whole "
+                          "model (backbone included); remove one of them")
     if not cfg.data.train:
         raise ConfigError("data.train is required: a dataset folder (e.g. one made by `hkd synth`)")
     if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
@@ -348,7 +354,7 @@ def check_placement(t: TrainConfig) -> None:
 
 
 # the keys that hold paths, as (section, key) or (key,)
-PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("teacher",), ("distill",), ("online", "init"),
+PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("model", "init_backbone"), ("teacher",), ("distill",), ("online", "init"),
              ("train", "teacher_cache"), ("distill", "aux", "checkpoint"))
 
 

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from hkd.models.checkpoint import CheckpointMeta, atomic_write, load_checkpoint, save_checkpoint
+from hkd.models.checkpoint import (CheckpointError, CheckpointMeta, atomic_write, load_backbone_weights, load_checkpoint,
+                                   save_checkpoint)
 from hkd.models.device import DeviceError, check_device_spec, resolve_device
 from hkd.models.presets import build_detector, get_preset
 from hkd.train.config import ConfigError, RunConfig, check_placement
@@ -141,6 +142,11 @@ def build_student(cfg: RunConfig) -> tuple[nn.Module, str | None]:
         return loaded.model, Path(cfg.model.init).name
     sizes = {k: v for k, v in (("min_size", cfg.model.min_size), ("max_size", cfg.model.max_size)) if v}
     model = build_detector(cfg.model.preset, pretrained_backbone=cfg.model.pretrained_backbone, **sizes)
+    if cfg.model.init_backbone:
+        try:
+            load_backbone_weights(model, cfg.model.init_backbone)
+        except CheckpointError as exc:
+            raise ConfigError(f"model.init_backbone: {exc}") from None
     if cfg.model.train_min_sizes:
         set_train_sizes(model, cfg.model.train_min_sizes)
     return model, None

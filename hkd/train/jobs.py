@@ -596,6 +596,11 @@ def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: s
             raise JobError(f"model.init: {exc}") from None
         if init.preset != cfg.model.preset:
             raise JobError(f"model.init {cfg.model.init} holds {init.preset}, not {cfg.model.preset}")
+    if cfg.model.init_backbone:
+        try:
+            read_meta(cfg.model.init_backbone)
+        except CheckpointError as exc:
+            raise JobError(f"model.init_backbone: {exc}") from None
     if cfg.distills:
         if cfg.teacher:
             try:

@@ -186,6 +186,52 @@ def test_options_table_pairs_the_gap_by_seed_and_picks_the_best_on_tune(tmp_path
     assert "| no_kd | 40.00 | 30.00 | 35.00 | — |" in val
 
 
+def test_options_table_rebuilds_from_a_record_without_checkpoints(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        options = importlib.import_module("options_table")
+    finally:
+        sys.path.remove(str(BENCH))
+    data = tmp_path / "data"
+    for split in ("tune", "val"):
+        (data / split).mkdir(parents=True)
+        (data / split / "annotations.json").write_text(json.dumps({"images": [{}] * 4}))
+    root, rec = tmp_path / "runs", tmp_path / "record"
+    values = {"no_kd_s0": 30.0, "distill_full_s0": 20.0}
+    for name in values:
+        (root / name / "checkpoints").mkdir(parents=True)
+        (root / name / "checkpoints" / "final.safetensors").write_bytes(b"x")
+        (root / name / "status.json").write_text(json.dumps({"state": "succeeded", "seconds": 600}))
+
+    def evaluate(ckpt, split, out, name):  # like the real one: keeps <name>_eval.json in out
+        value = 10.0 if out.name == "teacher_eval" else values[out.name] + (name == "val")
+        result = {"mr": {"Reasonable": value, "Small": value, "Heavy": value}, "ap50": 0.5}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}_eval.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(options, "evaluate_checkpoint", evaluate)
+    common = ["--data", str(data), "--seeds", "0", "--teacher", str(tmp_path / "t.safetensors"), "no_kd", "distill_full"]
+    monkeypatch.setattr(sys, "argv", ["options_table.py", "--root", str(root), "--record", str(rec), *common])
+    assert options.main() == 0
+    first = capsys.readouterr().out
+    assert "| distill_full | 21.00 | 21.00 | 48 % (48) |" in first.split("Best on tune")[1]
+    assert not list(rec.rglob("*.safetensors"))  # a record holds no weights
+    assert sorted(p.name for p in (rec / "distill_full_s0").iterdir()) == ["status.json", "tune_eval.json", "val_eval.json"]
+
+    def no_student_evaluation(ckpt, split, out, name):
+        assert out.name == "teacher_eval", f"{out}: a recorded run must not be evaluated again"
+        return evaluate(ckpt, split, out, name)
+
+    monkeypatch.setattr(options, "evaluate_checkpoint", no_student_evaluation)
+    monkeypatch.setattr(sys, "argv", ["options_table.py", "--root", str(rec), *common])
+    assert options.main() == 0
+    assert capsys.readouterr().out.replace(str(rec), "R") == first.replace(str(root), "R")
+    (rec / "no_kd_s0" / "tune_eval.json").unlink()  # neither a checkpoint nor an evaluation: not a number
+    assert options.main() == 0
+    assert "| no_kd | — | — |" in capsys.readouterr().out
+
+
 def test_online_table_reads_the_curve_and_refuses_unfinished_runs(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

@@ -136,3 +136,50 @@ def test_checkpoint_round_trip_also_prepared_for_inference(name, tmp_path):
     assert torch.equal(prepared["labels"], expected["labels"])
     torch.testing.assert_close(prepared["boxes"], expected["boxes"], atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(prepared["scores"], expected["scores"], atol=1e-4, rtol=1e-4)
+
+
+def test_the_single_stage_teacher_starts_from_the_two_stage_teachers_backbone(tmp_path):
+    from hkd.models.checkpoint import CheckpointError, load_backbone_weights
+
+    torch.manual_seed(0)
+    two_stage = build_detector("hkd_frcnn_lite2.teacher", pretrained_backbone=False, **TINY)
+    with torch.no_grad():  # weights no fresh build has
+        for p in two_stage.backbone.parameters():
+            p.add_(0.5)
+    path = save_checkpoint(tmp_path / "frcnn.safetensors", two_stage, CheckpointMeta(preset="hkd_frcnn_lite2.teacher"))
+    retina = build_detector(TEACHER, pretrained_backbone=False, **TINY)
+    head_before = {k: v.clone() for k, v in retina.head.state_dict().items()}
+    copied = load_backbone_weights(retina, path)
+    src, dst = two_stage.backbone.state_dict(), retina.backbone.state_dict()
+    assert copied == len(dst) > 100
+    assert all(torch.equal(dst[k], src[k].to(dst[k].dtype)) for k in dst)
+    assert all(torch.equal(v, head_before[k]) for k, v in retina.head.state_dict().items())  # heads untouched
+    # the student's narrower body cannot take the teacher's backbone: named, nothing half-loaded silently
+    student = build_detector(STUDENT, pretrained_backbone=False, **TINY)
+    with pytest.raises(CheckpointError, match=r"backbone does not fit this model: \d+ shape mismatches"):
+        load_backbone_weights(student, path)
+    # as a run config's model.init_backbone: the model the run trains, or an error naming the key
+    from hkd.train.config import ConfigError, config_from_dict
+    from hkd.train.engine import build_student
+
+    raw = {"model": {"preset": TEACHER, "pretrained_backbone": False, "init_backbone": str(path), **TINY},
+           "data": {"train": str(tmp_path)}}
+    model, _ = build_student(config_from_dict(raw))
+    assert all(torch.equal(v, src[k].to(v.dtype)) for k, v in model.backbone.state_dict().items())
+    raw["model"]["preset"] = STUDENT
+    with pytest.raises(ConfigError, match="model.init_backbone: .*backbone does not fit"):
+        build_student(config_from_dict(raw))
+
+
+def test_init_backbone_is_a_config_key_and_excludes_init(tmp_path):
+    from hkd.train.config import ConfigError, load_config
+
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("model: {preset: hkd_retina_lite2.teacher, init_backbone: ckpt/teacher.safetensors}\n"
+                        "data: {train: data}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.model.init_backbone == str((tmp_path / "ckpt" / "teacher.safetensors").resolve())
+    cfg_file.write_text("model: {preset: hkd_retina_lite2.teacher, init: a.safetensors, init_backbone: b.safetensors}\n"
+                        "data: {train: data}\n")
+    with pytest.raises(ConfigError, match="model.init and model.init_backbone are both set"):
+        load_config(cfg_file)
