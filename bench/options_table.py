@@ -68,13 +68,18 @@ def record(args, runs: list[Path], out: Path) -> None:
     for run in runs:
         dest = out / run.name
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("status.json", "config.yaml", "tune_eval.json", "val_eval.json"):
+        for name in ("status.json", "config.json", "tune_eval.json", "val_eval.json"):
             if (run / name).is_file() and (run / name).resolve() != (dest / name).resolve():
                 shutil.copy2(run / name, dest / name)
 
 
 def minutes(run: Path) -> float:
     return float(json.loads((run / "status.json").read_text()).get("seconds", 0.0)) / 60
+
+
+def seconds_per_step(run: Path) -> float | None:
+    status = json.loads((run / "status.json").read_text())
+    return float(status["seconds"]) / int(status["total"]) if status.get("total") and "seconds" in status else None
 
 
 def gap_closed(no_kd: float, student: float, teacher: float) -> float:
@@ -97,7 +102,7 @@ def collect(args, split: str) -> tuple[dict, dict]:
             if result is None:
                 continue
             metrics.setdefault(variant, {})[seed] = result
-            train_min.setdefault(variant, {})[seed] = minutes(run)
+            train_min.setdefault(variant, {})[seed] = (minutes(run), seconds_per_step(run))
     return metrics, train_min
 
 
@@ -113,8 +118,8 @@ def closed_by_seed(metrics: dict, variant: str, teacher: float, seeds: list[int]
 def split_table(args, split: str, variants: list[str], metrics: dict, train_min: dict, teacher: dict) -> list[str]:
     t_mr = mr(teacher)
     seed_cols = " | ".join(f"seed {s}" for s in args.seeds)
-    lines = [f"| variant | {seed_cols} | mean MR⁻² | gap closed (paired) | mean Small | mean Heavy | mean AP50 | train min |",
-             "|---|" + "---:|" * (len(args.seeds) + 6)]
+    lines = [f"| variant | {seed_cols} | mean MR⁻² | gap closed (paired) | mean Small | mean Heavy | mean AP50 | train min | s/step |",
+             "|---|" + "---:|" * (len(args.seeds) + 7)]
     for variant in variants:
         runs = metrics.get(variant, {})
         cells = [_fmt(mr(runs[s]) if s in runs else None) for s in args.seeds]
@@ -126,12 +131,15 @@ def split_table(args, split: str, variants: list[str], metrics: dict, train_min:
         means = {k: statistics.fmean(float(runs[s]["mr"][k]) for s in args.seeds) if complete else None
                  for k in ("Small", "Heavy")}
         ap = statistics.fmean(float(runs[s]["ap50"]) for s in args.seeds) if complete else None
-        tmin = " / ".join(f"{train_min[variant][s]:.0f}" for s in args.seeds if s in train_min.get(variant, {}))
+        costs = [train_min[variant][s] for s in args.seeds if s in train_min.get(variant, {})]
+        tmin = " / ".join(f"{m:.0f}" for m, _ in costs)
+        per_step = [c for _, c in costs if c is not None]
+        step_cell = f"{statistics.fmean(per_step):.2f}" if per_step else "—"
         lines.append(f"| {variant} | {' | '.join(cells)} | {_fmt(mean)} | {closed_cell} | {_fmt(means['Small'])} | "
-                     f"{_fmt(means['Heavy'])} | {_fmt(ap, '.3f')} | {tmin or '—'} |")
+                     f"{_fmt(means['Heavy'])} | {_fmt(ap, '.3f')} | {tmin or '—'} | {step_cell} |")
     lines.append(f"| teacher ({Path(args.teacher).name}) | " + " | ".join(f"{t_mr:.2f}" for _ in args.seeds)
                  + f" | {t_mr:.2f} | 100 % | {float(teacher['mr']['Small']):.2f} | {float(teacher['mr']['Heavy']):.2f} | "
-                 f"{float(teacher['ap50']):.3f} | — |")
+                 f"{float(teacher['ap50']):.3f} | — | — |")
     return lines
 
 
@@ -163,7 +171,9 @@ def main() -> int:
     teacher_tune = evaluate_checkpoint(args.teacher, args.data / "tune", teacher_dir, "tune")
     lines = [f"Tune split ({len(json.loads((args.data / 'tune' / 'annotations.json').read_text())['images'])} images), "
              f"seeds {', '.join(map(str, args.seeds))}; runs in {args.root.relative_to(ROOT) if args.root.is_relative_to(ROOT) else args.root}; "
-             "MR⁻² Reasonable per seed; train min per seed (wall time, two trainings at a time on 1 thread each):", ""]
+             "MR⁻² Reasonable per seed; train min per seed and s/step (mean over seeds) are wall time, two trainings "
+             "at a time on 1 thread each, a distill run reading the teacher from its seed's cache where an "
+             "earlier run of that seed filled it:", ""]
     lines += split_table(args, "tune", args.variants, tune, train_min, teacher_tune)
     best = best_variant(args, tune)
     if best is not None:
