@@ -152,6 +152,11 @@ def test_bad_submissions_are_refused_before_launch(tmp_path, tiny_dataset, tiny_
     bad_level.write_text(yaml.safe_dump(raw))
     with pytest.raises(JobError, match="neck.p9"):
         queue.submit_run("distill", bad_level)
+    not_a_checkpoint = tmp_path / "notes.safetensors"
+    not_a_checkpoint.write_bytes(b"not weights")
+    with pytest.raises(JobError, match="model.init_backbone: .*notes.safetensors"):
+        queue.submit_run("train", write_config(tmp_path, tiny_dataset, tiny_config),
+                         overrides=[f"model.init_backbone={not_a_checkpoint}"])
     with pytest.raises(JobError, match="nothing to resume"):
         queue.submit_run("train", write_config(tmp_path, tiny_dataset, tiny_config), out=tmp_path / "new", resume=True)
     assert queue.ids() == []  # nothing was queued
