@@ -36,31 +36,26 @@ DOCS = ROOT / "docs" / "BENCHMARKS.md"
 NO_KD, FULL = "no_kd", "distill_full"
 
 
-def succeeded(run: Path) -> bool:
+def succeeded(run: Path) -> dict | None:
+    """The status of a succeeded run, else None."""
     status = run / "status.json"
-    return status.exists() and json.loads(status.read_text()).get("state") == "succeeded"
-
-
-def finished(run: Path) -> Path | None:
-    """The final checkpoint of a succeeded run, else None."""
-    ckpt = run / "checkpoints" / "final.safetensors"
-    return ckpt if succeeded(run) and ckpt.is_file() else None
+    if not status.exists():
+        return None
+    state = json.loads(status.read_text())
+    return state if state.get("state") == "succeeded" else None
 
 
 def run_metrics(run: Path, data: Path, split: str) -> dict | None:
     """The evaluation of a succeeded run on ``split``: its final checkpoint evaluated (kept as
     ``<split>_eval.json``), or, where the checkpoint is gone (a record made by ``--record``),
     the evaluation recorded beside its status. None for a run that has not finished."""
-    ckpt = finished(run)
-    if ckpt is not None:
+    ckpt, recorded = run / "checkpoints" / "final.safetensors", run / f"{split}_eval.json"
+    if ckpt.is_file():
         return evaluate_checkpoint(ckpt, data / split, run, split)
-    recorded = run / f"{split}_eval.json"
-    if succeeded(run) and recorded.is_file():
-        return json.loads(recorded.read_text())
-    return None
+    return json.loads(recorded.read_text()) if recorded.is_file() else None
 
 
-def record(args, runs: list[Path], out: Path) -> None:
+def record(runs: list[Path], out: Path) -> None:
     """Copy each run's status, config and evaluations (not its checkpoints) to ``out/<run>/``:
     enough for this table to be rebuilt with ``--root out`` on a machine without the runs."""
     import shutil
@@ -73,13 +68,11 @@ def record(args, runs: list[Path], out: Path) -> None:
                 shutil.copy2(run / name, dest / name)
 
 
-def minutes(run: Path) -> float:
-    return float(json.loads((run / "status.json").read_text()).get("seconds", 0.0)) / 60
-
-
-def seconds_per_step(run: Path) -> float | None:
-    status = json.loads((run / "status.json").read_text())
-    return float(status["seconds"]) / int(status["total"]) if status.get("total") and "seconds" in status else None
+def train_cost(status: dict) -> tuple[float, float | None]:
+    """(wall minutes, seconds per step) of a run from its status."""
+    seconds = float(status.get("seconds", 0.0))
+    per_step = seconds / int(status["total"]) if status.get("total") and "seconds" in status else None
+    return seconds / 60, per_step
 
 
 def gap_closed(no_kd: float, student: float, teacher: float) -> float:
@@ -98,11 +91,12 @@ def collect(args, split: str) -> tuple[dict, dict]:
     for variant in args.variants:
         for seed in args.seeds:
             run = args.root / f"{variant}_s{seed}"
-            result = run_metrics(run, args.data, split)
+            status = succeeded(run)
+            result = run_metrics(run, args.data, split) if status else None
             if result is None:
                 continue
             metrics.setdefault(variant, {})[seed] = result
-            train_min.setdefault(variant, {})[seed] = (minutes(run), seconds_per_step(run))
+            train_min.setdefault(variant, {})[seed] = train_cost(status)
     return metrics, train_min
 
 
@@ -192,8 +186,8 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.record is not None:
-        record(args, [args.root / f"{v}_s{s}" for v in args.variants for s in args.seeds
-                      if succeeded(args.root / f"{v}_s{s}")] + [teacher_dir], args.record)
+        record([args.root / f"{v}_s{s}" for v in args.variants for s in args.seeds
+                if succeeded(args.root / f"{v}_s{s}")] + [teacher_dir], args.record)
     if args.write_docs:
         begin, end = f"<!-- options-table:{args.marker}:begin -->", f"<!-- options-table:{args.marker}:end -->"
         docs = DOCS.read_text()

@@ -185,17 +185,12 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str
             state = {k: fh.get_tensor(k) for k in target if k in keys}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: damaged weights ({exc})") from None
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in target.items() if k in state and state[k].shape != v.shape]
-    if missing or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} of the model's {len(target)} {prefix}* tensors missing (e.g. {missing[0]})")
+    parts = _shape_mismatches(target, state)
+    if missing:
+        parts.append(f"{len(missing)} of the model's {len(target)} {prefix}* tensors missing (e.g. {missing[0]})")
+    if parts:
         raise CheckpointError(f"{path} ({meta.preset}): its backbone does not fit this model: " + "; ".join(parts))
-    state = {k: (v.to(target[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(_cast_like(state, target), strict=False)
     return len(state)
 
 
@@ -213,21 +208,25 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, pr
     target = model.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in target
-        if k in state and state[k].shape != target[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+    parts = _shape_mismatches(target, state)
+    if missing:
+        parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+    if parts:
         raise CheckpointError(f"{path}: weights do not fit preset {preset!r}: " + "; ".join(parts))
-    state = {k: (v.to(target[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_cast_like(state, target), strict=True)
+
+
+def _shape_mismatches(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """``["N shape mismatches (e.g. key: file (…) vs model (…))"]`` over the keys both hold, or ``[]``."""
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in target.items() if k in state and state[k].shape != v.shape]
+    return [f"{len(wrong)} shape mismatches (e.g. {wrong[0]})"] if wrong else []
+
+
+def _cast_like(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``'s floating tensors in the dtype of the model's (a float16 file loads into float32)."""
+    return {k: (v.to(target[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
 
 

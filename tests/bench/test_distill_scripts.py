@@ -12,6 +12,15 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
+def bench_module(name: str):
+    """Import bench/<name>.py (the scripts import each other by bare name)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
 @pytest.fixture(scope="module")
 def scripts():
     sys.path.insert(0, str(BENCH))
@@ -144,11 +153,7 @@ def test_variants_share_a_teacher_cache_per_seed(scripts, tmp_path, monkeypatch)
 
 
 def test_options_table_pairs_the_gap_by_seed_and_picks_the_best_on_tune(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCH))
-    try:
-        options = importlib.import_module("options_table")
-    finally:
-        sys.path.remove(str(BENCH))
+    options = bench_module("options_table")
     data = tmp_path / "data"
     for split, n in (("tune", 3), ("val", 5)):
         (data / split).mkdir(parents=True)
@@ -187,11 +192,7 @@ def test_options_table_pairs_the_gap_by_seed_and_picks_the_best_on_tune(tmp_path
 
 
 def test_options_table_rebuilds_from_a_record_without_checkpoints(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCH))
-    try:
-        options = importlib.import_module("options_table")
-    finally:
-        sys.path.remove(str(BENCH))
+    options = bench_module("options_table")
     data = tmp_path / "data"
     for split in ("tune", "val"):
         (data / split).mkdir(parents=True)
@@ -233,11 +234,7 @@ def test_options_table_rebuilds_from_a_record_without_checkpoints(tmp_path, monk
 
 
 def test_online_table_reads_the_curve_and_refuses_unfinished_runs(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        online = importlib.import_module("online_table")
-    finally:
-        sys.path.remove(str(BENCH))
+    online = bench_module("online_table")
     run = tmp_path / "run"
     run.mkdir()
     records = [{"step": 100, "time": 60.0, "loss": 1.0}, {"step": 100, "eval": {"mr": {"Reasonable": 50.0}}},
