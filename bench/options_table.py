@@ -3,7 +3,7 @@
     python bench/options_table.py --root runs/variants_long --seeds 0 1 \\
         --teacher assets/checkpoints/teacher.safetensors \\
         no_kd distill_full distill_trust distill_aux [--marker two-stage] [--write-docs] \\
-        [--record bench/records/variants_long]
+        [--record bench/records/variants_long] [--full distill_full]
 
 Reads the runs ``bench/distill_variants.py`` trained (``<root>/<variant>_s<seed>/``,
 ``no_kd`` the no-KD student), evaluates each final checkpoint on the *tune* split
@@ -13,7 +13,7 @@ variant per seed, the mean, and the share of the no-KD → teacher gap it closes
 **paired by seed** (``(no_kd_s − variant_s) / (no_kd_s − teacher)`` for each seed,
 then the mean). The best distill variant by its tune mean (only variants with
 every seed finished compete) is then evaluated on *val* with no-KD and full HKD
-(``distill_full``) beside it: the choice is made on tune, val only reports it.
+(``--full``, default ``distill_full``; the single-stage pair's is ``distill_retina_focal``) beside it: the choice is made on tune, val only reports it.
 A run that has not finished is a ``—`` cell, never a number.
 
 ``--record DIR`` keeps what the table needs of each run (status, config, evaluations;
@@ -150,6 +150,8 @@ def main() -> int:
     p.add_argument("--teacher", type=Path, required=True, help="the teacher checkpoint the variants distilled from")
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synthped", help="holds tune/ and val/")
     p.add_argument("--marker", default="two-stage", help="which table of docs/BENCHMARKS.md --write-docs replaces")
+    p.add_argument("--full", default=FULL,
+                   help="the variant that stands for full distillation on val beside no-KD and the best (default %(default)s)")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--record", type=Path, default=None,
                    help="copy every run's status, config and evaluations (no checkpoints) here, e.g. "
@@ -171,7 +173,7 @@ def main() -> int:
     lines += split_table(args, "tune", args.variants, tune, train_min, teacher_tune)
     best = best_variant(args, tune)
     if best is not None:
-        val_variants = [v for v in dict.fromkeys([NO_KD, FULL, best]) if v in args.variants]
+        val_variants = [v for v in dict.fromkeys([NO_KD, args.full, best]) if v in args.variants]
         saved = args.variants
         args.variants = val_variants
         val, val_min = collect(args, "val")

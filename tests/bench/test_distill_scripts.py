@@ -247,3 +247,31 @@ def test_online_table_reads_the_curve_and_refuses_unfinished_runs(tmp_path):
         online._minutes(run)
     (run / "status.json").write_text(json.dumps({"state": "succeeded", "seconds": 120}))
     assert online._minutes(run) == 2.0
+
+
+def test_options_table_full_names_the_pairs_full_distillation_on_val(tmp_path, monkeypatch, capsys):
+    """The single-stage pair has no distill_full: --full says which variant stands beside the best on val."""
+    options = bench_module("options_table")
+    data = tmp_path / "data"
+    for split in ("tune", "val"):
+        (data / split).mkdir(parents=True)
+        (data / split / "annotations.json").write_text(json.dumps({"images": [{}] * 4}))
+    root = tmp_path / "runs"
+    values = {"no_kd_s0": 40.0, "focal_s0": 30.0, "focal_only_s0": 25.0}
+    for name in values:
+        (root / name / "checkpoints").mkdir(parents=True)
+        (root / name / "checkpoints" / "final.safetensors").write_bytes(b"x")
+        (root / name / "status.json").write_text(json.dumps({"state": "succeeded", "seconds": 600}))
+    monkeypatch.setattr(options, "evaluate_checkpoint", lambda ckpt, split, out, name: {
+        "mr": dict.fromkeys(("Reasonable", "Small", "Heavy"), 20.0 if out.name == "teacher_eval" else values[out.name]),
+        "ap50": 0.5})
+    common = ["options_table.py", "--root", str(root), "--data", str(data), "--seeds", "0",
+              "--teacher", str(tmp_path / "t.safetensors"), "no_kd", "focal", "focal_only"]
+    monkeypatch.setattr(sys, "argv", common)
+    assert options.main() == 0
+    val = capsys.readouterr().out.split("Best on tune")[1]
+    assert "| focal_only |" in val and "| focal |" not in val  # no distill_full among these variants
+    monkeypatch.setattr(sys, "argv", [*common, "--full", "focal"])
+    assert options.main() == 0
+    val = capsys.readouterr().out.split("Best on tune")[1]
+    assert "| no_kd |" in val and "| focal | 30.00 |" in val and "| focal_only | 25.00 |" in val
