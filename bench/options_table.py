@@ -3,7 +3,7 @@
     python bench/options_table.py --root runs/variants_long --seeds 0 1 \\
         --teacher assets/checkpoints/teacher.safetensors \\
         no_kd distill_full distill_trust distill_aux [--marker two-stage] [--write-docs] \\
-        [--record bench/records/variants_long] [--full distill_full]
+        [--record bench/records/variants_long] [--full distill_full] [--ship retina_]
 
 Reads the runs ``bench/distill_variants.py`` trained (``<root>/<variant>_s<seed>/``,
 ``no_kd`` the no-KD student), evaluates each final checkpoint on the *tune* split
@@ -19,6 +19,11 @@ A run that has not finished is a ``—`` cell, never a number.
 ``--record DIR`` keeps what the table needs of each run (status, config, evaluations;
 no checkpoints) in ``DIR``; ``--root DIR`` rebuilds the table from such a record.
 
+``--ship PREFIX`` copies the teacher, the first seed's no-KD student and the first seed's
+best student to ``assets/checkpoints/<PREFIX>teacher.safetensors``,
+``<PREFIX>student_baseline.safetensors`` and ``<PREFIX>student_kd.safetensors`` with
+their val results in the metadata (the student names the shipped teacher as its parent).
+
 ``--write-docs`` puts the tables into docs/BENCHMARKS.md between
 ``<!-- options-table:<marker>:begin -->`` and ``<!-- options-table:<marker>:end -->``.
 """
@@ -30,7 +35,7 @@ import re
 import statistics
 from pathlib import Path
 
-from distill_table import ROOT, evaluate_checkpoint
+from distill_table import ROOT, dataset_label, evaluate_checkpoint
 
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
 NO_KD, FULL = "no_kd", "distill_full"
@@ -137,6 +142,33 @@ def split_table(args, split: str, variants: list[str], metrics: dict, train_min:
     return lines
 
 
+def ship(args, best: str, prefix: str, dest: Path = ROOT / "assets" / "checkpoints") -> list[Path]:
+    """The demo checkpoints of a pair (see the module doc); every one must have its val evaluation."""
+    from hkd.models.checkpoint import update_metadata
+
+    seed = args.seeds[0]
+    label = dataset_label(args.data / "val")
+    items = [(args.teacher, args.root / "teacher_eval", "teacher", None, "teacher"),
+             (None, args.root / f"{NO_KD}_s{seed}", "student_baseline", None, "student without KD"),
+             (None, args.root / f"{best}_s{seed}", "student_kd", f"{prefix}teacher.safetensors", f"student + {best}")]
+    items = [(Path(ckpt) if ckpt else folder / "checkpoints" / "final.safetensors", folder / "val_eval.json", *rest)
+             for ckpt, folder, *rest in items]
+    for path in (path for ckpt, evaluation, *_ in items for path in (ckpt, evaluation)):
+        if not path.is_file():  # checked before anything is written: a pair ships whole or not at all
+            raise SystemExit(f"--ship: {path} is missing "
+                             "(shipping needs the trained runs and their val evaluation, not a record)")
+    shipped = []
+    for ckpt, evaluation, name, parent, role in items:
+        result = json.loads(evaluation.read_text())
+        metrics = {**{k: result[k] for k in ("mr", "ap", "ap50") if k in result}, "dataset": label}
+        out = Path(dest) / f"{prefix}{name}.safetensors"
+        changes = {"parent": parent} if parent else {}
+        update_metadata(ckpt, out, metrics=metrics, notes=f"HKD Studio demo checkpoint ({role})", **changes)
+        print(f"shipped {out}")
+        shipped.append(out)
+    return shipped
+
+
 def best_variant(args, metrics: dict) -> str | None:
     complete = [v for v in args.variants if v != NO_KD and all(s in metrics.get(v, {}) for s in args.seeds)]
     return min(complete, key=lambda v: statistics.fmean(mr(metrics[v][s]) for s in args.seeds), default=None)
@@ -153,6 +185,8 @@ def main() -> int:
     p.add_argument("--full", default=FULL,
                    help="the variant that stands for full distillation on val beside no-KD and the best (default %(default)s)")
     p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--ship", metavar="PREFIX", default=None,
+                   help="copy teacher, no-KD and best student (first seed) to assets/checkpoints/<PREFIX>*.safetensors")
     p.add_argument("--record", type=Path, default=None,
                    help="copy every run's status, config and evaluations (no checkpoints) here, e.g. "
                         "bench/records/variants_long: the table rebuilds from it with --root")
@@ -190,6 +224,10 @@ def main() -> int:
     if args.record is not None:
         record([args.root / f"{v}_s{s}" for v in args.variants for s in args.seeds
                 if succeeded(args.root / f"{v}_s{s}")] + [teacher_dir], args.record)
+    if args.ship is not None:
+        if best is None:
+            raise SystemExit("--ship: no distill variant has every seed finished")
+        ship(args, best, args.ship)
     if args.write_docs:
         begin, end = f"<!-- options-table:{args.marker}:begin -->", f"<!-- options-table:{args.marker}:end -->"
         docs = DOCS.read_text()

@@ -275,3 +275,35 @@ def test_options_table_full_names_the_pairs_full_distillation_on_val(tmp_path, m
     assert options.main() == 0
     val = capsys.readouterr().out.split("Best on tune")[1]
     assert "| no_kd |" in val and "| focal | 30.00 |" in val and "| focal_only | 25.00 |" in val
+
+
+def test_options_table_ships_the_pair_with_val_metrics_and_the_shipped_parent(tmp_path):
+    from hkd.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+    from hkd.models.presets import build_detector
+
+    options = bench_module("options_table")
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "annotations.json").write_text(json.dumps(
+        {"info": {"description": "SynthPed: synthetic", "num_images": 5, "seed": 1000}, "images": []}))
+    root = tmp_path / "runs"
+    model = build_detector("hkd_retina_lite0.student", min_size=96, max_size=128).eval()
+    meta = dict(preset="hkd_retina_lite0.student", min_size=96, max_size=128)
+    teacher = save_checkpoint(tmp_path / "t" / "final.safetensors", model, CheckpointMeta(**meta))
+    for folder, value in (("teacher_eval", 10.0), ("no_kd_s0", 40.0), ("focal_s0", 30.0)):
+        (root / folder).mkdir(parents=True)
+        if folder != "teacher_eval":
+            save_checkpoint(root / folder / "checkpoints" / "final.safetensors", model,
+                            CheckpointMeta(**meta, parent="final.safetensors" if folder == "focal_s0" else None))
+        (root / folder / "val_eval.json").write_text(json.dumps({"mr": {"Reasonable": value}, "ap50": 0.5, "other": 1}))
+    args = SimpleNamespace(seeds=[0, 1], data=tmp_path / "data", teacher=teacher, root=root)
+    shipped = options.ship(args, "focal", "retina_", dest=tmp_path / "shipped")
+    assert [p.name for p in shipped] == ["retina_teacher.safetensors", "retina_student_baseline.safetensors",
+                                         "retina_student_kd.safetensors"]
+    kd = read_meta(shipped[2])
+    assert kd.parent == "retina_teacher.safetensors" and kd.metrics["mr"]["Reasonable"] == 30.0
+    assert kd.metrics["dataset"] == "SynthPed val (5 images, seed 1000)" and "other" not in kd.metrics
+    assert read_meta(shipped[0]).metrics["mr"]["Reasonable"] == 10.0 and read_meta(shipped[1]).parent is None
+    (root / "focal_s0" / "val_eval.json").unlink()  # no val evaluation: nothing to ship it with
+    with pytest.raises(SystemExit, match="val_eval.json is missing"):
+        options.ship(args, "focal", "retina_", dest=tmp_path / "again")
+    assert not (tmp_path / "again").exists()  # nothing half-shipped
