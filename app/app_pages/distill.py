@@ -15,11 +15,27 @@ st.caption("Fine-tune the student with the teacher at the hierarchies you choose
            "process (`hkd distill`), outlives the browser tab and the app, and its checkpoint appears in every "
            "model picker when it is done. The same queue: `hkd jobs list`.")
 queue = finetune.queue()
+
+
+def _pair(preset: dict, entries: list) -> dict:
+    """Teacher and student paths to start from: the Models page's, or checkpoints of the preset's family."""
+    return finetune.pair_defaults(preset, entries,
+                                  {role: (models.current_ref(role) or {}).get("path") for role in models.ROLES})
+
+
+def _usable() -> list:
+    return [e for e in models.available()[0] if not e.error and not e.needs_preset]
+
+
 # the fields a preset sets: picking another preset sets them again from its values (assigned, so that
-# the browser shows them too), and the term table's edits are dropped
+# the browser shows them too), the term table's edits are dropped, and the teacher and student
+# pickers follow the preset's detector family
 def _apply_preset() -> None:
     st.session_state.pop("distill_terms", None)
-    st.session_state.update(finetune.form_defaults(st.session_state["distill_preset"]))
+    label = st.session_state["distill_preset"]
+    st.session_state.update(finetune.form_defaults(label))
+    pair = _pair(finetune.load_preset(finetune.PRESETS[label]), _usable())
+    st.session_state.update({f"distill_{role}": path for role, path in pair.items() if path})
 
 
 with st.expander("New fine-tune", expanded=not queue.ids()):
@@ -28,11 +44,11 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
     for key, value in finetune.form_defaults(preset_label).items():
         st.session_state.setdefault(key, value)
     preset = finetune.load_preset(finetune.PRESETS[preset_label])
-    entries = [e for e in models.available()[0] if not e.error and not e.needs_preset]
+    entries = _usable()
     labels = {e.path: e.label for e in entries}
     online = preset.get("online")
     cols = st.columns(2)
-    pair = {role: (models.current_ref(role) or {}).get("path") for role in models.ROLES}
+    pair = _pair(preset, entries)
     if online:
         teacher = None
         cols[0].markdown(f"**Teacher**: `{online.get('teacher_preset')}`, trained in the same job from "
@@ -61,7 +77,8 @@ with st.expander("New fine-tune", expanded=not queue.ids()):
     enabled, scale = {}, {}
     if terms:
         st.markdown("**Hierarchies** — switch each on or off and scale its weights")
-        for col, (h, title) in zip(st.columns(4), finetune.HIERARCHIES.items()):
+        shown = finetune.hierarchies_of(preset)
+        for col, (h, title) in zip(st.columns(len(shown)), shown.items()):
             has = any(term.hierarchy == h for term in terms)
             enabled[h] = col.toggle(title, key=f"distill_on_{h}", disabled=not has)
             scale[h] = col.number_input(f"{title} weight ×", 0.0, 100.0, step=0.25, key=f"distill_scale_{h}",

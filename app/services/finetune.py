@@ -33,6 +33,7 @@ PRESETS = {
     "Backbone only": "student_hkd_backbone.yaml",
     "RPN only": "student_hkd_rpn.yaml",
     "No KD (plain fine-tune)": "student_baseline.yaml",
+    "Single-stage pair: focal KD + FPN hints (RetinaNet)": "retina_student_kd.yaml",
 }
 HIERARCHIES = {"backbone": "Backbone", "neck": "FPN", "rpn": "RPN", "roi": "ROI head", "head": "dense head"}
 
@@ -103,6 +104,52 @@ def form_defaults(label: str) -> dict:
     for h in HIERARCHIES:
         out[f"distill_on_{h}"] = any(term.hierarchy == h for term in terms)
         out[f"distill_scale_{h}"] = 1.0
+    return out
+
+
+def hierarchies_of(preset: dict) -> dict[str, str]:
+    """{hierarchy: title} of the detector the preset trains (``model.preset``), in :data:`HIERARCHIES`
+    order: backbone, FPN, RPN, ROI head for a two-stage detector; backbone, FPN, dense head for a
+    single-stage one. Every hierarchy where the preset names no known detector."""
+    from hkd.models.presets import get_preset
+
+    try:
+        spec = get_preset((preset.get("model") or {}).get("preset") or "").hierarchy
+    except KeyError:
+        return dict(HIERARCHIES)
+    present = {level.hierarchy for level in spec}
+    return {h: title for h, title in HIERARCHIES.items() if h in present}
+
+
+def pair_defaults(preset: dict, entries: list, pair: dict[str, str | None]) -> dict[str, str | None]:
+    """The teacher and student the form starts with, by role (paths of ``entries``,
+    :class:`app.services.models.CheckpointEntry`).
+
+    ``pair`` (the Models page's choice) is kept where a checkpoint is of the preset's detector family
+    (two-stage or single-stage, from the preset's ``model.preset``); otherwise the first listed
+    checkpoint of that family and role, the file the preset itself names (``teacher:``,
+    ``model.init``) first. So a single-stage preset starts from the single-stage checkpoints while
+    the Models page shows the two-stage pair, and the reverse."""
+    from hkd.models.presets import get_preset
+
+    def family(name: str | None) -> str | None:
+        try:
+            return get_preset(name).family if name else None
+        except KeyError:
+            return None
+
+    wanted = family((preset.get("model") or {}).get("preset"))
+    by_path = {e.path: e for e in entries}
+    named = {"teacher": preset.get("teacher"), "student": (preset.get("model") or {}).get("init")}
+    out = {}
+    for role, path in pair.items():
+        if wanted is None or (path in by_path and family(by_path[path].preset) == wanted):
+            out[role] = path
+            continue
+        fits = [e for e in entries if family(e.preset) == wanted]
+        fits.sort(key=lambda e: (e.role != role, Path(e.path).name != Path(named.get(role) or "").name,
+                                 Path(e.path).name))
+        out[role] = fits[0].path if fits else path
     return out
 
 

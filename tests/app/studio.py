@@ -45,3 +45,29 @@ def captions(at: AppTest) -> str:
     """Every caption on the page: st.caption and the captions under images."""
     under_images = [text for image in images(at) for text in image.captions]
     return "\n".join([c.value for c in at.caption] + under_images)
+
+
+RETINA_TEACHER, RETINA_STUDENT = "hkd_retina_lite2.teacher", "hkd_retina_lite0.student"
+
+
+def write_retina_pair(folder: Path, names: tuple[str, str] = ("teacher", "student_hkd")) -> Path:
+    """The RetinaNet pair as ``<names[0]>.safetensors`` / ``<names[1]>.safetensors`` in ``folder``:
+    tiny random-init models whose class logits spread around p = 0.5 (the preset's prior of 0.01
+    would detect nothing to explain)."""
+    import torch
+
+    from hkd.models.checkpoint import CheckpointMeta, save_checkpoint
+    from hkd.models.presets import build_detector
+    from tests.conftest import TINY
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (name, preset) in enumerate(zip(names, (RETINA_TEACHER, RETINA_STUDENT))):
+        torch.manual_seed(seed)
+        model = build_detector(preset, **TINY).eval()
+        logits = model.head.classification_head.cls_logits
+        with torch.no_grad():
+            logits.weight.normal_(0.0, 0.5)
+            logits.bias.zero_()
+        meta = CheckpointMeta(preset=preset, notes="random init for tests", **TINY)
+        save_checkpoint(folder / f"{name}.safetensors", model, meta)
+    return folder

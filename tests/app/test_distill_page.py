@@ -182,3 +182,34 @@ def test_online_needs_no_teacher_checkpoint(distill_env):
     assert 0 <= cfg["online"]["kd_after"] < 40
     assert cfg["model"].get("init") is None  # the online student starts from ImageNet backbones by default
     checked(cfg, distill_env["tmp"], "online")
+
+
+def test_the_single_stage_preset_picks_the_single_stage_pair_and_its_hierarchies(distill_env, tmp_path, monkeypatch):
+    from tests.app.studio import write_retina_pair
+
+    models = copy_models(distill_env, tmp_path / "models")  # the two-stage pair the Models page starts with
+    write_retina_pair(models, ("retina_teacher", "retina_student_baseline"))
+    monkeypatch.setenv("HKD_MODELS_DIR", str(models))
+    at = open_distill()
+    assert Path(at.selectbox(key="distill_teacher").value).name == "teacher.safetensors"
+    toggles = [t.label for t in at.toggle if t.key.startswith("distill_on_")]
+    assert toggles == ["Backbone", "FPN", "RPN", "ROI head"]
+
+    at = pick_preset(at, "Single-stage pair")
+    assert Path(at.selectbox(key="distill_teacher").value).name == "retina_teacher.safetensors"
+    assert Path(at.selectbox(key="distill_student").value).name == "retina_student_baseline.safetensors"
+    toggles = [t.label for t in at.toggle if t.key.startswith("distill_on_")]
+    assert toggles == ["Backbone", "FPN", "dense head"]  # no RPN or ROI head in a single-stage detector
+    cfg = shown_config(at)
+    assert cfg["model"]["preset"] == "hkd_retina_lite0.student"
+    assert Path(cfg["teacher"]).name == "retina_teacher.safetensors"
+    assert cfg["distill"]["levels"]["head.cls_logits"]["loss"] == "focal_kd"
+    checked(cfg, distill_env["tmp"], "retina")
+    at.toggle(key="distill_on_head").set_value(False).run()
+    no_exceptions(at)
+    assert "head.cls_logits" not in shown_config(at)["distill"]["levels"]
+
+    at = pick_preset(at, "Full HKD")  # and back to the two-stage pair
+    assert Path(at.selectbox(key="distill_teacher").value).name == "teacher.safetensors"
+    assert shown_config(at)["model"]["preset"] == "hkd_frcnn_lite0.student"
+    checked(shown_config(at), distill_env["tmp"], "two_stage")

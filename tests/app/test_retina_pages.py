@@ -2,35 +2,17 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.app.studio import APP, TIMEOUT, captions, images, no_exceptions
-from tests.conftest import TINY
+from tests.app.studio import APP, TIMEOUT, captions, images, no_exceptions, write_retina_pair
 
-TEACHER = "hkd_retina_lite2.teacher"
-STUDENT = "hkd_retina_lite0.student"
 MAP_LEVELS = ["backbone.c3", "backbone.c4", "backbone.c5", "neck.p3", "neck.p4", "neck.p5", "neck.p6"]
 
 
 @pytest.fixture(scope="module")
 def retina_models(tmp_path_factory):
-    """``teacher.safetensors`` / ``student_hkd.safetensors``: the RetinaNet pair, random init with class
-    logits spread around p = 0.5 (the preset's prior of 0.01 would detect nothing to explain)."""
-    from hkd.models.checkpoint import CheckpointMeta, save_checkpoint
-    from hkd.models.presets import build_detector
-
-    folder = tmp_path_factory.mktemp("retina") / "checkpoints"
-    for seed, (name, preset) in enumerate((("teacher", TEACHER), ("student_hkd", STUDENT))):
-        torch.manual_seed(seed)
-        model = build_detector(preset, **TINY).eval()
-        logits = model.head.classification_head.cls_logits
-        with torch.no_grad():
-            logits.weight.normal_(0.0, 0.5)
-            logits.bias.zero_()
-        meta = CheckpointMeta(preset=preset, notes="random init for tests", **TINY)
-        save_checkpoint(folder / f"{name}.safetensors", model, meta)
-    return folder
+    """``teacher.safetensors`` / ``student_hkd.safetensors``: the RetinaNet pair, random init."""
+    return write_retina_pair(tmp_path_factory.mktemp("retina") / "checkpoints")
 
 
 @pytest.fixture()
