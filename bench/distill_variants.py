@@ -4,7 +4,7 @@
     python bench/distill_variants.py --teacher assets/checkpoints/teacher.safetensors \\
         --seed 1 none assets/configs/distill_full.yaml bench/variants/*.yaml
     # the single-stage pair: its own no-KD config and the run config its distill variants go into
-    python bench/distill_variants.py --teacher runs/retina/teacher_s0/checkpoints/final.safetensors \
+    python bench/distill_variants.py --teacher runs/retina/teacher_1500/checkpoints/final.safetensors \
         --baseline-config assets/configs/retina_student_baseline.yaml \
         --base-config assets/configs/retina_student_kd.yaml --root runs/retina --steps 800 \
         --seed 0 none assets/configs/distill_retina_focal.yaml
