@@ -107,17 +107,24 @@ def form_defaults(label: str) -> dict:
     return out
 
 
+def _registered(name: str | None):
+    """The registry's :class:`hkd.models.presets.Preset` named ``name``; None for no or an unknown name."""
+    from hkd.models.presets import get_preset
+
+    try:
+        return get_preset(name) if name else None
+    except KeyError:
+        return None
+
+
 def hierarchies_of(preset: dict) -> dict[str, str]:
     """{hierarchy: title} of the detector the preset trains (``model.preset``), in :data:`HIERARCHIES`
     order: backbone, FPN, RPN, ROI head for a two-stage detector; backbone, FPN, dense head for a
     single-stage one. Every hierarchy where the preset names no known detector."""
-    from hkd.models.presets import get_preset
-
-    try:
-        spec = get_preset((preset.get("model") or {}).get("preset") or "").hierarchy
-    except KeyError:
+    detector = _registered((preset.get("model") or {}).get("preset"))
+    if detector is None:
         return dict(HIERARCHIES)
-    present = {level.hierarchy for level in spec}
+    present = {level.hierarchy for level in detector.hierarchy}
     return {h: title for h, title in HIERARCHIES.items() if h in present}
 
 
@@ -130,13 +137,9 @@ def pair_defaults(preset: dict, entries: list, pair: dict[str, str | None]) -> d
     checkpoint of that family and role, the file the preset itself names (``teacher:``,
     ``model.init``) first. So a single-stage preset starts from the single-stage checkpoints while
     the Models page shows the two-stage pair, and the reverse."""
-    from hkd.models.presets import get_preset
-
     def family(name: str | None) -> str | None:
-        try:
-            return get_preset(name).family if name else None
-        except KeyError:
-            return None
+        detector = _registered(name)
+        return detector.family if detector else None
 
     wanted = family((preset.get("model") or {}).get("preset"))
     by_path = {e.path: e for e in entries}
