@@ -23,6 +23,18 @@ def test_default_pair_parameter_ratio_is_at_least_6():
     assert t / s >= 6.0, (t, s)
 
 
+def test_wide_student_spends_the_budget_on_the_box_head():
+    teacher, student = default_pair()
+    t = params_by_hierarchy(build_detector(teacher))["total"]
+    base = build_detector(student)
+    wide = build_detector("hkd_frcnn_lite0.student_wide")
+    assert t / params_by_hierarchy(wide)["total"] >= 6.0
+    # same backbone, FPN and RPN; only the box head (and its predictor) is wider
+    assert base.backbone.state_dict().keys() == wide.backbone.state_dict().keys()
+    assert wide.roi_heads.box_head.fc7.out_features == 256 == 2 * base.roi_heads.box_head.fc7.out_features
+    assert {lvl.name: lvl.channels for lvl in get_preset("hkd_frcnn_lite0.student_wide").hierarchy}["roi.embedding"] == 256
+
+
 @pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
 def test_pretrained_backbone_classifies_a_real_photo(arch):
     model = efficientnet_lite(arch, pretrained=True).eval()
