@@ -210,11 +210,12 @@ _register_lite(
     # the teacher scores torchvision's default 1000 proposals per image; the student 300
     rpn_post_nms_top_n_test=1000,
 )
+# the students stop at Lite0's 192-channel stage 5 (stride 32): the 320-channel
+# stage 6 alone would cost 0.6 M parameters
+_LITE0_TAPS = {"c2": 1, "c3": 2, "c4": 4, "c5": 5}
+_LITE0_CHANNELS = {"c2": 24, "c3": 40, "c4": 112, "c5": 192}
 _register_lite(
-    DEFAULT_STUDENT, "student", "tf_efficientnet_lite0",
-    # the student stops at Lite0's 192-channel stage 5 (stride 32): the 320-channel
-    # stage 6 alone would cost 0.6 M parameters
-    {"c2": 1, "c3": 2, "c4": 4, "c5": 5}, {"c2": 24, "c3": 40, "c4": 112, "c5": 192},
+    DEFAULT_STUDENT, "student", "tf_efficientnet_lite0", _LITE0_TAPS, _LITE0_CHANNELS,
     fpn_channels=64, representation=128,
     description="Faster R-CNN, EfficientNet-Lite0 (to stage 5) + FPN-64 (P3-P6), 2-layer 128-d box head",
 )
@@ -224,8 +225,7 @@ _register_lite(
     # the default student with the box head widened to 256-d: the stage swap
     # (bench/stage_swap.py) puts the students' remaining gap in the ROI head, and
     # the 0.45 M parameters this adds keep the pair at 6.2x (>= 6x)
-    {"c2": 1, "c3": 2, "c4": 4, "c5": 5}, {"c2": 24, "c3": 40, "c4": 112, "c5": 192},
-    fpn_channels=64, representation=256,
+    _LITE0_TAPS, _LITE0_CHANNELS, fpn_channels=64, representation=256,
     description="Faster R-CNN, EfficientNet-Lite0 (to stage 5) + FPN-64 (P3-P6), 2-layer 256-d box head",
 )
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from hkd.cli import main
 from hkd.models.backbones import efficientnet_lite
-from hkd.models.presets import PRESETS, build_detector, default_pair, get_preset
+from hkd.models.presets import PRESETS, WIDE_STUDENT, build_detector, default_pair, get_preset
 from hkd.models.profile import params_by_hierarchy
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -27,12 +27,14 @@ def test_wide_student_spends_the_budget_on_the_box_head():
     teacher, student = default_pair()
     t = params_by_hierarchy(build_detector(teacher))["total"]
     base = build_detector(student)
-    wide = build_detector("hkd_frcnn_lite0.student_wide")
+    wide = build_detector(WIDE_STUDENT)
     assert t / params_by_hierarchy(wide)["total"] >= 6.0
     # same backbone, FPN and RPN; only the box head (and its predictor) is wider
-    assert base.backbone.state_dict().keys() == wide.backbone.state_dict().keys()
+    for part in ("backbone", "rpn"):
+        shapes = [{k: v.shape for k, v in getattr(m, part).state_dict().items()} for m in (base, wide)]
+        assert shapes[0] == shapes[1], part
     assert wide.roi_heads.box_head.fc7.out_features == 256 == 2 * base.roi_heads.box_head.fc7.out_features
-    assert {lvl.name: lvl.channels for lvl in get_preset("hkd_frcnn_lite0.student_wide").hierarchy}["roi.embedding"] == 256
+    assert {lvl.name: lvl.channels for lvl in get_preset(WIDE_STUDENT).hierarchy}["roi.embedding"] == 256
 
 
 @pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
