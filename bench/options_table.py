@@ -3,7 +3,7 @@
     python bench/options_table.py --root runs/variants_long --seeds 0 1 \\
         --teacher assets/checkpoints/teacher.safetensors \\
         no_kd distill_full distill_trust distill_aux [--marker two-stage] [--write-docs] \\
-        [--record bench/records/variants_long] [--full distill_full] [--ship retina_]
+        [--record bench/records/variants_long] [--full distill_full] [--ship retina_] [--kd-name student_kd]
 
 Reads the runs ``bench/distill_variants.py`` trained (``<root>/<variant>_s<seed>/``,
 ``no_kd`` the no-KD student), evaluates each final checkpoint on the *tune* split
@@ -21,8 +21,10 @@ no checkpoints) in ``DIR``; ``--root DIR`` rebuilds the table from such a record
 
 ``--ship PREFIX`` copies the teacher, the first seed's no-KD student and the first seed's
 best student to ``assets/checkpoints/<PREFIX>teacher.safetensors``,
-``<PREFIX>student_baseline.safetensors`` and ``<PREFIX>student_kd.safetensors`` with
-their val results in the metadata (the student names the shipped teacher as its parent).
+``<PREFIX>student_baseline.safetensors`` and ``<PREFIX><KD_NAME>.safetensors`` (``--kd-name``,
+default ``student_kd``; the two-stage demo's is ``student_hkd``) with their val results in the
+metadata (the student names the shipped teacher as its parent). A ``--teacher`` that already is
+the shipped ``<PREFIX>teacher.safetensors`` is left as it is.
 
 ``--write-docs`` puts the tables into docs/BENCHMARKS.md between
 ``<!-- options-table:<marker>:begin -->`` and ``<!-- options-table:<marker>:end -->``.
@@ -142,7 +144,8 @@ def split_table(args, split: str, variants: list[str], metrics: dict, train_min:
     return lines
 
 
-def ship(args, best: str, prefix: str, dest: Path = ROOT / "assets" / "checkpoints") -> list[Path]:
+def ship(args, best: str, prefix: str, dest: Path = ROOT / "assets" / "checkpoints",
+         kd_name: str = "student_kd") -> list[Path]:
     """The demo checkpoints of a pair (see the module doc); every one must have its val evaluation."""
     from hkd.models.checkpoint import update_metadata
 
@@ -150,7 +153,7 @@ def ship(args, best: str, prefix: str, dest: Path = ROOT / "assets" / "checkpoin
     label = dataset_label(args.data / "val")
     items = [(args.teacher, args.root / "teacher_eval", "teacher", None, "teacher"),
              (None, args.root / f"{NO_KD}_s{seed}", "student_baseline", None, "student without KD"),
-             (None, args.root / f"{best}_s{seed}", "student_kd", f"{prefix}teacher.safetensors", f"student + {best}")]
+             (None, args.root / f"{best}_s{seed}", kd_name, f"{prefix}teacher.safetensors", f"student + {best}")]
     items = [(Path(ckpt) if ckpt else folder / "checkpoints" / "final.safetensors", folder / "val_eval.json", *rest)
              for ckpt, folder, *rest in items]
     for path in (path for ckpt, evaluation, *_ in items for path in (ckpt, evaluation)):
@@ -162,6 +165,8 @@ def ship(args, best: str, prefix: str, dest: Path = ROOT / "assets" / "checkpoin
         result = json.loads(evaluation.read_text())
         metrics = {**{k: result[k] for k in ("mr", "ap", "ap50") if k in result}, "dataset": label}
         out = Path(dest) / f"{prefix}{name}.safetensors"
+        if out.exists() and out.resolve() == ckpt.resolve():
+            continue  # the teacher given is the shipped one already: its metadata stays as shipped
         changes = {"parent": parent} if parent else {}
         update_metadata(ckpt, out, metrics=metrics, notes=f"HKD Studio demo checkpoint ({role})", **changes)
         print(f"shipped {out}")
@@ -187,6 +192,9 @@ def main() -> int:
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--ship", metavar="PREFIX", default=None,
                    help="copy teacher, no-KD and best student (first seed) to assets/checkpoints/<PREFIX>*.safetensors")
+    p.add_argument("--kd-name", default="student_kd",
+                   help="file name (without .safetensors) of the shipped distilled student (default %(default)s; "
+                        "the two-stage demo's: student_hkd)")
     p.add_argument("--record", type=Path, default=None,
                    help="copy every run's status, config and evaluations (no checkpoints) here, e.g. "
                         "bench/records/variants_long: the table rebuilds from it with --root")
@@ -227,7 +235,7 @@ def main() -> int:
     if args.ship is not None:
         if best is None:
             raise SystemExit("--ship: no distill variant has every seed finished")
-        ship(args, best, args.ship)
+        ship(args, best, args.ship, kd_name=args.kd_name)
     if args.write_docs:
         begin, end = f"<!-- options-table:{args.marker}:begin -->", f"<!-- options-table:{args.marker}:end -->"
         docs = DOCS.read_text()

@@ -2,11 +2,14 @@
 
     python bench/real_examples.py [--frame assets/samples/real/vtest_0250.jpg] [--out docs/img/real_vtest.png]
     python bench/real_examples.py --pair single-stage --out docs/img/real_vtest_retina.png
+    python bench/real_examples.py --checkpoints runs/candidates --out /tmp/candidates.png   # before shipping
 
 Draws teacher | no-KD student | distilled student side by side (score ≥ 0.5) and
 prints how many pedestrians each found and its CPU time. ``--pair`` picks the demo
 checkpoints: the two-stage pair (teacher, student_baseline, student_hkd) or the
-single-stage one (retina_teacher, retina_student_baseline, retina_student_kd).
+single-stage one (retina_teacher, retina_student_baseline, retina_student_kd), read from
+``--checkpoints`` (default assets/checkpoints/; a folder of candidates under the same names
+shows them before they are shipped).
 """
 from __future__ import annotations
 
@@ -33,12 +36,14 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "docs/img/real_vtest.png"))
     p.add_argument("--score", type=float, default=0.5)
     p.add_argument("--pair", choices=list(PAIRS), default="two-stage", help="which demo checkpoints")
+    p.add_argument("--checkpoints", type=Path, default=ROOT / "assets/checkpoints",
+                   help="the folder holding the pair's files (default %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(2)
     image = load_image(args.frame)
     panels = []
     for name, color in zip(PAIRS[args.pair], ((30, 120, 255), (255, 140, 0), (40, 180, 60))):
-        model = load_checkpoint(ROOT / "assets/checkpoints" / f"{name}.safetensors", inference=True).model
+        model = load_checkpoint(args.checkpoints / f"{name}.safetensors", inference=True).model
         detect(model, [image])  # warm-up
         (found,) = detect(model, [image], score_thresh=args.score)
         print(f"{name}: {len(found)} pedestrians ≥ {args.score}, {found.seconds * 1000:.0f} ms")

@@ -307,3 +307,32 @@ def test_options_table_ships_the_pair_with_val_metrics_and_the_shipped_parent(tm
     with pytest.raises(SystemExit, match="val_eval.json is missing"):
         options.ship(args, "focal", "retina_", dest=tmp_path / "again")
     assert not (tmp_path / "again").exists()  # nothing half-shipped
+
+
+def test_options_table_ships_a_two_stage_pair_under_its_demo_names_and_keeps_the_shipped_teacher(tmp_path):
+    from hkd.models.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+    from hkd.models.presets import build_detector
+
+    options = bench_module("options_table")
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "annotations.json").write_text(json.dumps(
+        {"info": {"description": "SynthPed: synthetic", "num_images": 5, "seed": 1000}, "images": []}))
+    root, dest = tmp_path / "runs", tmp_path / "shipped"
+    model = build_detector("hkd_frcnn_lite0.student", min_size=96, max_size=128).eval()
+    meta = dict(preset="hkd_frcnn_lite0.student", min_size=96, max_size=128)
+    # the teacher given is the shipped file itself, with its own metrics: shipping must not rewrite it
+    teacher = save_checkpoint(dest / "teacher.safetensors", model,
+                              CheckpointMeta(**meta, metrics={"mr": {"Reasonable": 11.0}, "dataset": "shipped"}))
+    before = teacher.read_bytes()
+    for folder, value in (("teacher_eval", 11.0), ("no_kd_s0", 26.0), ("distill_trust_s0", 17.0)):
+        (root / folder).mkdir(parents=True)
+        if folder != "teacher_eval":
+            save_checkpoint(root / folder / "checkpoints" / "final.safetensors", model, CheckpointMeta(**meta))
+        (root / folder / "val_eval.json").write_text(json.dumps({"mr": {"Reasonable": value}, "ap50": 0.5}))
+    args = SimpleNamespace(seeds=[0, 1], data=tmp_path / "data", teacher=teacher, root=root)
+    shipped = options.ship(args, "distill_trust", "", dest=dest, kd_name="student_hkd")
+    assert [p.name for p in shipped] == ["student_baseline.safetensors", "student_hkd.safetensors"]
+    assert teacher.read_bytes() == before
+    hkd = read_meta(dest / "student_hkd.safetensors")
+    assert hkd.parent == "teacher.safetensors" and hkd.metrics["mr"]["Reasonable"] == 17.0
+    assert "distill_trust" in hkd.notes
