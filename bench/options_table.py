@@ -75,6 +75,16 @@ def record(runs: list[Path], out: Path) -> None:
                 shutil.copy2(run / name, dest / name)
 
 
+def used_teacher_cache(args) -> bool:
+    """Whether any run of the table read or filled a teacher cache (``train.teacher_cache`` in its config)."""
+    for variant in args.variants:
+        for seed in args.seeds:
+            config = args.root / f"{variant}_s{seed}" / "config.json"
+            if config.is_file() and (json.loads(config.read_text()).get("train") or {}).get("teacher_cache"):
+                return True
+    return False
+
+
 def train_cost(status: dict) -> tuple[float, float | None]:
     """(wall minutes, seconds per step) of a run from its status."""
     seconds = float(status.get("seconds", 0.0))
@@ -210,8 +220,10 @@ def main() -> int:
     lines = [f"Tune split ({len(json.loads((args.data / 'tune' / 'annotations.json').read_text())['images'])} images), "
              f"seeds {', '.join(map(str, args.seeds))}; runs in {args.root.relative_to(ROOT) if args.root.is_relative_to(ROOT) else args.root}; "
              "MR⁻² Reasonable per seed; train min per seed and s/step (mean over seeds) are wall time, two trainings "
-             "at a time on 1 thread each, a distill run reading the teacher from its seed's cache where an "
-             "earlier run of that seed filled it:", ""]
+             "at a time on 1 thread each"
+             + (", a distill run reading the teacher from its seed's cache where an earlier run of that seed "
+                "filled it:" if used_teacher_cache(args) else ", every distill run computing its teacher itself:"),
+             ""]
     lines += split_table(args, "tune", args.variants, tune, train_min, teacher_tune)
     best = best_variant(args, tune)
     if best is not None:

@@ -336,3 +336,14 @@ def test_options_table_ships_a_two_stage_pair_under_its_demo_names_and_keeps_the
     hkd = read_meta(dest / "student_hkd.safetensors")
     assert hkd.parent == "teacher.safetensors" and hkd.metrics["mr"]["Reasonable"] == 17.0
     assert "distill_trust" in hkd.notes
+
+
+def test_options_table_names_the_teacher_cache_only_where_a_run_used_one(tmp_path):
+    options = bench_module("options_table")
+    args = SimpleNamespace(root=tmp_path, variants=["no_kd", "trust"], seeds=[0, 1])
+    for name, cache in (("no_kd_s0", None), ("trust_s0", None), ("trust_s1", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"train": {"teacher_cache": cache}}))
+    assert not options.used_teacher_cache(args)
+    (tmp_path / "trust_s1" / "config.json").write_text(json.dumps({"train": {"teacher_cache": "/c/s1"}}))
+    assert options.used_teacher_cache(args)
