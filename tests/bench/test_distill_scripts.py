@@ -1,33 +1,18 @@
 """The distillation benchmark scripts' planning: which runs, which command lines, what is skipped."""
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def bench_module(name: str):
-    """Import bench/<name>.py (the scripts import each other by bare name)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCH))
+from tests.bench.scripts import bench_module
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("distill_table"), importlib.import_module("distill_variants")
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_module("distill_table"), bench_module("distill_variants")
 
 
 def _set(cmd: list) -> dict[str, str]:

@@ -1,22 +1,16 @@
 """bench/onnx_interleaved.py: every round runs each model once, in order, after the warm-ups."""
 from __future__ import annotations
 
-import importlib
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.scripts import bench_module
 
 
 @pytest.fixture
 def module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("onnx_interleaved")
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_module("onnx_interleaved")
 
 
 def test_rounds_interleave_the_models_after_their_warmups(module):

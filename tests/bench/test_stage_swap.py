@@ -1,23 +1,15 @@
 """bench/stage_swap.py: feeding one model's proposals to another's ROI head."""
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.scripts import bench_module
 
 
 @pytest.fixture(scope="module")
 def stage_swap():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("stage_swap")
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_module("stage_swap")
 
 
 @pytest.fixture(scope="module")
