@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": "hkd.cli.predict_cmd",
     "eval": "hkd.cli.eval_cmd",
     "compare": "hkd.cli.compare_cmd",
+    "diagnose": "hkd.cli.diagnose_cmd",
     "train": "hkd.cli.train_cmd",
     "distill": "hkd.cli.train_cmd",
     "train-aux": "hkd.cli.aux_cmd",

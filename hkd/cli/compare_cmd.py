@@ -2,13 +2,19 @@
 
     hkd compare --gt GT.json --dets teacher=T.json student=S.json [name=X.json ...]
                 [--score S] [--fppi 0.1] [--setup Reasonable] [--iou 0.5]
-                [--max-disagreements N] [--top 10] [--json] [--out DIR]
+                [--max-disagreements N] [--top 10] [--bootstrap N [--seed S]]
+                [--json] [--out DIR]
 
 ``GT.json`` is CityPersons-style COCO (as for ``hkd eval``); each
 ``NAME=DETS.json`` is a COCO results list (as ``hkd predict`` writes). Each
 model is looked at at the score where it reaches FPPI 0.1 on Reasonable, or at
-``--score``. ``--json`` prints ``{"models", "breakdown", "disagreements"}``
-(:meth:`hkd.eval.compare.ComparisonReport.to_dict`). ``--out DIR`` also
+``--score``; its false positives there are classed by error type
+(:mod:`hkd.eval.errors`). ``--bootstrap N`` adds 95 % paired bootstrap
+intervals over the images (N resamples, :mod:`hkd.eval.bootstrap`) to MR⁻²
+and AP50 and to every pair's difference. ``--json`` prints ``{"models",
+"breakdown", "disagreements", "errors"}``
+(:meth:`hkd.eval.compare.ComparisonReport.to_dict`), plus ``"bootstrap"``
+(:meth:`hkd.eval.bootstrap.BootstrapReport.to_dict`) with ``--bootstrap``. ``--out DIR`` also
 writes ``models.csv``, ``breakdown.csv``, ``disagreements.csv``,
 ``fppi_miss_rate.html`` (plotly) and ``fppi_miss_rate.png`` (matplotlib).
 """
@@ -45,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
                         help="keep the N most severe disagreements per model pair and kind (default all)")
     parser.add_argument("--top", type=int, default=10, metavar="N",
                         help="disagreements printed in the text output (default 10)")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                        help="95%% paired bootstrap intervals of MR-2 and AP50 over the images, N resamples "
+                             "(1000 is usual)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="seed of the bootstrap draws (default 0); needs --bootstrap")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="also write CSV tables and the FPPI-miss-rate plot (HTML and PNG) here")
@@ -69,11 +80,18 @@ def _model_files(specs: list[str]) -> dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     # imported here so that `hkd --help` stays cheap
+    from hkd.eval.bootstrap import bootstrap_intervals
     from hkd.eval.compare import ComparisonInputError, compare_models
 
     files = _model_files(args.dets)
     if args.top < 0:
         raise CLIError(f"--top must be >= 0, got {args.top}")
+    if args.bootstrap is not None and args.bootstrap < 1:
+        raise CLIError(f"--bootstrap must be a number of resamples >= 1, e.g. 1000; got {args.bootstrap}")
+    if args.seed is not None and args.bootstrap is None:
+        raise CLIError("--seed sets the bootstrap draws: give --bootstrap N too")
+    if args.seed is not None and args.seed < 0:
+        raise CLIError(f"--seed must be >= 0, got {args.seed}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {args.out} exists and is not a directory")
     gt = _load_json(args.gt, "ground-truth")
@@ -81,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = compare_models(gt, dets, score=args.score, fppi=args.fppi, setup=args.setup, iou=args.iou,
                                 max_disagreements=args.max_disagreements)
+        boot = None
+        if args.bootstrap is not None:  # the inputs were validated by compare_models
+            boot = bootstrap_intervals(gt, dets, resamples=args.bootstrap, seed=args.seed or 0)
     except ComparisonInputError as exc:
         path = args.gt if exc.source == "gt" else files[exc.source]
         raise CLIError(f"{'ground-truth' if exc.source == 'gt' else 'detections'} file {path}: {exc}") from None
@@ -90,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"hkd compare: skipped: {line}", file=sys.stderr)
 
     if args.json:
-        print(json.dumps(report.to_dict()))
+        data = report.to_dict()
+        if boot is not None:
+            data["bootstrap"] = boot.to_dict()
+        print(json.dumps(data))
     else:
-        _print_text(report, args.top)
+        _print_text(report, args.top, boot)
     if args.out is not None:
         written = write_outputs(report, args.out)
         if not args.json:
@@ -113,19 +137,78 @@ def _mr(value: float) -> str:
     return "   n/a" if value < 0 else f"{value:6.2f}"
 
 
-def _print_text(report, top: int) -> None:
+def _with_interval(value: float, interval, digits: int) -> str:
+    """``12.80 (11.10–14.60)``: a value and its bootstrap interval, when there is one."""
+    if interval is None or interval.low is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ({interval.low:.{digits}f}–{interval.high:.{digits}f})"
+
+
+def _print_models(report, boot, width: int) -> None:
+    setups = ("Reasonable", "Small", "Heavy", "All")
+    titles = ("Reason.", "Small", "Heavy", "All", "AP50")
+    rows = []
+    for name, m in report.models.items():
+        cells = [("   n/a" if m["mr"][s] < 0 else
+                  _with_interval(m["mr"][s], boot.models[name][s] if boot else None, 1 if boot else 2))
+                 for s in setups]
+        cells.append(_with_interval(m["ap50"], boot.models[name]["ap50"] if boot else None, 3))
+        rows.append(cells)
+    widths = [7, 7, 7, 7, 6]  # the plain table's fixed columns
+    if boot is not None:
+        widths = [max([len(t)] + [len(c) for c in column]) for t, column in zip(titles, zip(*rows))]
+    print(f"  {'model':<{width}} " + " ".join(f"{t:>{w}}" for t, w in zip(titles, widths))
+          + f"  {'score':>6} {'rule':<9} {'FPPI':>6} {'miss':>6}  dets")
+    for (name, m), cells in zip(report.models.items(), rows):
+        op = m["operating_point"]
+        fppi = "     —" if op["fppi"] is None else f"{op['fppi']:6.3f}"
+        print(f"  {name:<{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+              + f"  {op['score']:6.3f} {op['rule']:<9} {fppi} {_pct(op['miss_rate'])}  {m['num_detections']}")
+
+
+def _print_differences(boot) -> None:
+    level = f"{100 * boot.level:g} %"
+    print(f"\nPaired differences a − b ({level} bootstrap interval, {boot.resamples} resamples of "
+          f"{boot.num_images} images, seed {boot.seed}; MR-2 in points, lower is better; AP50 higher is better)")
+    skipped = [f"{metric} {n}" for metric, n in boot.skipped.items() if n]
+    if skipped:
+        print(f"  resamples without any person of the setup, left out: {', '.join(skipped)}")
+    pair_width = max([len(f"{a} − {b}") for a, b in boot.differences] + [4])
+    for (a, b), by_metric in boot.differences.items():
+        for metric, d in by_metric.items():
+            if d.point is None or d.low is None:
+                print(f"  {f'{a} − {b}':<{pair_width}}  {metric:<10}  n/a")
+                continue
+            digits = 3 if metric == "ap50" else 1
+            cell = f"{d.point:+.{digits}f} ({d.low:+.{digits}f} to {d.high:+.{digits}f})"
+            noise = "  within noise" if d.within_noise else ""
+            print(f"  {f'{a} − {b}':<{pair_width}}  {metric:<10}  {cell}{noise}")
+
+
+def _print_errors(report, width: int) -> None:
+    from hkd.eval.errors import ERROR_TYPES
+
+    print(f"\nFalse positives at the operating point by error type (setup {report.setup}); in brackets the "
+          "MR-2 without that type's false positives at any score")
+    cells = {name: [f"{e['counts'][t]} ({_mr(e['mr_if_fixed'][t]).strip()})" for t in ERROR_TYPES]
+             for name, e in report.errors.items()}
+    widths = [max([len(t)] + [len(c[k]) for c in cells.values()]) for k, t in enumerate(ERROR_TYPES)]
+    print(f"  {'model':<{width}} " + " ".join(f"{t:>{w}}" for t, w in zip(ERROR_TYPES, widths)))
+    for name, row in cells.items():
+        print(f"  {name:<{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(row, widths)))
+
+
+def _print_text(report, top: int, boot=None) -> None:
     names = list(report.models)
     width = max(8, *(len(n) for n in names))
-    print(f"MR-2 (%, lower is better), AP50 and operating point (setup {report.setup})")
-    print(f"  {'model':<{width}} {'Reason.':>7} {'Small':>7} {'Heavy':>7} {'All':>7} {'AP50':>6}"
-          f"  {'score':>6} {'rule':<9} {'FPPI':>6} {'miss':>6}  dets")
-    for name, m in report.models.items():
-        op = m["operating_point"]
-        mr = m["mr"]
-        fppi = "     —" if op["fppi"] is None else f"{op['fppi']:6.3f}"
-        print(f"  {name:<{width}} {_mr(mr['Reasonable']):>7} {_mr(mr['Small']):>7} {_mr(mr['Heavy']):>7} "
-              f"{_mr(mr['All']):>7} {m['ap50']:6.3f}  {op['score']:6.3f} {op['rule']:<9} {fppi} "
-              f"{_pct(op['miss_rate'])}  {m['num_detections']}")
+    title = f"MR-2 (%, lower is better), AP50 and operating point (setup {report.setup})"
+    if boot is not None:
+        title += f"; in brackets the {100 * boot.level:g} % bootstrap interval"
+    print(title)
+    _print_models(report, boot, width)
+    if boot is not None:
+        _print_differences(boot)
+    _print_errors(report, width)
 
     for axis, title in (("height", "height (px)"), ("visibility", "visibility")):
         bins = [row["bin"] for row in report.breakdown[names[0]][axis]]

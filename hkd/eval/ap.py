@@ -22,6 +22,7 @@ import contextlib
 import io
 from typing import Sequence
 
+import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -33,7 +34,9 @@ from hkd.eval.mr import (
     parse_ground_truth,
 )
 
-__all__ = ["evaluate_ap"]
+__all__ = ["AP_MAX_DETS", "coco_evaluator", "evaluate_ap"]
+
+AP_MAX_DETS = 100  # COCO's detections per image for the AP summary
 
 
 def _coco(images: list[dict], categories: list[dict], annotations: list[dict]) -> COCO:
@@ -43,30 +46,27 @@ def _coco(images: list[dict], categories: list[dict], annotations: list[dict]) -
     return coco
 
 
-def evaluate_ap(
-    gt: dict | GroundTruth,
-    dets: Sequence[dict] | Detections,
+def coco_evaluator(
+    truth: GroundTruth,
+    found: Detections,
     *,
     category_id: int = PEDESTRIAN_CATEGORY,
-) -> dict[str, float]:
-    """AP at IoU 0.5 and AP averaged over IoU 0.50:0.05:0.95, all box sizes.
+    ap50_only: bool = False,
+) -> COCOeval:
+    """COCOeval on this module's COCO copies of the GT and detections, after ``evaluate()``.
 
     Args:
-        gt: COCO-style GT dict (see :mod:`hkd.eval.mr`) or a parsed :class:`GroundTruth`.
-        dets: COCO results list ``[{image_id, category_id, bbox: [x, y, w, h], score}]``
-            or parsed :class:`Detections`.
+        truth: parsed GT.
+        found: detections parsed against ``truth``.
         category_id: the category scored.
+        ap50_only: evaluate IoU 0.5, area range ``all`` and ``maxDets`` 100
+            only (what AP50 reads; :mod:`hkd.eval.bootstrap` reuses its
+            ``evalImgs``), instead of COCO's full parameter grid.
 
     Returns:
-        ``{"ap50": float, "ap": float}`` in [0, 1]; -1.0 when no GT of
-        ``category_id`` is left to score (all ignored, or none at all).
-
-    Raises:
-        ValueError: malformed GT or detections (see :func:`parse_ground_truth`).
+        The evaluator; ``evalImgs`` holds one entry per image (ascending id),
+        None where the image has neither GT nor detection of the category.
     """
-    truth = gt if isinstance(gt, GroundTruth) else parse_ground_truth(gt)
-    found = dets if isinstance(dets, Detections) else parse_detections(dets, truth)
-
     images = [{"id": int(i)} for i in truth.image_ids]
     categories = [{"id": int(c)} for c in truth.category_ids]
     gt_annotations = [
@@ -99,7 +99,40 @@ def evaluate_ap(
         coco_dt = _coco(images, categories, det_annotations)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.catIds = [category_id]
+        if ap50_only:
+            evaluator.params.iouThrs = np.array([0.5])
+            evaluator.params.areaRng = [evaluator.params.areaRng[0]]  # "all"
+            evaluator.params.areaRngLbl = ["all"]
+            evaluator.params.maxDets = [AP_MAX_DETS]
         evaluator.evaluate()
+    return evaluator
+
+
+def evaluate_ap(
+    gt: dict | GroundTruth,
+    dets: Sequence[dict] | Detections,
+    *,
+    category_id: int = PEDESTRIAN_CATEGORY,
+) -> dict[str, float]:
+    """AP at IoU 0.5 and AP averaged over IoU 0.50:0.05:0.95, all box sizes.
+
+    Args:
+        gt: COCO-style GT dict (see :mod:`hkd.eval.mr`) or a parsed :class:`GroundTruth`.
+        dets: COCO results list ``[{image_id, category_id, bbox: [x, y, w, h], score}]``
+            or parsed :class:`Detections`.
+        category_id: the category scored.
+
+    Returns:
+        ``{"ap50": float, "ap": float}`` in [0, 1]; -1.0 when no GT of
+        ``category_id`` is left to score (all ignored, or none at all).
+
+    Raises:
+        ValueError: malformed GT or detections (see :func:`parse_ground_truth`).
+    """
+    truth = gt if isinstance(gt, GroundTruth) else parse_ground_truth(gt)
+    found = dets if isinstance(dets, Detections) else parse_detections(dets, truth)
+    evaluator = coco_evaluator(truth, found, category_id=category_id)
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.accumulate()
         evaluator.summarize()
     ap, ap50 = float(evaluator.stats[0]), float(evaluator.stats[1])

@@ -44,6 +44,12 @@ of :mod:`hkd.eval.mr` applies to MR⁻² only). Bins are half-open
 
 The list is sorted by ``severity``, highest first (ties: pair order, kind,
 image id, box).
+
+**Errors**, per model: its false positives on ``setup`` at its operating
+point classed as ``duplicate``, ``crowd``, ``part_of_person``,
+``localization`` or ``background``, and the MR⁻² on ``setup`` it would
+have without each type (:mod:`hkd.eval.errors`, which states the rules and
+thresholds).
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hkd.eval.ap import evaluate_ap
+from hkd.eval.errors import false_positive_errors
 from hkd.eval.matching import (
     DET_FP,
     FppiMissRateCurve,
@@ -81,6 +88,7 @@ __all__ = [
     "ComparisonInputError",
     "ComparisonReport",
     "compare_models",
+    "operating_point",
 ]
 
 # GT height bins in pixels and visibility bins (visible fraction), [low, high)
@@ -113,6 +121,15 @@ class ComparisonReport:
             the setup has no GT); plot with :func:`hkd.viz.plots.fppi_figure`.
         skipped: one line per input that was left out (e.g. detections of
             another category), for the user to see.
+        errors: ``{name: {"counts", "counts_any_score", "mr_if_fixed",
+            "thresholds", "false_positives"}}`` on :attr:`setup`
+            (:meth:`hkd.eval.errors.FalsePositiveErrors.to_dict`): false
+            positives at the operating point per error type, MR⁻² (percent)
+            without each type's false positives at any score, the rules'
+            thresholds, and one record per false positive at the operating
+            point ``{"image_id", "file_name", "box": [x1, y1, x2, y2], "score",
+            "type", "iou"}`` by descending score (about ``fppi`` x images per
+            model, so it stays small).
     """
 
     setup: str
@@ -121,10 +138,17 @@ class ComparisonReport:
     disagreements: list[dict]
     curves: dict[str, dict[str, list[float]]]
     skipped: list[str] = field(default_factory=list)
+    errors: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"models", "breakdown", "disagreements"}``, JSON-able (no NaN or infinity)."""
-        return {"models": self.models, "breakdown": self.breakdown, "disagreements": self.disagreements}
+        """``{"models", "breakdown", "disagreements", "errors"}``, JSON-able (no NaN or infinity)."""
+        return {"models": self.models, "breakdown": self.breakdown, "disagreements": self.disagreements,
+                "errors": self.errors}
+
+    @property
+    def false_positives(self) -> list[dict]:
+        """Every model's false positives at its operating point, ``{"model", **record}`` (see :attr:`errors`)."""
+        return [{"model": name, **record} for name, e in self.errors.items() for record in e["false_positives"]]
 
 
 @dataclass(frozen=True)
@@ -230,11 +254,13 @@ def compare_models(
     curves: dict[str, dict[str, list[float]]] = {}
     operating: dict[str, float] = {}
     per_image: dict[str, list[_ModelImage]] = {}
+    errors: dict[str, dict] = {}
+    file_names = {img.image_id: img.file_name for img in images}
     for name, detections in found.items():
         mr = evaluate_mr(truth, detections)
         ap = evaluate_ap(truth, detections)
         result = mr.setups[spec.name]
-        op = _operating_point(result.curve, score, fppi, spec.name)
+        op = operating_point(result.curve, score, fppi, spec.name)
         operating[name] = op["score"]
         curves[name] = _curve_lists(result.curve)
         models[name] = {
@@ -245,6 +271,9 @@ def compare_models(
             "operating_point": op,
         }
         per_image[name] = _match_model(images, truth, detections, analysis, iou)
+        errors[name] = false_positive_errors(truth, detections, score=op["score"], setup=spec).to_dict()
+        errors[name]["false_positives"] = [{"image_id": r["image_id"], "file_name": file_names[r["image_id"]], **r}
+                                           for r in errors[name]["false_positives"]]
 
     counted = [~img.ignore & (img.height >= analysis.height_range[0]) for img in images]
     breakdown = {
@@ -265,6 +294,7 @@ def compare_models(
         disagreements=records,
         curves=curves,
         skipped=skipped,
+        errors=errors,
     )
 
 
@@ -340,7 +370,7 @@ def _match_model(images: list[_Image], truth: GroundTruth, found: Detections, an
     return out
 
 
-def _operating_point(curve: FppiMissRateCurve | None, score: float | None, fppi: float, setup: str) -> dict:
+def operating_point(curve: FppiMissRateCurve | None, score: float | None, fppi: float, setup: str) -> dict:
     """The score threshold of one model and where it puts the model on ``setup``'s curve."""
     rule = "given" if score is not None else f"fppi={fppi:g}"
     if curve is None:

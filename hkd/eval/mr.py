@@ -59,10 +59,12 @@ __all__ = [
     "PEDESTRIAN_CATEGORY",
     "SETUPS",
     "SETUP_NAMES",
+    "CountedDetections",
     "Detections",
     "GroundTruth",
     "MRResult",
     "SetupResult",
+    "count_detections",
     "evaluate_mr",
     "log_average_miss_rate",
     "parse_detections",
@@ -273,7 +275,8 @@ def parse_detections(dets: Sequence[dict], truth: GroundTruth) -> Detections:
         ValueError: naming the first malformed detection (not an object, no or
         non-integer ``image_id``/``category_id``, an ``image_id`` absent from
         the GT images, a bbox that is not 4 finite numbers with w, h >= 0, a
-        missing or non-finite ``score``).
+        missing or non-finite ``score``), or a non-empty list without any
+        detection of category 1 (the pedestrian, the only category scored).
     """
     if not isinstance(dets, (list, tuple)):
         raise ValueError(f"detections must be a list of objects, got {type(dets).__name__}")
@@ -294,6 +297,11 @@ def parse_detections(dets: Sequence[dict], truth: GroundTruth) -> Detections:
         category[i] = _int_field(det, "category_id", where)
         bbox[i] = _bbox_field(det, where)
         score[i] = _real_field(det, "score", where)
+    if n and not (category == 1).any():
+        # every detection of another category: scored, they would read as "nothing detected" (MR-2 100)
+        found = ", ".join(str(c) for c in np.unique(category)[:5])
+        raise ValueError(f"none of the {n} detections has category_id 1, the pedestrian category that MR-2 and "
+                         f"AP score (found category_id {found}); write the pedestrian detections as category 1")
     return Detections(image=image, category=category, bbox=bbox, score=score)
 
 
@@ -373,6 +381,110 @@ def _group_by_image(image_index: np.ndarray, num_images: int) -> tuple[np.ndarra
     return order, bounds
 
 
+@dataclass(frozen=True)
+class CountedDetections:
+    """The detections of one setup that count as TP or FP, in the official accumulation order.
+
+    Rows are concatenated image by image in ascending image id, in input
+    (file) order within an image: the order that breaks score ties in
+    :func:`fppi_miss_rate_curve`.
+
+    Attributes:
+        setup: the evaluation subset.
+        image: (N,) int64 index into :attr:`GroundTruth.image_ids`.
+        row: (N,) int64 row of each detection in the :class:`Detections` it came from.
+        score: (N,) float64 confidences.
+        is_tp: (N,) bool, True for a true positive (GT-id-0 quirk applied: False there).
+        positives: (I,) int64 non-ignored GTs of each image.
+    """
+
+    setup: Setup
+    image: np.ndarray
+    row: np.ndarray
+    score: np.ndarray
+    is_tp: np.ndarray
+    positives: np.ndarray
+
+
+def count_detections(
+    truth: GroundTruth, found: Detections, setups: Iterable[str | Setup] = SETUP_NAMES
+) -> dict[str, CountedDetections] | None:
+    """Match every image once per setup by the official rules; the per-image table behind MR⁻².
+
+    Args:
+        truth: parsed GT.
+        found: detections parsed against ``truth``.
+        setups: names from :data:`SETUP_NAMES` or :class:`Setup` objects.
+
+    Returns:
+        ``{setup name: CountedDetections}`` in the requested order; None when
+        no setup can be valid (category 1 not listed in the GT, or no image).
+
+    Raises:
+        ValueError: an unknown setup name.
+    """
+    specs = [get_setup(s) for s in setups]
+    num_images = len(truth.image_ids)
+    if PEDESTRIAN_CATEGORY not in truth.category_ids or num_images == 0:
+        return None
+
+    gt_keep = np.flatnonzero(truth.ann_category == PEDESTRIAN_CATEGORY)
+    det_keep = np.flatnonzero(found.category == PEDESTRIAN_CATEGORY)
+    gt_order, gt_bounds = _group_by_image(truth.ann_image[gt_keep], num_images)
+    det_order, det_bounds = _group_by_image(found.image[det_keep], num_images)
+    gt_rows, det_rows = gt_keep[gt_order], det_keep[det_order]  # file order within an image
+
+    gt_box, det_box = truth.bbox[gt_rows], found.bbox[det_rows]
+    gt_xyxy = np.concatenate([gt_box[:, :2], gt_box[:, :2] + gt_box[:, 2:]], axis=1)
+    det_xyxy = np.concatenate([det_box[:, :2], det_box[:, :2] + det_box[:, 2:]], axis=1)
+    gt_area = gt_box[:, 2] * gt_box[:, 3]
+    det_area = det_box[:, 2] * det_box[:, 3]
+    gt_id = truth.ann_id[gt_rows]
+    gt_height, gt_vis = truth.height[gt_rows], truth.visibility[gt_rows]
+    gt_ignore = truth.ignore[gt_rows]
+    det_height, det_score = det_box[:, 3], found.score[det_rows]
+    busy = np.flatnonzero((np.diff(gt_bounds) > 0) | (np.diff(det_bounds) > 0))
+
+    out: dict[str, CountedDetections] = {}
+    for spec in specs:
+        images, rows, is_tp = [], [], []
+        positives = np.zeros(num_images, dtype=np.int64)
+        for img in busy:  # ascending image id, which breaks score ties officially
+            g = slice(gt_bounds[img], gt_bounds[img + 1])
+            d = slice(det_bounds[img], det_bounds[img + 1])
+            match = match_image_arrays(
+                gt_xyxy=gt_xyxy[g],
+                gt_area=gt_area[g],
+                gt_height=gt_height[g],
+                gt_visibility=gt_vis[g],
+                gt_ignore=gt_ignore[g],
+                det_xyxy=det_xyxy[d],
+                det_area=det_area[d],
+                det_height=det_height[d],
+                det_scores=det_score[d],
+                setup=spec,
+            )
+            positives[img] = np.count_nonzero(~match.gt_ignored)
+            tp = match.det_status == DET_TP
+            counted = tp | (match.det_status == DET_FP)
+            # GT id 0 quirk: the official code keeps the matched GT's id and
+            # tests it for truth, so a match on id 0 counts as a false positive.
+            tp[tp] = gt_id[g][match.det_gt_index[tp]] != 0
+            rows.append(det_rows[d][counted])
+            is_tp.append(tp[counted])
+            images.append(np.full(len(rows[-1]), img, dtype=np.int64))
+        row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        out[spec.name] = CountedDetections(
+            setup=spec,
+            image=np.concatenate(images) if images else np.zeros(0, dtype=np.int64),
+            row=row,
+            score=found.score[row],
+            is_tp=np.concatenate(is_tp) if is_tp else np.zeros(0, dtype=bool),
+            positives=positives,
+        )
+    return out
+
+
 def evaluate_mr(
     gt: dict | GroundTruth,
     dets: Sequence[dict] | Detections,
@@ -396,64 +508,17 @@ def evaluate_mr(
     truth = gt if isinstance(gt, GroundTruth) else parse_ground_truth(gt)
     found = dets if isinstance(dets, Detections) else parse_detections(dets, truth)
     num_images = len(truth.image_ids)
+    counted = count_detections(truth, found, specs)
 
     results: dict[str, SetupResult] = {}
-    if PEDESTRIAN_CATEGORY not in truth.category_ids or num_images == 0:
-        for spec in specs:
-            results[spec.name] = _invalid(spec, num_images)
-        return MRResult(results)
-
-    gt_keep = np.flatnonzero(truth.ann_category == PEDESTRIAN_CATEGORY)
-    det_keep = np.flatnonzero(found.category == PEDESTRIAN_CATEGORY)
-    gt_order, gt_bounds = _group_by_image(truth.ann_image[gt_keep], num_images)
-    det_order, det_bounds = _group_by_image(found.image[det_keep], num_images)
-    gt_rows, det_rows = gt_keep[gt_order], det_keep[det_order]  # file order within an image
-
-    gt_box, det_box = truth.bbox[gt_rows], found.bbox[det_rows]
-    gt_xyxy = np.concatenate([gt_box[:, :2], gt_box[:, :2] + gt_box[:, 2:]], axis=1)
-    det_xyxy = np.concatenate([det_box[:, :2], det_box[:, :2] + det_box[:, 2:]], axis=1)
-    gt_area = gt_box[:, 2] * gt_box[:, 3]
-    det_area = det_box[:, 2] * det_box[:, 3]
-    gt_id = truth.ann_id[gt_rows]
-    gt_height, gt_vis = truth.height[gt_rows], truth.visibility[gt_rows]
-    gt_ignore = truth.ignore[gt_rows]
-    det_height, det_score = det_box[:, 3], found.score[det_rows]
-    busy = np.flatnonzero((np.diff(gt_bounds) > 0) | (np.diff(det_bounds) > 0))
-
     for spec in specs:
-        scores, is_tp = [], []
-        num_positives = 0
-        for img in busy:  # ascending image id, which breaks score ties officially
-            g = slice(gt_bounds[img], gt_bounds[img + 1])
-            d = slice(det_bounds[img], det_bounds[img + 1])
-            match = match_image_arrays(
-                gt_xyxy=gt_xyxy[g],
-                gt_area=gt_area[g],
-                gt_height=gt_height[g],
-                gt_visibility=gt_vis[g],
-                gt_ignore=gt_ignore[g],
-                det_xyxy=det_xyxy[d],
-                det_area=det_area[d],
-                det_height=det_height[d],
-                det_scores=det_score[d],
-                setup=spec,
-            )
-            num_positives += int(np.count_nonzero(~match.gt_ignored))
-            tp = match.det_status == DET_TP
-            counted = tp | (match.det_status == DET_FP)
-            # GT id 0 quirk: the official code keeps the matched GT's id and
-            # tests it for truth, so a match on id 0 counts as a false positive.
-            tp[tp] = gt_id[g][match.det_gt_index[tp]] != 0
-            scores.append(det_score[d][counted])
-            is_tp.append(tp[counted])
+        table = None if counted is None else counted[spec.name]
+        num_positives = 0 if table is None else int(table.positives.sum())
         if num_positives == 0:
             results[spec.name] = _invalid(spec, num_images)
             continue
-        curve = fppi_miss_rate_curve(  # positives imply at least one busy image
-            np.concatenate(scores),
-            np.concatenate(is_tp),
-            num_images=num_images,
-            num_positives=num_positives,
+        curve = fppi_miss_rate_curve(
+            table.score, table.is_tp, num_images=num_images, num_positives=num_positives
         )
         mr, reference = log_average_miss_rate(curve)
         results[spec.name] = SetupResult(

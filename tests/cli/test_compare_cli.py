@@ -41,7 +41,7 @@ def test_text_output_has_models_bins_and_disagreements(files, capsys):
 def test_json_output_is_the_report(files, capsys):
     assert main(_args(files, "--json", "--score", "0.5")) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["models", "breakdown", "disagreements"]
+    assert list(out) == ["models", "breakdown", "disagreements", "errors"]
     assert out == json.loads(json.dumps(compare_models(GT, DETS, score=0.5).to_dict()))
     assert out["models"]["teacher"]["operating_point"]["rule"] == "given"
 
@@ -138,3 +138,56 @@ def test_the_figure_is_log_log_with_one_trace_per_model_and_the_mr_band():
     assert (band.x0, band.x1) == (0.01, 1.0)
     with pytest.raises(ValueError, match="curve of 'bad' has 2 fppi values for 1 miss rates"):
         fppi_figure({"bad": {"fppi": [0.1, 0.2], "miss_rate": [0.5]}})
+
+
+def test_json_has_errors_per_model_always(files, capsys):
+    assert main(_args(files, "--json")) == 0
+    errors = json.loads(capsys.readouterr().out)["errors"]
+    assert list(errors) == ["teacher", "student"]
+    for model in errors.values():
+        assert list(model) == ["counts", "counts_any_score", "mr_if_fixed", "thresholds", "false_positives"]
+        assert list(model["counts"]) == list(model["mr_if_fixed"]) == [
+            "duplicate", "crowd", "part_of_person", "localization", "background"]
+    # the teacher's FP at its operating point (0.72, image 4) is nowhere near a person
+    (fp,) = errors["teacher"]["false_positives"]
+    assert (fp["image_id"], fp["file_name"], fp["type"], fp["score"]) == (4, "img_04.png", "background", 0.72)
+
+
+def test_bootstrap_adds_intervals_differences_and_a_json_key(files, capsys):
+    from hkd.eval.bootstrap import bootstrap_intervals
+
+    assert main(_args(files, "--json", "--bootstrap", "30", "--seed", "3")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["models", "breakdown", "disagreements", "errors", "bootstrap"]
+    boot = out["bootstrap"]
+    assert boot == json.loads(json.dumps(bootstrap_intervals(GT, DETS, resamples=30, seed=3).to_dict()))
+    assert (boot["num_images"], boot["resamples"], boot["seed"], boot["level"]) == (10, 30, 3, 0.95)
+    assert boot["metrics"] == ["Reasonable", "Small", "Heavy", "All", "ap50"]
+    assert set(boot["models"]["teacher"]["Reasonable"]) == {"point", "low", "high"}
+    assert boot["models"]["teacher"]["ap50"]["point"] == out["models"]["teacher"]["ap50"]
+    (pair,) = boot["differences"]
+    assert (pair["a"], pair["b"]) == ("teacher", "student")
+    assert set(pair["metrics"]["All"]) == {"point", "low", "high", "within_noise"}
+    assert pair["metrics"]["Heavy"] == {"point": None, "low": None, "high": None, "within_noise": None}
+
+    assert main(_args(files, "--bootstrap", "30", "--seed", "3")) == 0
+    text = capsys.readouterr().out
+    reasonable = boot["models"]["student"]["Reasonable"]
+    assert f"66.7 ({reasonable['low']:.1f}–{reasonable['high']:.1f})" in text
+    assert "Paired differences a − b (95 % bootstrap interval, 30 resamples of 10 images, seed 3" in text
+    line = next(x for x in text.splitlines() if "teacher − student" in x and " All " in x)
+    assert line.endswith("within noise") == pair["metrics"]["All"]["within_noise"]
+    assert "False positives at the operating point by error type" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--bootstrap", "0"], "--bootstrap must be a number of resamples >= 1"),
+        (["--seed", "3"], "--seed sets the bootstrap draws: give --bootstrap N too"),
+        (["--bootstrap", "5", "--seed", "-1"], "--seed must be >= 0"),
+    ],
+)
+def test_bad_bootstrap_arguments(files, capsys, extra, message):
+    assert main(_args(files, *extra)) == 2
+    assert message in capsys.readouterr().err

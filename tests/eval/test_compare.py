@@ -199,11 +199,11 @@ def test_tied_false_positives_above_the_budget_keep_no_detection():
     assert report.breakdown["noisy"]["counted"]["missed"] == 6
 
 
-def test_report_is_json_with_exactly_three_keys_and_skips_other_categories():
+def test_report_is_json_with_exactly_four_keys_and_skips_other_categories():
     dets = {"teacher": TEACHER + [_det(1, [0, 0, 40, 100], 0.9, category=2)], "student": STUDENT}
     report = compare_models(GT, dets, score=0.5)
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
-    assert list(data) == ["models", "breakdown", "disagreements"]
+    assert list(data) == ["models", "breakdown", "disagreements", "errors"]
     assert list(data["models"]) == ["teacher", "student"]
     assert report.skipped == ["teacher: 1 detection(s) of a category other than 1 (pedestrian) not evaluated"]
     assert report.models["teacher"]["num_detections"] == 8  # category 2 not counted
