@@ -48,8 +48,23 @@ page = st.navigation(pages)
 with st.sidebar:
     st.markdown("### HKD Studio")
     st.caption("Hierarchical knowledge distillation of pedestrian detectors")
-    widgets.pair_summary()
+    pair_slot = st.container()  # filled after the page: it names the pair the page has just chosen
+if st.session_state.get("focus") is None and "case" in st.query_params:  # a case's link, opened afresh
+    from app.services.evaluation import focus_from_param
+
+    focus = focus_from_param(st.query_params["case"])
+    if focus is not None:
+        st.session_state.update(focus=focus, image_key=focus["image_key"])
+with st.sidebar:
+    if (st.session_state.get("focus") or {}).get("source") == "evaluate" and page.title != "Evaluate":
+        import json
+
+        kept = {k: json.dumps(v) for k, v in st.session_state.get("_kept_widgets", {}).items()}
+        st.page_link("app_pages/evaluate.py", label="Back to the gallery", icon=":material/arrow_back:",
+                     query_params=kept)
 try:
     page.run()
 finally:  # also after st.stop(): lets python -m app.serve start importing torch for the other pages
+    with pair_slot:
+        widgets.pair_summary()
     serve.first_page_done()

@@ -23,9 +23,24 @@ def no_checkpoints_help(folder: str) -> None:
     )
 
 
+def role_entries(container, role: str, entries: list, family: str | None, current: str | None, key: str) -> list:
+    """The checkpoints a ``role`` picker lists (:func:`models.for_role`), or all of them once the user
+    ticks the checkbox this draws where some are hidden."""
+    listed, hidden = models.for_role(entries, role, family, keep=current)
+    what = f"{role}s" + (f" of the {family.replace('_', '-')} family" if family else "")
+    if hidden and not container.checkbox(f"Also the {hidden} other checkpoint(s)", key=f"{key}_all",
+                                         help=f"Listed first: {what}, uploads and foreign weights."):
+        return listed or entries
+    return entries
+
+
 def checkpoint_select(role: str, entries: list[models.CheckpointEntry]) -> dict | None:
-    """A selectbox of checkpoints (plus a preset picker for foreign weights); returns the ref."""
+    """A selectbox of checkpoints (plus a preset picker for foreign weights); returns the ref. The
+    student picker lists students of the teacher's detector family first, the rest one click away."""
     current = models.current_ref(role)
+    teacher = next((e for e in entries if e.path == (models.current_ref("teacher") or {}).get("path")), None)
+    family = models.family_of(teacher) if role == "student" and teacher else None
+    entries = role_entries(st, role, entries, family, (current or {}).get("path"), f"models_{role}")
     paths = [e.path for e in entries]
     by_path = {e.path: e for e in entries}
     index = paths.index(current["path"]) if current and current["path"] in paths else 0
@@ -45,11 +60,34 @@ def checkpoint_select(role: str, entries: list[models.CheckpointEntry]) -> dict 
 
 
 def pair_summary() -> None:
-    """Sidebar lines naming the current teacher and student (no loading)."""
+    """Sidebar lines naming the current teacher and student (no loading), a fine-tune after its job."""
     for role in models.ROLES:
-        ref = models.current_ref(role)
-        name = ref["path"].rsplit("/", 1)[-1] if ref else "none"
-        st.caption(f"**{role.title()}:** `{name}`")
+        st.caption(f"**{role.title()}:** `{models.ref_name(role)}`")
+
+
+def third_model_select(teacher, student, key: str) -> tuple[str | None, models.LoadedModel | None]:
+    """A picker of a third model to show beside the pair (default: the no-KD student beside an HKD
+    one), remembered across pages as ``third_ref``; returns its path and the loaded model (None, None
+    for none or a checkpoint that cannot be used, which is said)."""
+    from app.services import compute
+
+    candidates = compute.third_candidates(models.available()[0], (teacher, student))
+    options = ["none"] + [e.path for e in candidates]
+    labels = {e.path: e.label for e in candidates} | {"none": "none"}
+    saved = st.session_state.get("third_ref")  # None: not chosen yet; {"path": None}: "none" chosen
+    wanted = saved["path"] if saved else compute.default_third(candidates, student)
+    path = st.selectbox("Third model", options, index=options.index(wanted) if wanted in options else 0, key=key,
+                        format_func=labels.get, help="Shown beside the pair, e.g. the no-KD student next to the HKD student.")
+    path = None if path == "none" else path
+    st.session_state["third_ref"] = {"path": path, "preset": None}
+    if path is None:
+        return None, None
+    try:
+        with st.spinner("Loading the third model…"):
+            return path, models.load({"path": path, "preset": None})
+    except (CheckpointError, settings.PathNotAllowed) as exc:
+        st.error(f"The third checkpoint cannot be used: {exc}  \nPick another one or none.")
+        return None, None
 
 
 def require_pair() -> tuple[models.LoadedModel, models.LoadedModel]:
@@ -66,7 +104,7 @@ def require_pair() -> tuple[models.LoadedModel, models.LoadedModel]:
     loaded = {}
     for role, ref in refs.items():
         try:
-            with st.spinner(f"Loading the {role} ({ref['path'].rsplit('/', 1)[-1]})…"):
+            with st.spinner(f"Loading the {role} ({models.display_name(ref['path'])})…"):
                 loaded[role] = models.load(ref)
         except (CheckpointError, settings.PathNotAllowed) as exc:
             st.error(f"The {role} checkpoint cannot be used: {exc}  \nPick another one on the Models page.")
@@ -107,7 +145,7 @@ def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
 
     job = finetune.job_for_checkpoint(getattr(m, "path", None) or m.checkpoint.path)
     if job is not None:
-        provenance["fine-tune job"] = f"{job.name} ({job.id}), {job.kind}, {job.total} steps"
+        provenance["fine-tune job"] = f"{models.job_label(job)}, {job.kind}, {job.total} steps"
     st.table([{"field": k, "value": str(v)} for k, v in provenance.items()], hide_index=True)
     if meta.metrics:
         st.table([{"metric": k, "value": v} for k, v in flat_metrics(meta.metrics)], hide_index=True)
@@ -116,6 +154,34 @@ def model_card(m: models.ModelInfo | models.LoadedModel) -> None:
     with st.expander("Training configuration"):
         # st.text, not st.code: the code block's highlighter is ~1 s of script for the browser on the first page
         st.text(json.dumps(meta.train_config, indent=2) if meta.train_config else "(none recorded)")
+
+
+def latency_panel(refs: dict, teacher: models.ModelInfo, student: models.ModelInfo) -> None:
+    """The latency button and its table: teacher and student side by side per runtime, with the spread
+    over the timed runs and a note when other work ran meanwhile (``app.services.compute.measure_pair``)."""
+    controls = st.columns([1, 1, 2], vertical_alignment="bottom")
+    runs = controls[0].number_input("Timed runs per model", 1, 10, 3, key="models_latency_runs")
+    if controls[1].button("Measure CPU latency", key="models_latency",
+                          help="640×480 input, 2 threads, 1 warm-up run; PyTorch and onnxruntime (the ONNX export "
+                               "is made and checked on first use, 10–30 s per model)"):
+        from app.services import compute  # torch: not before the button (the first page loads without it)
+
+        try:
+            with st.spinner("Loading both models, exporting them to ONNX once, and timing both runtimes on the CPU…"):
+                pair = {role: models.load(refs[role]) for role in models.ROLES}
+                st.session_state["models_latency_result"] = compute.measure_pair(pair, runs)
+        except Exception as exc:  # noqa: BLE001 - a checkpoint or an export that fails: say which and why
+            st.error(f"Latency not measured: {type(exc).__name__}: {exc}")
+    measured = st.session_state.get("models_latency_result")
+    if measured and measured["keys"] == {"teacher": teacher.key, "student": student.key}:
+        from app.services import compute
+
+        st.table(compute.latency_rows(measured), hide_index=True)
+        if note := compute.latency_note(measured):
+            st.warning(note)
+    else:
+        st.caption("Not measured yet for this pair: the button runs one warm-up and the timed forwards of both "
+                   "models in PyTorch and in onnxruntime.")
 
 
 # -- images -------------------------------------------------------------------
@@ -205,12 +271,15 @@ def level_view_panel(view, pixels, mode: str, opacity: float, box: tuple | None 
 
 
 # -- fine-tunes and jobs --------------------------------------------------------
-def path_select(container, label: str, labels: dict[str, str], default: str | None, key: str) -> str | None:
-    """A checkpoint picker over ``labels`` (path → label); returns the chosen path."""
-    paths = list(labels)
-    if not paths:
+def path_select(container, label: str, entries: list, role: str, family: str | None, default: str | None,
+                key: str) -> str | None:
+    """A checkpoint picker over ``entries`` (those of ``role`` and ``family`` first, the rest one click
+    away); returns the chosen path."""
+    entries = role_entries(container, role, entries, family, st.session_state.get(key, default), key)
+    if not entries:
         container.warning(f"{label}: no usable checkpoint.")
         return None
+    paths, labels = [e.path for e in entries], {e.path: e.label for e in entries}
     index = paths.index(default) if default in paths else 0
     return container.selectbox(label, paths, index=index, format_func=labels.get, key=key)
 
@@ -223,22 +292,41 @@ def dataset_select(container, label: str, choices: dict, default: str, key: str)
                                format_func=lambda k: choices[k].label + ("" if choices[k].exists else " — not generated yet"))
 
 
-def generate_dataset(choice) -> None:
-    """A missing SynthPed split: a button that generates it in the background, and its progress."""
+def data_step(keys: list[str | None], prefix: str) -> bool:
+    """The chosen datasets: True when all are on disk. Otherwise, for each missing SynthPed split, a
+    Generate button or the live progress of its background job, in a fragment that polls the jobs'
+    status files every second while one generates and reruns the whole page once all are ready (so
+    that what waits on the data, such as a Launch button, enables by itself)."""
     from app.services import datasets
 
-    job = datasets.generation_job(choice)
-    if job is not None and job.active:
-        st.progress(job.progress, text=f"Generating {choice.label}: {job.step} / {job.total or choice.synth['num']} "
-                                       "images (background job; this page updates when it is done)")
-        return
-    if job is not None and job.state == "failed":
-        st.error(f"Generating {choice.label} failed: {job.message}")
-    st.warning(f"**{choice.label}** is not generated yet (`{choice.path}`).")
-    if st.button(f"Generate it ({choice.synth['num']} images, about {choice.synth['num'] // 250 + 1} min)",
-                 key=f"generate_{choice.key}"):
-        datasets.generate(choice)
-        st.rerun()
+    missing = datasets.missing(keys)
+    if not missing:
+        return True
+    generating = any((job := datasets.generation_job(c)) is not None and job.active for c in missing)
+    st.fragment(_generation_panel, run_every=1.0 if generating else None)(keys, generating, prefix)
+    return False
+
+
+def _generation_panel(keys: list[str | None], generating: bool, prefix: str) -> None:
+    from app.services import datasets
+
+    datasets.queue().advance()  # the next queued generation starts when the one before it ends
+    missing = datasets.missing(keys)
+    jobs = {c.key: datasets.generation_job(c) for c in missing}
+    if not missing or generating != any(j is not None and j.active for j in jobs.values()):
+        st.rerun(scope="app")  # all ready, or polling must start or stop: the page redraws
+    for choice in missing:
+        job = jobs[choice.key]
+        if job is not None and job.active:
+            st.progress(job.progress, text=datasets.generation_text(choice, job))
+            continue
+        if job is not None and job.state == "failed":
+            st.error(f"Generating {choice.label} failed: {job.message}")
+        st.warning(f"**{choice.label}** is not generated yet (`{choice.path}`).")
+        if choice.synth and st.button(f"Generate it ({choice.synth['num']} images, about "
+                                      f"{choice.synth['num'] // 250 + 1} min)", key=f"{prefix}_generate_{choice.key}"):
+            datasets.generate(choice)
+            st.rerun(scope="app")
 
 
 TERM_COLUMNS = {"level": "level", "loss": "loss", "weight": "weight", "params": "parameters (JSON)"}
@@ -273,10 +361,13 @@ def terms_editor(terms: list, key: str) -> list:
 
 def jobs_table(jobs: list, key: str) -> str | None:
     """Every job as a table row; returns the id of the row the user selected (or None)."""
+    from app.services import finetune
+
     rows = [{"id": j.id, "name": j.name, "kind": j.kind, "state": j.state, "progress": j.progress,
+             "starts from": finetune.parent_of(j) if j.kind in ("train", "distill") else "—",
              "step": f"{j.step}/{j.total}" if j.total else "—",
              "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created)),
-             "config": ", ".join(f"{k} {v}" for k, v in j.summary.items() if k in ("init", "teacher", "steps", "lr") and v),
+             "config": ", ".join(f"{k} {v}" for k, v in j.summary.items() if k in ("teacher", "steps", "lr") and v),
              "run folder": j.run} for j in jobs]
     event = st.dataframe(rows, key=key, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                          column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})

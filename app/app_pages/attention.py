@@ -5,7 +5,7 @@ import streamlit as st
 from hkd.viz.draw import COLORS, draw_boxes
 
 from app import widgets
-from app.services import compute, figures, images
+from app.services import compute, figures, images, models
 
 st.title("Attention")
 st.caption("Class activation maps of pedestrian detections, teacher and student side by side.")
@@ -14,10 +14,14 @@ teacher, student = widgets.require_pair()
 pair = {"teacher": teacher, "student": student}
 
 levels = compute.map_levels(teacher, student)
+if images.focus_pending("att"):  # a box sent from Evaluate: explain that detection (a gradient method)
+    st.session_state.update(att_method="Grad-CAM", att_level="neck.p3" if "neck.p3" in levels else levels[0])
 cols = st.columns([3, 2, 2, 2])
-method_label = cols[0].radio("Method", list(compute.CAM_METHODS), horizontal=True, key="att_method")
+method_label = cols[0].radio("Method", list(compute.CAM_METHODS), horizontal=True, key="att_method",
+                             help="EigenCAM (no target: the level's first principal component) gives the readable "
+                                  "maps on real photos; Grad-CAM and Grad-CAM++ explain one chosen detection.")
 method = compute.CAM_METHODS[method_label]
-level = cols[1].selectbox("Level", levels, index=levels.index("neck.p3") if "neck.p3" in levels else 0,
+level = cols[1].selectbox("Level", levels, index=levels.index(compute.CAM_LEVEL) if compute.CAM_LEVEL in levels else 0,
                           key="att_level", format_func=widgets.level_label)
 score = cols[2].slider("Score threshold", 0.05, 0.95, 0.5, 0.05, key="att_score")
 opacity = cols[3].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="att_opacity")
@@ -52,7 +56,7 @@ if target != "all" and method != "eigencam":
 
 for column, (role, m) in zip(st.columns(2, gap="large"), pair.items()):
     with column:
-        st.subheader(f"{role.title()} · {m.name}")
+        st.subheader(f"{role.title()} · {models.ref_name(role)}")
         if target != "all" and method != "eigencam" and box_index[role] is None:
             st.info("The student has no detection overlapping the chosen teacher box (IoU ≥ 0.3).")
             continue
@@ -62,6 +66,8 @@ for column, (role, m) in zip(st.columns(2, gap="large"), pair.items()):
         if isinstance(result, str):
             st.warning(f"No {method_label} for the {role}: {result}")
             continue
+        if problem := compute.cam_problem(result.heat, method, level):
+            st.warning(f"{role.title()}: {problem}")
         # the explained box, or the 10 best: more would hide the map
         shown = result.boxes[:10] if result.box_index is None else result.boxes[[result.box_index]]
         st.image(draw_boxes(figures.heat_on(picture.pixels, result.heat, opacity), shown, color=COLORS["agreed"]),

@@ -4,13 +4,11 @@ from itertools import combinations
 
 import streamlit as st
 
-from hkd.models.meta import CheckpointError
 from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
 
 from app import widgets
-from app.services import compute, models, settings
+from app.services import compute, models
 
-NONE = "none"
 COLOR = {"teacher": COLORS["teacher_only"], "student": COLORS["student_only"], "third": (170, 80, 220)}
 SHORT = {"teacher": "T", "student": "S", "third": "3rd"}
 
@@ -19,38 +17,28 @@ st.caption("The models on the same image; any two of them compared box by box: a
 picture = widgets.require_image("det")
 teacher, student = widgets.require_pair()
 
-candidates = compute.third_candidates(models.available()[0], (teacher, student))
-options = [NONE] + [e.path for e in candidates]
-labels = {e.path: e.label for e in candidates} | {NONE: "none"}
-saved = st.session_state.get("third_ref")  # None: not chosen yet; {"path": None}: "none" chosen
-wanted = saved["path"] if saved else compute.default_third(candidates, student)
-third_path = st.selectbox("Third model", options, index=options.index(wanted) if wanted in options else 0,
-                          key="det_third", format_func=labels.get,
-                          help="Shown beside the pair, e.g. the no-KD student next to the HKD student.")
-st.session_state["third_ref"] = {"path": None if third_path == NONE else third_path, "preset": None}
+third_path, third = widgets.third_model_select(teacher, student, "det_third")
 
-cols = st.columns(4)
+cols = st.columns(3)
 score = cols[0].slider("Score threshold", 0.05, 0.95, 0.5, 0.05, key="det_score")
 nms = cols[1].slider("NMS IoU", 0.3, 0.9, 0.5, 0.05, key="det_nms",
                      help="Non-maximum suppression over the kept boxes: overlaps above this IoU are merged.")
 match_iou = cols[2].slider("Agreement IoU", 0.3, 0.9, 0.5, 0.05, key="det_match",
                            help="Two boxes of the compared models with at least this IoU count as agreed.")
+cols = st.columns(3)
+layout = cols[0].radio("Layout", ["side by side", "one at a time, full width"], horizontal=True, key="det_layout",
+                       help="One at a time: each model's image at the page's full width (tabs), to read the scores.")
 has_gt = picture.gt_boxes is not None
-show_gt = has_gt and cols[3].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
-                         help="Available for the SynthPed samples (from their annotations).")
-use_onnx = cols[3].toggle("Student through onnxruntime", key="det_onnx",
-                          help="Run the student's ONNX export (hkd export; made and checked against PyTorch "
-                               "on first use) instead of PyTorch.")
+show_gt = has_gt and cols[1].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
+                                    help="Available for the SynthPed samples (from their annotations).")
+use_onnx = cols[2].toggle("Student via ONNX", key="det_onnx",
+                          help="Run the student's ONNX export through onnxruntime (hkd export; made and checked "
+                               "against PyTorch on first use) instead of PyTorch.")
 
-shown = {"teacher": teacher, "student": student}
-# file names as chosen: identical files share one cached model, which keeps the first one's path
-names = {"teacher": teacher.name, "student": student.name, "third": third_path.rsplit("/", 1)[-1]}
-if third_path != NONE:
-    try:
-        with st.spinner("Loading the third model…"):
-            shown["third"] = models.load({"path": third_path, "preset": None})
-    except (CheckpointError, settings.PathNotAllowed) as exc:
-        st.error(f"The third checkpoint cannot be used: {exc}  \nPick another one or none.")
+shown = {"teacher": teacher, "student": student} | ({"third": third} if third is not None else {})
+# names of the chosen paths (identical files share one cached model, which keeps the first one's path)
+names = {"teacher": models.ref_name("teacher"), "student": models.ref_name("student"),
+         "third": models.display_name(third_path)}
 found, backend = {}, {role: "PyTorch" for role in shown}
 for role, m in shown.items():
     with st.spinner(f"Running the {role} ({names[role]})…"):
@@ -65,9 +53,11 @@ for role, m in shown.items():
         found[role] = compute.detections(m, picture).filter(score, nms)
 
 height, width = picture.pixels.shape[:2]
-for column, (role, m) in zip(st.columns(len(shown), gap="large"), shown.items()):
-    with column:
-        st.subheader(f"{role.title()} · {names[role]}")
+titles = {role: f"{role.title()} · {models.short_name(names[role])}" for role in shown}
+places = st.tabs(list(titles.values())) if layout.startswith("one") else st.columns(len(shown), gap="large")
+for place, (role, m) in zip(places, shown.items()):
+    with place:
+        st.subheader(titles[role], help=names[role], anchor=False)
         dets = found[role]
         st.image(draw_boxes(picture.pixels, dets.boxes, scores=dets.scores, color=COLOR[role]), width="stretch")
         st.caption(f"**{len(dets)} pedestrians** with score ≥ {score:.2f} · inference **{dets.seconds * 1000:.0f} ms** "
@@ -80,27 +70,23 @@ pair = st.selectbox("Compare A with B", pairs, key="det_pair",
 a, b = pair.split("|")
 rows = compare_detections(found[a].boxes, found[a].scores, found[b].boxes, found[b].scores, iou_thresh=match_iou)
 counts = Counter(row["status"] for row in rows)
-metrics = st.columns(4)
-metrics[0].metric("Agreed", counts["agreed"])
-metrics[1].metric(f"{a.title()} only", counts["teacher_only"])
-metrics[2].metric(f"{b.title()} only", counts["student_only"])
-metrics[3].metric("Ground truth", len(picture.gt_boxes) if has_gt else "—")
-
-status = {"agreed": "agreed", "teacher_only": f"{a} only", "student_only": f"{b} only"}
-colors = {"teacher_only": COLOR[a], "student_only": COLOR[b]}  # each model keeps its colour
 left, right = st.columns([3, 2], gap="large")
+colors = {"teacher_only": COLOR[a], "student_only": COLOR[b]}  # each model keeps its colour
 with left:
     st.image(draw_comparison(picture.pixels, rows, picture.gt_boxes if show_gt else None,
                              labels=(SHORT[a], SHORT[b]), colors=colors), width="stretch")
     legend = [("agreed", COLORS["agreed"]), (f"{a} only", COLOR[a]), (f"{b} only", COLOR[b])]
     widgets.legend(legend + ([("ground truth (dashed)", COLORS["ground_truth"])] if show_gt else []))
 with right:
-    st.dataframe([{"status": status[r["status"]], f"{a} score": r["score_teacher"], f"{b} score": r["score_student"],
-                   "IoU": r["iou"], "box (x1, y1, x2, y2) px": ", ".join(f"{v:.0f}" for v in r["box"])} for r in rows],
-                 hide_index=True, width="stretch", height=360, column_config={
-                     name: st.column_config.NumberColumn(format="%.2f") for name in (f"{a} score", f"{b} score", "IoU")})
+    metrics = st.columns(2) + st.columns(2)
+    metrics[0].metric("Agreed", counts["agreed"])
+    metrics[1].metric(f"{a.title()} only", counts["teacher_only"])
+    metrics[2].metric(f"{b.title()} only", counts["student_only"])
+    metrics[3].metric("Ground truth", len(picture.gt_boxes) if has_gt else "—")
     settings_used = {"score_thresh": score, "nms_iou": nms, "agreement_iou": match_iou, "agreement_pair": [a, b]}
     st.download_button("Download detections (JSON)", key="det_download", mime="application/json",
                        file_name=f"{picture.name.rsplit('.', 1)[0]}_detections.json",
                        data=compute.detections_json(picture, {r: (shown[r], found[r]) for r in shown}, rows,
                                                     settings_used, pair=(a, b)))
+# full width below: every column in view; a cell with no value is empty
+st.dataframe(compute.agreement_table(rows, a, b), hide_index=True, width="stretch")

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from app import widgets
-from app.services import compute, figures, images
+from app.services import case_profile, compute, figures, images, models
 
 FOCUS = "focus"  # the feat_box option of the box picked on Evaluate
 
@@ -22,7 +22,7 @@ if focus is not None:
         st.session_state.update(feat_level="roi.features", feat_box=FOCUS)
     note, clear = st.columns([8, 1], vertical_alignment="center")
     note.info(f"Looking at the {focus.describe()}: `roi.features` shows its region "
-              "(pick it under Detection); the other levels show the whole image.")
+              "(pick it under Detection); the other levels show the whole image with the box outlined.")
     clear.button("Clear", key="feat_focus_clear", on_click=images.clear_focus)
 
 cols = st.columns([3, 3, 2])
@@ -46,12 +46,22 @@ if level == "roi.features":
     box = focus.box if index == FOCUS else tuple(float(v) for v in found.boxes[index])
 
 pair = {"teacher": teacher, "student": student}
+base = case_profile.marked(picture.pixels, focus.box if focus is not None and box is None else None)
 with st.spinner(f"Tapping {level} in both models…"):
     views = {role: compute.level_view(m, picture, level, box=box) for role, m in pair.items()}
 for column, (role, m) in zip(st.columns(2, gap="large"), pair.items()):
     with column:
-        st.subheader(f"{role.title()} · {m.name}")
-        widgets.level_view_panel(views[role], picture.pixels, mode, opacity, box)
+        st.subheader(f"{role.title()} · {models.ref_name(role)}")
+        with st.container(width=case_profile.region_width(box)):  # a region at its own aspect ratio
+            widgets.level_view_panel(views[role], base, mode, opacity, box)
+
+if focus is not None:
+    st.header("This case against the norm")
+    with st.spinner("Measuring the case and the boxes both models find, at every level…"):
+        case = case_profile.profile(teacher, student, picture, focus.box)
+    if case["percentiles"]:
+        st.plotly_chart(case_profile.chart(case), width="stretch", key="feat_case_profile")
+    st.caption(case_profile.caption(case))
 
 st.header("Teacher vs student")
 left, right = st.columns(2, gap="large")
@@ -61,7 +71,7 @@ with left:
                       key="feat_diff") == "through the best 1×1 adapter"
     with st.spinner("Comparing the two maps…"):
         diff = compute.difference(teacher, student, picture, level, fitted=fitted, box=box)
-    st.image(figures.enlarge(figures.heat_on(picture.pixels, diff["heat"], opacity, box)), width="stretch")
+    st.image(figures.enlarge(figures.heat_on(base, diff["heat"], opacity, box)), width=case_profile.region_width(box))
     if diff["fitted"]:
         st.caption(f"{level}: ‖teacher − adapter(student)‖₂ per position, scaled to its maximum. The 1×1 adapter is "
                    f"fitted to this image by least squares; relative residual ‖t − A(s)‖ / ‖t‖ = "

@@ -71,36 +71,7 @@ for column, (what, scale, unit) in zip(st.columns(2), [("params", 1e6, "M parame
     column.plotly_chart(figures.cost_chart(costs, what, scale, unit), width="stretch", key=f"models_{what}_chart")
 
 st.subheader("CPU latency")
-controls = st.columns([1, 1, 2], vertical_alignment="bottom")
-runs = controls[0].number_input("Timed runs per model", 1, 10, 3, key="models_latency_runs")
-if controls[1].button("Measure CPU latency", key="models_latency",
-                      help="640×480 input, 2 threads, 1 warm-up run; PyTorch and onnxruntime (the ONNX export "
-                           "is made and checked on first use, 10–30 s per model)"):
-    from app.services import compute
-
-    try:
-        with st.spinner("Loading both models, exporting them to ONNX once, and timing both runtimes on the CPU…"):
-            pair = [models.load(refs[role]) for role in models.ROLES]
-            st.session_state["models_latency_result"] = {m.key: compute.latency_both(m, runs) for m in pair}
-    except Exception as exc:  # noqa: BLE001 - a checkpoint or an export that fails: say which and why
-        st.error(f"Latency not measured: {type(exc).__name__}: {exc}")
-measured = st.session_state.get("models_latency_result", {})
-if teacher.key in measured and student.key in measured:
-    lat = {role: {rt: measured[m.key][rt]["median_s"] for rt in ("pytorch", "onnxruntime")}
-           for role, m in (("teacher", teacher), ("student", student))}
-    cols = st.columns(4)
-    cols[0].metric("Teacher, PyTorch", f"{lat['teacher']['pytorch'] * 1000:.0f} ms",
-                   help=f"onnxruntime: {lat['teacher']['onnxruntime'] * 1000:.0f} ms")
-    cols[1].metric("Student, PyTorch", f"{lat['student']['pytorch'] * 1000:.0f} ms")
-    cols[2].metric("Student, onnxruntime", f"{lat['student']['onnxruntime'] * 1000:.0f} ms")
-    cols[3].metric("Speed-up", f"{lat['teacher']['pytorch'] / lat['student']['onnxruntime']:.1f}×",
-                   help="teacher in PyTorch ÷ student through onnxruntime")
-    st.table([{"model": role, **{rt: f"{v * 1000:.0f} ms" for rt, v in lat[role].items()},
-               "onnxruntime speed-up": f"{lat[role]['pytorch'] / lat[role]['onnxruntime']:.2f}×"}
-              for role in lat], hide_index=True)
-else:
-    st.caption("Not measured yet for this pair: the button runs one warm-up and the timed forwards of both "
-               "models in PyTorch and in onnxruntime.")
+widgets.latency_panel(refs, teacher, student)
 
 st.header("Levels and distillation adapters")
 st.caption("Every tappable level of both models, and the adapter that maps the student's tensor onto "

@@ -95,6 +95,57 @@ def latency_both(m: LoadedModel, runs: int = 3) -> dict:
                            width=PROFILE_SIZE[0], height=PROFILE_SIZE[1], threads=2, warmup=1, runs=runs)
 
 
+RUNTIMES = {"pytorch": "PyTorch", "onnxruntime": "onnxruntime"}
+
+
+def _running_jobs() -> set[str]:
+    from app.services import finetune
+
+    try:
+        return {f"{j.name} ({j.id})" for j in finetune.queue().list(advance=False) if j.state == "running"}
+    except OSError:
+        return set()
+
+
+def measure_pair(pair: dict[str, LoadedModel], runs: int) -> dict:
+    """Teacher and student timed now in both runtimes (:func:`latency_both`, one after the other), with
+    what else ran meanwhile: ``{"keys": {role: model key}, "results": {role: latency_both(...)},
+    "jobs": [the queue's jobs running before or after], "load": the 1-min load average, "cores"}``."""
+    import os
+
+    jobs, load = _running_jobs(), os.getloadavg()[0]
+    results = {role: latency_both(m, runs) for role, m in pair.items()}
+    return {"keys": {role: m.key for role, m in pair.items()}, "results": results,
+            "jobs": sorted(jobs | _running_jobs()), "load": max(load, os.getloadavg()[0]), "cores": os.cpu_count() or 1}
+
+
+def _ms(result: dict) -> str:
+    spread = f" (min {result['min_s'] * 1000:.0f}, max {result['max_s'] * 1000:.0f})" if "max_s" in result else ""
+    return f"{result['median_s'] * 1000:.0f} ms{spread}"
+
+
+def latency_rows(measured: dict) -> list[dict]:
+    """One row per runtime: teacher and student side by side in it (median and the spread over the
+    timed runs) and the student's speed-up there — never one runtime divided by the other."""
+    t, s = measured["results"]["teacher"], measured["results"]["student"]
+    return [{"runtime": title, "teacher": _ms(t[rt]), "student": _ms(s[rt]),
+             "student speed-up": f"{t[rt]['median_s'] / s[rt]['median_s']:.1f}×", "runs": str(s[rt]["runs"])}
+            for rt, title in RUNTIMES.items()]
+
+
+def latency_note(measured: dict) -> str | None:
+    """A warning when the timings were taken beside other work (queue jobs, or a busy machine)."""
+    why = []
+    if measured["jobs"]:
+        why.append(f"background job(s) running: {', '.join(measured['jobs'])}")
+    if measured["load"] > 0.5 * measured["cores"]:
+        why.append(f"load average {measured['load']:.1f} on {measured['cores']} cores")
+    if not why:
+        return None
+    return ("Measured while other work ran (" + "; ".join(why) + "): the times are slower and spread wider than on an "
+            "idle machine; teacher and student were measured alike, so compare them within a row.")
+
+
 # -- feature maps ---------------------------------------------------------------
 def feature_levels(teacher: LoadedModel, student: LoadedModel) -> list[str]:
     """Levels both models have that the Features page can draw, in computation order:
@@ -206,6 +257,17 @@ def default_third(candidates: list, student: LoadedModel) -> str | None:
                 None)
 
 
+def agreement_table(rows: list[dict], a: str, b: str) -> list[dict]:
+    """The agreement rows of models ``a`` and ``b`` (``hkd.viz.draw.compare_detections``) as text:
+    scores and IoU to two decimals, a cell with no value empty."""
+    def num(value) -> str:
+        return "" if value is None else f"{value:.2f}"
+
+    status = {"agreed": "agreed", "teacher_only": f"{a} only", "student_only": f"{b} only"}
+    return [{"status": status[r["status"]], f"{a} score": num(r["score_teacher"]), f"{b} score": num(r["score_student"]),
+             "IoU": num(r["iou"]), "box (x1, y1, x2, y2) px": ", ".join(f"{v:.0f}" for v in r["box"])} for r in rows]
+
+
 def detections_json(picture: Picture, found: dict[str, tuple[LoadedModel, Detections]], rows: list[dict],
                     settings: dict, pair: tuple[str, str] = ("teacher", "student")) -> str:
     """The Detections page as JSON; boxes in the original image's pixels (xyxy).
@@ -243,7 +305,21 @@ def detections_json(picture: Picture, found: dict[str, tuple[LoadedModel, Detect
 
 
 # -- attention ------------------------------------------------------------------
-CAM_METHODS = {"Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "EigenCAM": "eigencam"}
+# the first method and CAM_LEVEL are the Attention page's defaults: the ones readable on the shipped
+# real photos (docs/DESIGN.md, "CAM defaults"); a gradient method explains one chosen detection
+CAM_METHODS = {"EigenCAM": "eigencam", "Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++"}
+CAM_LEVEL = "neck.p4"
+
+
+def cam_problem(heat: np.ndarray, method: str, level: str) -> str | None:
+    """Why a CAM ``heat`` (h, w) shows nothing — empty or constant — or None for a map with contrast."""
+    if heat.size and float(heat.max() - heat.min()) > 1e-6:
+        return None
+    what = "empty (zero everywhere)" if not heat.size or float(heat.max()) <= 1e-6 else "constant"
+    why = ("no explained score depends on this level through a gradient: the ROI head pools each box from one "
+           "FPN level chosen by its size, so small pedestrians never reach the coarse levels, and deep stages can "
+           "saturate" if method != "eigencam" else "the level's activations have no spatial variation here")
+    return f"The map at {level} is {what}: {why}. Try EigenCAM, or a finer level such as neck.p3."
 
 
 def map_levels(teacher: LoadedModel, student: LoadedModel) -> list[str]:

@@ -27,10 +27,10 @@ SYNTHPED_SPLITS = {
     "tune": (200, 2000),
 }
 SYNTHPED_LABELS = {
-    "train": "SynthPed train (3000 images, seed 0)",
-    "train_small": "SynthPed train, first 400 images (seed 0; the quick demo's)",
-    "val": "SynthPed val (500 images, seed 1000)",
-    "tune": "SynthPed tune (200 images, seed 2000; for choosing configs)",
+    "train": "SynthPed train ({num} images, seed {seed})",
+    "train_small": "SynthPed train, first {num} images (seed {seed}; the quick demo's)",
+    "val": "SynthPed val ({num} images, seed {seed})",
+    "tune": "SynthPed tune ({num} images, seed {seed}; for choosing configs)",
 }
 # how deep under each HKD_DATA_ROOTS folder datasets are looked for
 SCAN_DEPTH = 3
@@ -52,10 +52,11 @@ class DatasetChoice:
 
 def _synthped(name: str) -> DatasetChoice:
     num, seed = SYNTHPED_SPLITS[name]
+    num = settings.synthped_sizes().get(name, num)
     folder = settings.synthped_dir() / name
     ready = (folder / "annotations.json").is_file()
-    return DatasetChoice(f"synthped:{name}", SYNTHPED_LABELS[name], str(folder), str(folder / "images"), ready,
-                         {"num": num, "seed": seed})
+    return DatasetChoice(f"synthped:{name}", SYNTHPED_LABELS[name].format(num=num, seed=seed), str(folder),
+                         str(folder / "images"), ready, {"num": num, "seed": seed})
 
 
 def _found_under(root: Path) -> list[DatasetChoice]:
@@ -114,6 +115,20 @@ def generation_job(choice: DatasetChoice) -> Job | None:
     """The newest job generating ``choice`` (running, queued or finished), if any."""
     jobs = [j for j in queue().list(advance=False) if j.kind == "synth" and j.outputs.get("dataset") == choice.path]
     return jobs[-1] if jobs else None
+
+
+def missing(keys: list[str | None]) -> list[DatasetChoice]:
+    """The datasets of ``keys`` (None skipped) that are not on disk yet, read afresh."""
+    by_key = {c.key: c for c in choices()}
+    return [by_key[k] for k in dict.fromkeys(keys) if k in by_key and not by_key[k].exists]
+
+
+def generation_text(choice: DatasetChoice, job: Job) -> str:
+    """The progress line of an active generation job."""
+    if job.state == "queued":
+        return f"{choice.label}: queued, starts when the job before it ends"
+    total = job.total or choice.synth["num"]
+    return f"Generating {choice.label}: {job.step} / {total} images"
 
 
 def generate(choice: DatasetChoice) -> Job:

@@ -51,6 +51,7 @@ GALLERY_VIEWS = {
 }
 # the Detections page's colours: the reference as its teacher, the compared model as its student
 CASE_COLORS = {"reference": COLORS["teacher_only"], "compared": COLORS["student_only"]}
+BOOTSTRAP = {"resamples": 1000, "seed": 0}  # the Evaluate table's intervals (hkd compare --bootstrap 1000 --seed 0)
 PREDICT_THREADS = 1  # one thread per job: two spinning OpenMP pools on 2 cores run several times slower
 
 
@@ -416,6 +417,7 @@ class Evaluation:
     dets: dict
     files: dict  # label → predictions file
     by_image: dict  # label → {image_id: [detection, …]} (the gallery draws one image at a time)
+    bootstrap: dict | None = None  # hkd.eval.bootstrap's report (to_dict): 95 % paired intervals
 
     @property
     def labels(self) -> list[str]:
@@ -441,12 +443,13 @@ def _compare(gt_hash: str, files: tuple[tuple[str, str, int], ...], fppi: float,
     paths = {label: path for label, path, _ in files}
     # the comparison (AP through pycocotools is most of it) is kept on disk too, so a restarted
     # app or another server process opens a cached evaluation at once
-    key = json.dumps([gt_hash, [list(f) for f in files], fppi, setup, sorted(dets)])
+    key = json.dumps([gt_hash, [list(f) for f in files], fppi, setup, sorted(dets), BOOTSTRAP])
     cached = settings.cache_dir() / "compare" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     try:
         stored = json.loads(cached.read_text())
         report, curves, result_setup, result_skipped = (stored["report"], stored["curves"], stored["setup"],
                                                         stored["skipped"])
+        boot = stored["bootstrap"]
     except (OSError, ValueError, KeyError):
         try:
             result = compare_models(_gt, dets, fppi=fppi, setup=setup)
@@ -456,9 +459,11 @@ def _compare(gt_hash: str, files: tuple[tuple[str, str, int], ...], fppi: float,
         except ValueError as exc:
             raise EvaluationError(str(exc)) from None
         report, curves, result_setup, result_skipped = result.to_dict(), result.curves, result.setup, result.skipped
+        boot = _bootstrap(_gt, dets)
         from hkd.models.meta import atomic_write
 
-        text = json.dumps({"report": report, "curves": curves, "setup": result_setup, "skipped": list(result_skipped)})
+        text = json.dumps({"report": report, "curves": curves, "setup": result_setup, "skipped": list(result_skipped),
+                           "bootstrap": boot})
         atomic_write(cached, lambda tmp: Path(tmp).write_text(text))
     skipped += list(result_skipped)
     by_image: dict[str, dict[int, list[dict]]] = {}
@@ -468,7 +473,18 @@ def _compare(gt_hash: str, files: tuple[tuple[str, str, int], ...], fppi: float,
             grouped[det["image_id"]].append(det)
         by_image[label] = dict(grouped)
     return Evaluation(report, curves, result_setup, tuple(skipped), dets, {label: paths[label] for label in dets},
-                      by_image)
+                      by_image, boot)
+
+
+def _bootstrap(gt: dict, dets: dict) -> dict | None:
+    """Paired 95 % intervals of every model's MR⁻² and AP50 and of every difference (images resampled)."""
+    from hkd.eval.bootstrap import bootstrap_intervals
+
+    try:
+        return bootstrap_intervals(gt, dets, resamples=BOOTSTRAP["resamples"], seed=BOOTSTRAP["seed"]).to_dict()
+    except ValueError as exc:  # e.g. a set without pedestrians: the table keeps its plain numbers
+        log.warning("no bootstrap intervals: %s", exc)
+        return None
 
 
 def compare(prepared: Prepared, ready: list[PredictionState], *, fppi: float = 0.1,
@@ -750,6 +766,31 @@ def case_caption(record: dict, evaluation: Evaluation) -> str:
     b_part = (f"{b}: best {record['score_b']:.2f} (IoU {record['iou_b']:.2f}; its threshold {threshold:.2f})"
               if record["score_b"] > 0 else f"{b}: nothing (best IoU {record['iou_b']:.2f})")
     return f"{record['file_name']} · {a}: {record['score_a']:.2f} · {b_part} · {size}"
+
+
+def case_param(prepared: Prepared, record: dict) -> str:
+    """A case's URL query value: ``<dataset key>|<N>|<image file>|x1,y1,x2,y2``."""
+    box = ",".join(f"{v:.1f}" for v in record["box"])
+    return f"{prepared.key}|{prepared.limit or 0}|{record['file_name']}|{box}"
+
+
+def focus_from_param(text: str) -> dict | None:
+    """The focus (``open_case``'s contract) of a case URL value, or None for a value that names no
+    image of a known dataset (a stale or hand-edited link is ignored, not an error)."""
+    from app.services import datasets, images
+
+    try:
+        key, _limit, file_name, box = text.split("|")
+        coords = [float(v) for v in box.split(",")]
+        choice = {c.key: c for c in datasets.choices()}[key]
+        if len(coords) != 4 or not choice.exists:
+            return None
+        path = image_path(prepare(choice, None), file_name)
+        image_key = images.file_key(path)
+    except (ValueError, KeyError, OSError, EvaluationError, settings.PathNotAllowed):
+        return None
+    return {"image_key": image_key, "box": coords, "source": "evaluate",
+            "what": "a case from the Evaluate page's gallery (from its link)"}
 
 
 def open_case(prepared: Prepared, record: dict) -> dict:

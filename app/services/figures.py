@@ -75,29 +75,67 @@ def similarity_chart(rows: list[dict]) -> go.Figure:
     return figure
 
 
-# one colour per hierarchy group of the loss curves (Distill page)
-GROUP_COLORS = {"total": "#333333", "detection": "#7f7f7f", "Backbone": "#1f77b4", "FPN": "#2ca02c",
-                "RPN": "#9467bd", "ROI head": "#d62728", "aux heads": "#17becf", "teacher (online)": "#bcbd22"}
+# the loss curves' panels (Distill page), top to bottom: the total joins the detection losses
+LOSS_PANELS = {"total": "detection", "detection": "detection", "Backbone": "backbone", "FPN": "FPN", "RPN": "RPN",
+               "ROI head": "ROI head", "dense head": "dense head", "aux heads": "aux heads",
+               "teacher (online)": "teacher (online)"}
+LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+PANEL_PX, PANEL_GAP = 170, 0.04
 
 
-def loss_chart(groups: dict[str, dict[str, list]], evals: list[tuple[int, float]] | None = None) -> go.Figure:
-    """Every loss key over steps, grouped (legend groups, one colour family) by hierarchy:
-    ``groups`` is ``{group: {key: [steps, values]}}`` (``app.services.finetune.loss_series``);
-    the periodic validation MR⁻² goes on a second y axis."""
-    figure = go.Figure()
+def _curve_name(key: str) -> str:
+    """A loss key without what its panel already says: ``kd/neck.p3/mse`` → ``neck.p3 · mse``."""
+    if key == "loss":
+        return "total"
+    head, _, rest = key.partition("/")
+    return rest.replace("/", " · ") if head in ("det", "kd", "aux") else rest
+
+
+def loss_chart(groups: dict[str, dict[str, list]]) -> go.Figure:
+    """One small panel per hierarchy (detection with the total, backbone, FPN, RPN, ROI, aux, teacher),
+    stacked on a shared step axis, each with its own legend beside it. ``groups`` is
+    ``{group: {key: [steps, values]}}`` (``app.services.finetune.loss_series``). A panel whose
+    losses span more than a decade is on a log scale."""
+    from plotly.subplots import make_subplots
+
+    panels: dict[str, dict[str, list]] = {}
     for group, series in groups.items():
-        color = GROUP_COLORS.get(group, "#8c564b")
-        for i, (key, (steps, values)) in enumerate(sorted(series.items())):
+        panels.setdefault(LOSS_PANELS.get(group, group), {}).update(series)
+    titles = list(panels)
+    figure = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, vertical_spacing=PANEL_GAP,
+                           subplot_titles=titles)
+    for row, title in enumerate(titles, start=1):
+        legend = "legend" if row == 1 else f"legend{row}"
+        values = []
+        for i, (key, (steps, ys)) in enumerate(sorted(panels[title].items(), key=lambda kv: kv[0] != "loss")):
+            values += ys
             figure.add_trace(go.Scatter(
-                x=steps, y=values, mode="lines+markers" if len(steps) < 3 else "lines", name=key,
-                legendgroup=group, legendgrouptitle_text=group, line=dict(color=color, width=2 if i == 0 else 1,
-                                                                           dash=("solid", "dot", "dash", "dashdot")[i % 4])))
-    if evals:
-        figure.add_trace(go.Scatter(x=[s for s, _ in evals], y=[v for _, v in evals], name="val MR⁻² Reasonable (%)",
-                                    mode="lines+markers", yaxis="y2", legendgroup="validation",
-                                    legendgrouptitle_text="validation", marker=dict(size=9, symbol="diamond"),
-                                    line=dict(color="#ff7f0e")))
-    figure.update_layout(height=460, margin=dict(t=30, b=40), xaxis_title="step", yaxis=dict(title="loss", type="log"),
-                         yaxis2=dict(title="MR⁻² (%)", overlaying="y", side="right", showgrid=False),
-                         legend=dict(groupclick="toggleitem", font=dict(size=10)))
+                x=steps, y=ys, name=_curve_name(key), legend=legend, mode="lines+markers" if len(steps) < 3 else "lines",
+                line=dict(color="#333333" if key == "loss" else LINE_COLORS[i % len(LINE_COLORS)],
+                          width=2.5 if key == "loss" else 1.5)), row=row, col=1)
+        positive = [v for v in values if v > 0]
+        log = len(positive) == len(values) and positive and max(positive) > 10 * min(positive)
+        # ticks at 1, 2, 5 × 10ⁿ over a few decades; one per decade (10⁻⁶, 10⁻⁵, …) over more
+        dtick = ("D2" if math.log10(max(positive) / min(positive)) <= 3 else 1) if log else None
+        figure.update_yaxes(type="log" if log else "linear", dtick=dtick, exponentformat="power", row=row, col=1)
+        domain = figure.get_subplot(row, 1).yaxis.domain
+        figure.update_layout({legend: dict(y=domain[1], yanchor="top", x=1.01, xanchor="left", font=dict(size=10),
+                                           tracegroupgap=2)})
+    figure.update_xaxes(title_text="step", row=len(titles), col=1)
+    figure.update_layout(height=PANEL_PX * len(titles) + 80, margin=dict(t=30, b=40, r=10))
+    return figure
+
+
+def validation_chart(evals: list[tuple[int, float]]) -> go.Figure:
+    """The periodic validation's MR⁻² Reasonable (%) over steps, on its own axis (lower is better)."""
+    steps, values = [s for s, _ in evals], [v for _, v in evals]
+    figure = go.Figure(go.Scatter(x=steps, y=values, mode="lines+markers+text", text=[f"{v:.2f}" for v in values],
+                                  textposition="top center", marker=dict(size=9, symbol="diamond", color="#ff7f0e"),
+                                  line=dict(color="#ff7f0e"), name="MR⁻² Reasonable"))
+    low, high = min(values), max(values)
+    pad = max(1.0, 0.15 * (high - low))
+    figure.update_layout(title=dict(text="Validation MR⁻² Reasonable (%) — lower is better", x=0, xanchor="left"),
+                         height=280, margin=dict(t=50, b=40), showlegend=False,
+                         xaxis=dict(title="step", tickformat="d"),
+                         yaxis=dict(title="MR⁻² (%)", tickformat=".1f", range=[max(0.0, low - pad), high + pad]))
     return figure

@@ -117,6 +117,12 @@ def _registered(name: str | None):
         return None
 
 
+def family_of(preset: dict) -> str | None:
+    """The detector family (``two_stage``, ``single_stage``) the preset trains; None if it names none."""
+    detector = _registered((preset.get("model") or {}).get("preset"))
+    return detector.family if detector else None
+
+
 def hierarchies_of(preset: dict) -> dict[str, str]:
     """{hierarchy: title} of the detector the preset trains (``model.preset``), in :data:`HIERARCHIES`
     order: backbone, FPN, RPN, ROI head for a two-stage detector; backbone, FPN, dense head for a
@@ -132,28 +138,57 @@ def pair_defaults(preset: dict, entries: list, pair: dict[str, str | None]) -> d
     """The teacher and student the form starts with, by role (paths of ``entries``,
     :class:`app.services.models.CheckpointEntry`).
 
-    ``pair`` (the Models page's choice) is kept where a checkpoint is of the preset's detector family
-    (two-stage or single-stage, from the preset's ``model.preset``); otherwise the first listed
-    checkpoint of that family and role, the file the preset itself names (``teacher:``,
-    ``model.init``) first. So a single-stage preset starts from the single-stage checkpoints while
-    the Models page shows the two-stage pair, and the reverse."""
+    The file the preset itself names (``teacher:``, ``model.init``; matched by file name, so the
+    quick demo starts from the no-KD student its config and README name) wins where it is listed.
+    Otherwise ``pair`` (the Models page's choice) is kept where a checkpoint is of the preset's
+    detector family (two-stage or single-stage, from the preset's ``model.preset``), else the first
+    listed checkpoint of that family and role. So a single-stage preset starts from the single-stage
+    checkpoints while the Models page shows the two-stage pair, and the reverse."""
     def family(name: str | None) -> str | None:
         detector = _registered(name)
         return detector.family if detector else None
 
-    wanted = family((preset.get("model") or {}).get("preset"))
+    wanted = family_of(preset)
     by_path = {e.path: e for e in entries}
     named = {"teacher": preset.get("teacher"), "student": (preset.get("model") or {}).get("init")}
     out = {}
     for role, path in pair.items():
-        if wanted is None or (path in by_path and family(by_path[path].preset) == wanted):
+        fits = [e for e in entries if wanted is None or family(e.preset) == wanted]
+        own = [e for e in fits if named.get(role) and e.source != "job" and Path(e.path).name == Path(named[role]).name]
+        if own:
+            out[role] = own[0].path
+        elif wanted is None or (path in by_path and family(by_path[path].preset) == wanted):
             out[role] = path
-            continue
-        fits = [e for e in entries if family(e.preset) == wanted]
-        fits.sort(key=lambda e: (e.role != role, Path(e.path).name != Path(named.get(role) or "").name,
-                                 Path(e.path).name))
-        out[role] = fits[0].path if fits else path
+        else:
+            fits.sort(key=lambda e: (e.role != role, Path(e.path).name))
+            out[role] = fits[0].path if fits else path
     return out
+
+
+def start_note(preset: dict, init: str | None) -> str:
+    """A line saying which weights the fine-tune starts from and what the preset itself names."""
+    from app.services import models
+
+    named = (preset.get("model") or {}).get("init")
+    what = f"`{models.display_name(init)}`" if init else "ImageNet backbones"
+    if named and init and Path(init).name == Path(named).name:
+        return f"Starts from {what}, as the config says (`model.init`)."
+    if named:
+        return f"Starts from {what}; the config itself starts from `{Path(named).name}`."
+    return f"Starts from {what}."
+
+
+def parent_of(job: Job) -> str:
+    """What a train/distill job's student started from: a checkpoint's name (a fine-tune's after its
+    job), ``ImageNet backbones``, or ``—`` where its config cannot be read."""
+    from app.services import models
+
+    try:
+        config = Path(job.command[job.command.index("--config") + 1])
+        init = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("init")
+    except (ValueError, IndexError, OSError, yaml.YAMLError, AttributeError):
+        return "—"
+    return models.display_name(init) if init else "ImageNet backbones"
 
 
 def trust_of(terms: list["Term"]) -> tuple[str, float]:

@@ -87,13 +87,14 @@ def _image_file(path: str | Path) -> Path:
 
 def choices() -> dict[str, str]:
     """Image key → label: the current ``file:`` image (only while it is the current one), uploads
-    (newest first), then samples."""
+    (newest first), then samples. Labels are plain text: an emoji is an empty box where no emoji
+    font is installed."""
     out = {}
     current = st.session_state.get("image_key")
     if isinstance(current, str) and current.startswith(FILE_PREFIX):
-        out[current] = f"📄 {Path(current[len(FILE_PREFIX):]).name}"
+        out[current] = f"{Path(current[len(FILE_PREFIX):]).name} (dataset image)"
     uploads = st.session_state.get("uploaded_images", {})
-    out.update({key: f"⬆ {item['name']}" for key, item in reversed(list(uploads.items()))})
+    out.update({key: f"{item['name']} (uploaded)" for key, item in reversed(list(uploads.items()))})
     for key, path in sample_paths().items():
         kind = "SynthPed" if key.startswith("sample:synthped/") else "real"
         out[key] = f"{path.name} ({kind} sample)"
@@ -191,10 +192,11 @@ class Focus:
 
     box: tuple[float, float, float, float]
     source: str
+    what: str = ""  # what the case is, in words (e.g. "teacher finds, student misses — student: lost at rpn")
 
     @property
     def label(self) -> str:
-        return f"box from {self.source.title()}"
+        return f"box from {self.source.title()}" + (f" ({self.what})" if self.what else "")
 
     def describe(self) -> str:
         return f"{self.label} · {', '.join(f'{v:.0f}' for v in self.box)}"
@@ -222,7 +224,13 @@ def focus_for(picture: Picture) -> Focus | None:
     if box.size != 4 or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
         raise ValueError(f"the focus box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1, got {focus['box']!r}")
     box = box * picture.loaded.scale
-    return Focus(tuple(float(v) for v in box), str(focus.get("source") or "another page"))
+    return Focus(tuple(float(v) for v in box), str(focus.get("source") or "another page"), str(focus.get("what") or ""))
+
+
+def focus_pending(page: str) -> bool:
+    """True while ``page`` has not yet seen the current focus (:func:`take_focus` will return True)."""
+    focus = st.session_state.get("focus")
+    return bool(focus) and st.session_state.get(f"{page}_focus_applied") != focus
 
 
 def take_focus(page: str) -> bool:

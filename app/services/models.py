@@ -181,8 +181,36 @@ def job_checkpoints() -> list[CheckpointEntry]:
     for job, path in finetune.finished_checkpoints():
         entry = describe_file(path, "job")
         out.append(CheckpointEntry(entry.path, "job", entry.preset, entry.role, entry.needs_preset, entry.error,
-                                   job=f"{job.name} ({job.id})"))
+                                   job=job_label(job)))
     return out
+
+
+def job_label(job) -> str:
+    """``<name> (<id>)``: how a fine-tune job names its checkpoint (``job <name> (<id>)`` in the pickers)."""
+    return f"{job.name} ({job.id})"
+
+
+def display_name(path: str | None) -> str:
+    """How the app names a checkpoint: a fine-tune's after its job (``job <name> (<id>)``, as the
+    pickers list it), any other by its file name; ``none`` for no path."""
+    from app.services import finetune
+
+    if not path:
+        return "none"
+    job = finetune.job_for_checkpoint(path)
+    return f"job {job_label(job)}" if job is not None else Path(path).name
+
+
+def short_name(name: str, limit: int = 24) -> str:
+    """A checkpoint name for a narrow heading: without its file suffix, and cut in the middle (…) past
+    ``limit`` characters; the pages give the full name on hover."""
+    stem = next((name[:-len(s)] for s in SUFFIXES if name.lower().endswith(s)), name)
+    return stem if len(stem) <= limit else f"{stem[:limit - 9]}…{stem[-8:]}"
+
+
+def ref_name(role: str) -> str:
+    """:func:`display_name` of the session's choice for ``role``."""
+    return display_name((current_ref(role) or {}).get("path"))
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -199,6 +227,25 @@ def save_upload(name: str, data: bytes) -> Path:
     if str(path) not in uploads:
         uploads.append(str(path))
     return path
+
+
+def family_of(entry: CheckpointEntry) -> str | None:
+    """``two_stage`` or ``single_stage`` from the entry's preset; None for foreign weights."""
+    return get_preset(entry.preset).family if entry.preset else None
+
+
+def for_role(entries: list[CheckpointEntry], role: str, family: str | None = None,
+             keep: str | None = None) -> tuple[list[CheckpointEntry], int]:
+    """The entries a ``role`` picker lists first, and how many others it hides until the user asks:
+    checkpoints of that role (and detector ``family``, when given), this session's uploads and
+    foreign weights (whose role is not known yet), and ``keep`` (the current choice) whatever it is."""
+    def fits(e: CheckpointEntry) -> bool:
+        if e.path == keep or e.source == "upload" or e.needs_preset:
+            return True
+        return e.role == role and (family is None or family_of(e) == family)
+
+    listed = [e for e in entries if fits(e)]
+    return listed, len(entries) - len(listed)
 
 
 def default_ref(role: str, entries: list[CheckpointEntry]) -> dict | None:

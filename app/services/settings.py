@@ -7,6 +7,8 @@
 * ``HKD_JOBS_DIR`` — the background jobs' queue (default ``runs/jobs``; ``hkd jobs`` reads the same).
 * ``HKD_CACHE_DIR`` — on-disk cache of dataset predictions and evaluations (default ``runs/cache``).
 * ``HKD_SYNTHPED_DIR`` — where the SynthPed splits live or are generated (default ``data/synthped``).
+* ``HKD_SYNTHPED_SIZES`` — images per generated SynthPed split, e.g. ``train_small=8,val=10``
+  (default: the sizes of docs/BENCHMARKS.md; smaller ones are for tests and quick looks).
 
 Relative paths are taken from the repository root, so the app behaves the same
 whatever folder it was started from. Every path a user can name is confined to
@@ -55,6 +57,18 @@ def cache_dir() -> Path:
 
 def synthped_dir() -> Path:
     return _from_env("HKD_SYNTHPED_DIR", "data/synthped")
+
+
+def synthped_sizes() -> dict[str, int]:
+    """``HKD_SYNTHPED_SIZES`` as {split: images}; {} when unset."""
+    out = {}
+    for part in (os.environ.get("HKD_SYNTHPED_SIZES") or "").split(","):
+        if part.strip():
+            name, _, num = part.partition("=")
+            if not num.strip().isdigit() or int(num) < 1:
+                raise ValueError(f"HKD_SYNTHPED_SIZES: {part.strip()!r} is not split=images (e.g. val=10)")
+            out[name.strip()] = int(num)
+    return out
 
 
 def max_image_side() -> int:

@@ -5,7 +5,8 @@ The computation behind ``hkd diagnose`` and the app's diagnosis view. One
 stage handed on; :func:`diagnose` then looks at each ground-truth pedestrian of
 the setup at the model's operating point (as ``hkd compare``: the lowest score
 whose FPPI on the setup is at most 0.1, unless a score is given) and names
-the stage where it was lost.
+the stage where it was lost. The operating point is fixed on Reasonable, as
+in ``hkd compare``, whichever setup chooses the cases.
 
 **Stages, two-stage detector** (checked in this order for a missed pedestrian):
 
@@ -50,7 +51,7 @@ import numpy as np
 
 from hkd.analysis.stages import SINGLE_STAGE, TWO_STAGE, StagedOutput
 from hkd.eval.compare import HEIGHT_BINS, VISIBILITY_BINS, operating_point
-from hkd.eval.matching import DET_TP, box_overlaps, get_setup, match_image_arrays
+from hkd.eval.matching import DET_TP, Setup, box_overlaps, get_setup, match_image_arrays
 from hkd.eval.mr import PEDESTRIAN_CATEGORY, evaluate_mr, parse_detections, parse_ground_truth
 
 FOUND = "found"
@@ -63,6 +64,9 @@ TWO_STAGE_STAGES = (RPN, ROI_SCORE, NMS, LOCALIZATION)
 SINGLE_STAGE_STAGES = (DENSE_HEAD, NMS, LOCALIZATION)
 MATCH_IOU = 0.5  # the protocol's match criterion
 NEAR_IOU = 0.3  # a box this close (and closest to this pedestrian) counts as a localization error
+ANALYSIS = "Analysis"
+# every non-ignored pedestrian from the lowest height bin up, at any visibility (hkd compare's breakdown)
+ANALYSIS_SETUP = Setup(ANALYSIS, (float(HEIGHT_BINS[0][0]), math.inf), (0.0, math.inf))
 
 
 class DiagnosisInputError(ValueError):
@@ -122,7 +126,8 @@ def diagnose(
     *,
     score: float | None = None,
     fppi: float = 0.1,
-    setup: str = "Reasonable",
+    setup: str | Setup = "Reasonable",
+    point_setup: str = "Reasonable",
 ) -> dict:
     """Stage of every pedestrian of ``setup`` for each model, a summary, and the pairs' extra misses.
 
@@ -131,13 +136,17 @@ def diagnose(
         runs: ``{model name: stage records of every GT image}`` (:func:`stages_over_dataset`).
         score: one operating score for every model; None: each model's score at FPPI ``fppi``.
         fppi: false positives per image that fix the operating point.
-        setup: ``Reasonable``, ``Small``, ``Heavy`` or ``All``: which pedestrians are cases.
+        setup: ``Reasonable``, ``Small``, ``Heavy``, ``All`` or :data:`ANALYSIS` (every
+            non-ignored pedestrian >= 20 px at any visibility: those ``hkd compare``'s breakdown
+            and disagreements count), or a :class:`~hkd.eval.matching.Setup`: which pedestrians are cases.
+        point_setup: the setup whose FPPI fixes the operating point (Reasonable, as ``hkd compare``).
 
     Returns:
         ``{"setup", "operating_point": {name: …}, "cases": {name: [case…]},
         "summary": {name: …}, "pairs": [...]}`` (``pairs`` is empty for one model), JSON-able.
     """
-    spec = get_setup(setup)
+    spec = ANALYSIS_SETUP if setup == ANALYSIS else get_setup(setup)
+    point = get_setup(point_setup)
     if not runs:
         raise ValueError("runs must name at least one model")
     try:
@@ -156,8 +165,8 @@ def diagnose(
             raise DiagnosisInputError(f"{name}: stage records of image id {unknown[0]} which the ground truth "
                                       f"does not list ({len(unknown)} such images): records of other images?")
         dets = detections_of(records)
-        curve = evaluate_mr(truth, parse_detections(dets, truth), [spec]).setups[spec.name].curve
-        op = operating_point(curve, score, fppi, spec.name)
+        curve = evaluate_mr(truth, parse_detections(dets, truth), [point]).setups[point.name].curve
+        op = operating_point(curve, score, fppi, point.name)
         family = records[0].stages.family if records else TWO_STAGE
         cases = []
         for image_id in truth.image_ids:

@@ -37,13 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     point.add_argument("--score", type=float, default=None, help="one operating score for every model")
     point.add_argument("--fppi", type=float, default=0.1,
                        help="false positives per image that fix each model's operating score (default 0.1)")
-    p.add_argument("--setup", choices=SETUP_NAMES, default="Reasonable",
-                   help="which pedestrians are cases, and the setup of the operating point (default Reasonable)")
+    p.add_argument("--setup", choices=[*SETUP_NAMES, "Analysis"], default="Reasonable",
+                   help="which pedestrians are cases (default Reasonable; Analysis: every non-ignored pedestrian "
+                        ">= 20 px at any visibility, as hkd compare's breakdown); the operating point is always "
+                        "taken on Reasonable, as hkd compare does")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the ground truth's first N images")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the diagnosis as one JSON object")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="also write diagnosis.json and cases.csv here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--status", type=Path, metavar="JSON",
+                   help="also write progress to this status file (state, step, total), as background jobs read it")
     p.set_defaults(func=run)
     return p
 
@@ -66,11 +70,8 @@ def checkpoint_names(specs: list[str]) -> dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from hkd.analysis.diagnose import DiagnosisInputError, describe, diagnose, stages_over_dataset
-    from hkd.data.images import ImageError
-    from hkd.models.checkpoint import CheckpointError, load_checkpoint
+    from hkd.analysis.diagnose import DiagnosisInputError, describe, diagnose
 
     models = checkpoint_names(args.checkpoint)
     if args.limit is not None and args.limit <= 0:
@@ -91,31 +92,21 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loader = image_loader(args.images)
-    runs = {}
-    for name, path in models.items():
-        try:
-            loaded = load_checkpoint(path, inference=True)
-        except CheckpointError as exc:
-            raise CLIError(str(exc)) from None
-        if [c.lower() for c in loaded.meta.classes[1:2]] not in (["pedestrian"], ["person"]):
-            raise CLIError(f"--checkpoint {path}: its class 1 is {loaded.meta.classes[1:2]}, not a pedestrian; "
-                           "diagnosis reads class 1 as the pedestrian")
-        bar = tqdm(total=len(gt["images"]), desc=f"diagnose {name}", unit="img",
-                   disable=args.no_progress or not sys.stderr.isatty())
-        try:
-            runs[name] = stages_over_dataset(loaded.model, gt, loader, progress=lambda done, total: bar.update(1))
-        except (ImageError, FileNotFoundError) as exc:
-            raise CLIError(str(exc)) from None
-        except TypeError as exc:
-            raise CLIError(f"--checkpoint {path}: {exc}") from None
-        finally:
-            bar.close()
+    total = len(gt["images"]) * len(models)
+    report = _status_writer(args.status, total)
     try:
+        runs = _stage_runs(models, gt, loader, args, report)
         result = diagnose(gt, runs, score=args.score, fppi=args.fppi, setup=args.setup)
     except DiagnosisInputError as exc:
+        report("failed", total, f"--gt {args.gt}: {exc}")
         raise CLIError(f"--gt {args.gt}: {exc}") from None
+    except CLIError as exc:
+        report("failed", 0, str(exc))
+        raise
     if args.out is not None:
         write_outputs(result, args.out)
+    summary = "; ".join(f"{name}: {s['missed']} of {s['cases']} missed" for name, s in result["summary"].items())
+    report("succeeded", total, summary)
     if args.json:
         json.dump(result, sys.stdout)
         print()
@@ -124,6 +115,59 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"wrote {args.out / 'diagnosis.json'} and {args.out / 'cases.csv'}")
     return 0
+
+
+def _status_writer(path: Path | None, total: int):
+    """``report(state, step, message)``: progress for a background job's status file (a no-op without one)."""
+    from hkd.train.run_folder import write_status
+
+    def report(state: str, step: int, message: str = "") -> None:
+        if path is not None:
+            outputs = {} if state != "succeeded" else {"diagnosis": "diagnosis.json"}
+            write_status(path, state, step=step, total=total, message=message, **({"outputs": outputs} if outputs else {}))
+
+    report("running", 0)
+    return report
+
+
+def _stage_runs(models: dict, gt: dict, loader, args, report) -> dict:
+    """The staged pass of every checkpoint over the images; CLIError naming the checkpoint or image at fault."""
+    import time
+
+    from tqdm import tqdm
+
+    from hkd.analysis.diagnose import stages_over_dataset
+    from hkd.data.images import ImageError
+    from hkd.models.checkpoint import CheckpointError, load_checkpoint
+
+    runs, done, last = {}, 0, [0.0]
+    for name, path in models.items():
+        try:
+            loaded = load_checkpoint(path, inference=True)
+        except CheckpointError as exc:
+            raise CLIError(str(exc)) from None
+        if not loaded.meta.pedestrian_class:
+            raise CLIError(f"--checkpoint {path}: its classes are {', '.join(loaded.meta.classes)}; class 1 is "
+                           "not a pedestrian, and diagnosis reads class 1 as the pedestrian")
+        bar = tqdm(total=len(gt["images"]), desc=f"diagnose {name}", unit="img",
+                   disable=args.no_progress or not sys.stderr.isatty())
+
+        def progress(n: int, total: int, offset: int = done) -> None:
+            bar.update(1)
+            if time.monotonic() - last[0] >= 1.0:
+                report("running", offset + n, f"{name}: {n} of {total} images")
+                last[0] = time.monotonic()
+
+        try:
+            runs[name] = stages_over_dataset(loaded.model, gt, loader, progress=progress)
+        except (ImageError, FileNotFoundError) as exc:
+            raise CLIError(str(exc)) from None
+        except TypeError as exc:
+            raise CLIError(f"--checkpoint {path}: {exc}") from None
+        finally:
+            bar.close()
+        done += len(gt["images"])
+    return runs
 
 
 def image_loader(root: Path):

@@ -90,7 +90,7 @@ def latency(
     model: nn.Module, width: int = 640, height: int = 480, *, device: torch.device | str = "cpu",
     threads: int | None = 2, warmup: int = 2, runs: int = 7,
 ) -> dict[str, float]:
-    """Median / min wall time (seconds) of one eval forward on ``device``.
+    """Median / min / max wall time (seconds) of one eval forward on ``device``.
 
     The model and the image are moved to ``device`` (the model is moved back
     afterwards); on a GPU every run ends with ``torch.cuda.synchronize`` so the
@@ -125,7 +125,7 @@ def latency(
         model.train(was_training)
         if device != home:
             model.to(home)
-    return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs,
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": runs,
             "threads": threads or torch.get_num_threads(), "device": str(device)}
 
 

@@ -12,15 +12,21 @@ same jobs::
         <id>/output.txt           the job's stdout and stderr
         <id>/exit.json            written by the supervisor when the command exits
         <id>/heartbeat            touched by the supervisor every few seconds
+        <id>/command.json         pid of the command the supervisor started (its training, …)
         <id>/run/                 the run folder of a train/distill job submitted without --out
         <id>/status.json          progress of predict/synth jobs (train/distill: RUN/status.json)
 
 A job's state (``queued``, ``running``, ``succeeded``, ``failed``,
 ``cancelled``) is derived, never trusted from a file alone: a launched job is
-``running`` only while its recorded process is alive (same pid *and* start
-time, on the same boot), so a job killed with SIGKILL, by the OOM killer or by
-a reboot shows ``failed`` with its log tail instead of ``running`` forever.
-Once a job has ended its final state is frozen into ``job.json``.
+``running`` only while its supervisor or the command it started is alive (same
+pid *and* start time, on the same boot), so a job killed with SIGKILL, by the
+OOM killer or by a reboot shows ``failed`` with its log tail instead of
+``running`` forever. The command dies with its supervisor (Linux's parent-death
+signal: SIGTERM, so a run saves its last checkpoint and says why it stopped);
+until it has, the job stays ``running`` and cancellable and holds its slot.
+Once a job has ended its final state, the run's own, is frozen into ``job.json``.
+A job whose ``job.json`` or ended status cannot be read is ``corrupt`` (the
+message says why): it never starts, blocks nothing, and ``delete`` removes it.
 
 At most ``HKD_MAX_JOBS`` (default 1) run at once; the rest wait in order and
 start as slots free. There is no daemon: :meth:`JobQueue.advance` starts what
@@ -35,6 +41,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,19 +51,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from hkd.configfile import quote
 from hkd.models.meta import atomic_write
-from hkd.train.run_folder import STATES, RunFolder, read_status
+from hkd.train.run_folder import STATES, RunFolder, RunFolderError, read_status_checked
 
-KINDS = ("train", "distill", "predict", "synth")
+KINDS = ("train", "distill", "predict", "synth", "diagnose")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 HEARTBEAT_S = 5.0
 # a supervisor whose heartbeat is older than this is dead even if its pid cannot be checked
 HEARTBEAT_DEAD_S = 60.0
 LOG_NAME = "output.txt"
+COMMAND_NAME = "command.json"  # {pid, start_ticks, boot_id} of the job's command, written by its supervisor
 
 
 class JobError(ValueError):
     """A job cannot be submitted, found or changed; the message says why."""
+
+
+class CorruptJobError(JobError):
+    """A job whose record (job.json) cannot be read; listed as ``corrupt`` with the reason."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id}: {reason}")
+        self.job_id, self.reason = job_id, reason
 
 
 def jobs_dir() -> Path:
@@ -203,19 +220,40 @@ class JobQueue:
     def _read(self, job_id: str) -> dict:
         path = self._record_path(job_id)
         try:
-            return json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise JobError(f"no job {job_id!r} in {self.root} (`hkd jobs list` shows the jobs)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CorruptJobError(job_id, f"job.json unreadable ({exc})") from None
+        try:
+            record = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise JobError(f"{path}: not a job record ({exc})") from None
+            raise CorruptJobError(job_id, f"job.json is not valid JSON ({exc.msg} at character {exc.pos}; "
+                                          "truncated?)") from None
+        problem = _record_problem(record, job_id)
+        if problem:
+            raise CorruptJobError(job_id, f"job.json {problem}")
+        return record
 
     def _write(self, record: dict) -> None:
         text = json.dumps(record, indent=2)
         atomic_write(self._record_path(record["id"]), lambda tmp: Path(tmp).write_text(text))
 
+    def _check_root(self) -> None:
+        for path in (self.root, *self.root.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise JobError(f"jobs folder {self.root}: {path} is a file, not a folder; point HKD_JOBS_DIR "
+                                   "(or --jobs-dir) at a folder")
+                return
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_root()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JobError(f"jobs folder {self.root}: cannot create it ({exc.strerror or exc})") from None
         with open(self.root / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -241,7 +279,6 @@ class JobQueue:
             raise JobError(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
         job_id = job_id or new_job_id()
         folder = self.folder(job_id)
-        folder.mkdir(parents=True, exist_ok=False)
         now = time.time()
         record = {
             "id": job_id, "kind": kind, "name": name or job_id, "created": now,
@@ -252,9 +289,31 @@ class JobQueue:
             "threads": int(threads or default_threads()), "summary": summary or {}, "outputs": outputs or {},
             "launch": None, "cancel_requested": False, "final": None, "attempts": [],
         }
-        self._write(record)
+        with self._locked():  # the check and the new record together: two submits cannot both pass it
+            if run:
+                self._check_run_folder_free(Path(record["run"]))
+            try:
+                folder.mkdir(parents=True, exist_ok=False)
+                self._write(record)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(folder)
+                raise JobError(f"jobs folder {self.root}: cannot record the job ({exc.strerror or exc})") from None
         self.advance()
         return self.get(job_id)
+
+    def _check_run_folder_free(self, run: Path) -> None:
+        """Refuse a run folder that a queued or running job already writes (called under the lock)."""
+        for other in self.ids():
+            try:
+                record = self._read(other)
+            except JobError:
+                continue
+            if record["kind"] in ("train", "distill") and Path(record["run"]) == run:
+                job = self._job(record)
+                if job.active:
+                    raise JobError(f"{run} is the run folder of job {other} ({job.state}); wait for it, cancel "
+                                   "it, or choose another --out")
 
     def submit_run(self, kind: str, config: str | os.PathLike, *, out: str | os.PathLike | None = None,
                    overrides: list[str] | None = None, resume: bool = False, name: str | None = None,
@@ -293,12 +352,17 @@ class JobQueue:
             meta = foreign_meta(checkpoint, preset) if preset else read_meta(checkpoint)
         except CheckpointError as exc:
             raise JobError(str(exc)) from None
-        if len(meta.classes) < 2 or meta.classes[1] not in ("pedestrian", "person"):
+        if not meta.pedestrian_class:
             # hkd predict keeps label 1, the pedestrian of every HKD preset
             raise JobError(f"{checkpoint}: its class 1 is {meta.classes[1] if len(meta.classes) > 1 else 'missing'} "
                            f"(classes: {', '.join(meta.classes)}), not a pedestrian")
         if not images.is_dir():
             raise JobError(f"images {images}: not a folder")
+        inputs = {checkpoint: "checkpoint", images: "images folder"}
+        if gt is not None:
+            inputs[Path(gt).expanduser().resolve()] = "GT file"
+        if out in inputs:
+            raise JobError(f"out {out} is the {inputs[out]} of this job; writing it would destroy that input")
         if gt is not None and not Path(gt).is_file():
             raise JobError(f"GT {gt}: no such file")
         if limit is not None and limit <= 0:
@@ -318,12 +382,50 @@ class JobQueue:
         return self.submit("predict", args, name=name or f"predict {checkpoint.stem}", threads=threads,
                            summary=summary, outputs={"dets": str(out)}, status_path=status, job_id=job_id)
 
+    def submit_diagnose(self, *, checkpoint: str | os.PathLike, images: str | os.PathLike, gt: str | os.PathLike,
+                        out: str | os.PathLike, name_in_report: str = "model", limit: int | None = None,
+                        fppi: float = 0.1, setup: str = "Analysis", threads: int | None = None,
+                        name: str | None = None) -> Job:
+        """Queue ``hkd diagnose`` (``diagnosis.json`` and ``cases.csv`` in the folder ``out``), checked first:
+        the checkpoint's header, the images folder, the GT file."""
+        from hkd.models.meta import CheckpointError, read_meta
+
+        checkpoint, images, gt, out = (Path(p).expanduser().resolve() for p in (checkpoint, images, gt, out))
+        try:
+            meta = read_meta(checkpoint)
+        except CheckpointError as exc:
+            raise JobError(str(exc)) from None
+        if not meta.pedestrian_class:
+            raise JobError(f"{checkpoint}: its classes are {', '.join(meta.classes)}; class 1 is not a pedestrian")
+        if not images.is_dir():
+            raise JobError(f"images {images}: not a folder")
+        if not gt.is_file():
+            raise JobError(f"GT {gt}: no such file")
+        if out in (checkpoint, images, gt):
+            raise JobError(f"out {out} is an input of this job; writing it would destroy that input")
+        if limit is not None and limit <= 0:
+            raise JobError(f"limit must be a positive number of images, got {limit}")
+        threads = int(threads or default_threads())
+        job_id = new_job_id()
+        status = self.folder(job_id) / "status.json"
+        args = ["--checkpoint", f"{name_in_report}={checkpoint}", "--images", str(images), "--gt", str(gt),
+                "--out", str(out), "--fppi", str(fppi), "--setup", setup, "--threads", str(threads),
+                "--no-progress", "--status", str(status)]
+        if limit:
+            args += ["--limit", str(limit)]
+        summary = {"checkpoint": checkpoint.name, "images": str(images), "limit": limit, "fppi": fppi}
+        return self.submit("diagnose", args, name=name or f"diagnose {checkpoint.stem}", threads=threads,
+                           summary=summary, outputs={"diagnosis": str(out / "diagnosis.json")}, status_path=status,
+                           job_id=job_id)
+
     def submit_synth(self, *, out: str | os.PathLike, num: int, seed: int, threads: int | None = None,
                      name: str | None = None) -> Job:
         """Queue ``hkd synth --out OUT --num N --seed S`` (a SynthPed split generated in the background)."""
+        from hkd.data.synth.dataset import MAX_IMAGES
+
         out = Path(out).expanduser().resolve()
-        if num <= 0:
-            raise JobError(f"num must be a positive number of images, got {num}")
+        if not 0 < num <= MAX_IMAGES:
+            raise JobError(f"num must be a number of images from 1 to {MAX_IMAGES:,}, got {str(num)[:40]}")
         if out.exists() and any(out.iterdir()):
             raise JobError(f"{out} is not empty; SynthPed is generated only into a new folder")
         workers = int(threads or default_threads())
@@ -358,8 +460,12 @@ class JobQueue:
 
     # -- reading -----------------------------------------------------------
     def get(self, job_id: str) -> Job:
+        """The job now; one whose record cannot be read is ``corrupt``, with the reason as message."""
         _reap()
-        record = self._read(job_id)
+        try:
+            record = self._read(job_id)
+        except CorruptJobError as exc:
+            return self._corrupt(job_id, exc.reason)
         if record.get("launch") and not record.get("final"):
             job = self._job(record)
             if job.finished:  # freeze it (under the lock, once)
@@ -383,17 +489,36 @@ class JobQueue:
                 continue  # a folder being deleted right now
         return jobs
 
+    def _corrupt(self, job_id: str, reason: str, record: dict | None = None) -> Job:
+        """A job shown as ``corrupt``: what its record still says (if it could be read), and why."""
+        folder = self.folder(job_id)
+        try:
+            when = (folder / "job.json").stat().st_mtime
+        except OSError:
+            when = 0.0
+        record = record or {}
+        return Job(id=job_id, kind=record.get("kind", "?"), name=record.get("name") or job_id, state="corrupt",
+                   command=record.get("command", []), run=record.get("run", str(folder)),
+                   created=record.get("created", when), updated=when, summary=record.get("summary") or {},
+                   message=f"{reason}; `hkd jobs delete {job_id} --yes` removes it", folder=str(folder))
+
     def metrics(self, job_id: str) -> list[dict]:
-        record = self._read(job_id)
+        try:
+            record = self._read(job_id)
+        except CorruptJobError:
+            return []
         if record["kind"] not in ("train", "distill"):
             return []
         return RunFolder(record["run"]).read_metrics()
 
     def log_tail(self, job_id: str, lines: int = 40) -> str:
         """The last ``lines`` lines of the job's output (and of the run's log.txt for train/distill)."""
-        record = self._read(job_id)
+        try:
+            logs = [self.folder(job_id) / LOG_NAME, Path(self._read(job_id)["run"]) / "log.txt"]
+        except CorruptJobError:
+            logs = [self.folder(job_id) / LOG_NAME]
         parts = []
-        for path in (self.folder(job_id) / LOG_NAME, Path(record["run"]) / "log.txt"):
+        for path in logs:
             if path.is_file() and path.resolve() not in [p for p, _ in parts]:
                 parts.append((path.resolve(), _tail(path, lines)))
         return "\n".join(text for _, text in parts if text).rstrip()
@@ -419,12 +544,17 @@ class JobQueue:
 
     def delete(self, job_id: str) -> None:
         """Remove a job that is not running: its folder, with the run folder when it lies inside."""
-        import shutil
-
         with self._locked():
-            job = self._job(self._read(job_id))
-            if job.state == "running":
-                raise JobError(f"job {job_id} is running; cancel it first")
+            try:
+                job = self._job(self._read(job_id))
+            except CorruptJobError:
+                # no record to tell its process by: a supervisor that still beats is still there
+                if _heartbeat_age(self.folder(job_id)) < HEARTBEAT_DEAD_S:
+                    raise JobError(f"job {job_id} has a damaged record but its supervisor is still alive; "
+                                   "wait a minute for it to end") from None
+            else:
+                if job.state == "running":
+                    raise JobError(f"job {job_id} is running; cancel it first")
             shutil.rmtree(self.folder(job_id))
 
     def advance(self) -> list[str]:
@@ -452,7 +582,7 @@ class JobQueue:
 
     def _launch(self, record: dict) -> None:
         folder = self.folder(record["id"])
-        for stale in ("exit.json", "heartbeat"):
+        for stale in ("exit.json", "heartbeat", COMMAND_NAME):
             (folder / stale).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(record["threads"])}
         with open(folder / LOG_NAME, "ab") as log:
@@ -480,12 +610,21 @@ class JobQueue:
             state = "cancelled" if record.get("cancel_requested") else "queued"
             message = "cancelled before it started" if state == "cancelled" else "waiting for a free slot"
             return Job(**base, updated=record.get("cancel_time", record["created"]), state=state, message=message)
-        status = read_status(record["status_path"])
+        status, problem = read_status_checked(record.get("status_path") or Path(record["run"]) / "status.json")
         exit_info = _read_json(folder / "exit.json")
         alive = process_alive(launch.get("pid"), launch.get("start_ticks"), launch.get("boot_id"))
         if alive is None:  # cannot tell from the pid: trust a fresh heartbeat
             alive = _heartbeat_age(folder) < HEARTBEAT_DEAD_S
         alive = alive and exit_info is None  # after exit.json the supervisor is only finishing up
+        if not alive and exit_info is None:
+            # the supervisor died without a word; its command runs on until the parent-death signal
+            # has stopped it (a run saves its checkpoint first): it is still this job's, and running
+            command = _read_json(folder / COMMAND_NAME) or {}
+            alive = process_alive(command.get("pid"), command.get("start_ticks"), command.get("boot_id")) is True
+        if problem and not alive:
+            return self._corrupt(record["id"], problem, record)
+        if problem:
+            status = {"message": f"progress unreadable: {problem}"}
         fields = dict(step=int(status.get("step") or 0), total=int(status.get("total") or 0),
                       eta_s=status.get("eta_s"), metrics=status.get("metrics"), pid=launch.get("pid"),
                       started=launch.get("started"),
@@ -540,6 +679,44 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+_RECORD_TYPES = {"id": str, "kind": str, "command": list, "run": str, "created": (int, float)}
+_OPTIONAL_TYPES = {"name": str, "cwd": str, "status_path": str, "threads": int, "summary": dict, "outputs": dict,
+                   "launch": dict, "final": dict, "attempts": list, "cancel_requested": bool}
+_FINAL_KEYS = {"state", "step", "total", "message", "metrics", "outputs", "pid", "returncode", "started", "ended",
+               "updated", "eta_s"}
+
+
+def _record_problem(record: Any, job_id: str) -> str | None:
+    """Why a parsed job.json cannot be a job record, or None."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not an object"
+    for key, kind in _RECORD_TYPES.items():
+        if key not in record:
+            return f"has no {key!r}"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"{key} is {quote(record[key])}"
+    for key, kind in _OPTIONAL_TYPES.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return f"{key} is {quote(record[key])}"
+    if record["id"] != job_id:
+        return f"names job {quote(record['id'])}, not {job_id}"
+    if record["kind"] not in KINDS:
+        return f"kind is {quote(record['kind'])}, not one of {', '.join(KINDS)}"
+    if not record["command"] or not all(isinstance(a, str) for a in record["command"]):
+        return "command is not a list of strings"
+    launch = record.get("launch")
+    if launch is not None and not isinstance(launch.get("pid"), int):
+        return f"launch.pid is {quote(launch.get('pid'))}"
+    final = record.get("final")
+    if final is not None:
+        if final.get("state") not in FINAL_STATES or set(final) - _FINAL_KEYS:
+            return f"final is {quote(final)}"
+        for key in ("step", "total"):
+            if not isinstance(final.get(key, 0), int):
+                return f"final.{key} is {quote(final[key])}"
+    return None
 
 
 def _heartbeat_age(folder: Path) -> float:
@@ -627,12 +804,11 @@ def check_run(kind: str, config: str | os.PathLike, overrides: list[str], out: s
     for what, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if path:
             _check_dataset(what, path)
-    run = RunFolder(out)
-    if resume:
-        if not run.checkpoint("last").is_file() or not run.state_path.is_file():
-            raise JobError(f"{out}: nothing to resume (no checkpoints/last.safetensors or train_state.pt)")
-    elif run.read_status().get("state") not in (None, "queued"):
-        raise JobError(f"{out} already holds a run; resume it or choose another run folder")
+    try:
+        RunFolder(out).check_not_written()
+        RunFolder(out).check_new(resume=resume)
+    except RunFolderError as exc:
+        raise JobError(str(exc)) from None
     return cfg
 
 
@@ -679,10 +855,10 @@ def run_summary(cfg) -> dict:
     levels = {}
     distill = cfg.distill
     if isinstance(distill, str):
-        import yaml
+        from hkd.configfile import ConfigFileError, read_config_file
 
-        with contextlib.suppress(OSError, yaml.YAMLError):
-            distill = (yaml.safe_load(Path(distill).read_text()) or {}).get("distill")
+        with contextlib.suppress(ConfigFileError, AttributeError):
+            distill = (read_config_file(distill) or {}).get("distill")
     if isinstance(distill, dict):
         distill = distill.get("distill", distill)
         for level, terms in (distill.get("levels") or {}).items():
@@ -700,6 +876,27 @@ def run_summary(cfg) -> dict:
 # ---------------------------------------------------------------------------
 # the supervisor: python -m hkd.train.jobs JOB_DIR
 # ---------------------------------------------------------------------------
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` for the job's command: on Linux, the kernel sends it SIGTERM when the
+    supervisor dies (``PR_SET_PDEATHSIG``), so a SIGKILLed supervisor leaves no unmanaged
+    training; a run saves its last checkpoint and records why it stopped. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:  # the supervisor died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def supervise(folder: Path) -> int:
     """Run the job's command, forward SIGTERM to it, record its exit, then start the next queued job."""
     record = json.loads((folder / "job.json").read_text())
@@ -710,9 +907,15 @@ def supervise(folder: Path) -> int:
             (folder / "heartbeat").touch()
 
     (folder / "heartbeat").touch()
-    threading.Thread(target=beat, daemon=True).start()
     print(f"[hkd jobs] {record['id']}: {shlex.join(record['command'])}", flush=True)
-    child = subprocess.Popen(record["command"], cwd=record["cwd"], stdin=subprocess.DEVNULL)
+    # started before any thread: a preexec_fn is only safe in a single-threaded parent
+    child = subprocess.Popen(record["command"], cwd=record["cwd"], stdin=subprocess.DEVNULL,
+                             preexec_fn=_die_with_parent(os.getpid()))
+    # the queue keeps the job running (and cancellable) while this process lives, even without its supervisor
+    ticks, _ = _proc_start(child.pid)
+    command_record = json.dumps({"pid": child.pid, "start_ticks": ticks, "boot_id": _boot_id()})
+    atomic_write(folder / COMMAND_NAME, lambda tmp: Path(tmp).write_text(command_record))
+    threading.Thread(target=beat, daemon=True).start()
 
     def forward(signum, _frame) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -11,21 +11,42 @@ def test_cams_and_attention_transfer_maps_render(open_page):
     at = open_page("attention")
     no_exceptions(at)
     assert not at.error
-    assert at.radio(key="att_method").value == "Grad-CAM"
-    assert at.selectbox(key="att_level").value == "neck.p3"
-    # every model either shows its CAM or says why there is none (no detection to explain)
-    assert len([c for c in at.caption if "Grad-CAM at neck.p3" in c.value]) + len(at.warning) == 2
+    # the defaults readable on the shipped real photos (docs/DESIGN.md, "CAM defaults")
+    assert at.radio(key="att_method").value == "EigenCAM"
+    assert at.selectbox(key="att_level").value == "neck.p4"
+    assert at.selectbox(key="att_target").disabled
+    assert captions(at).count("EigenCAM at neck.p4 · no target") == 2
     assert sum("attention-transfer" in c.value for c in at.caption) == 1
     assert len(images(at)) >= 2 * 8  # teacher and student rows, one map per level
 
-    at.radio(key="att_method").set_value("EigenCAM").run()
+    at.radio(key="att_method").set_value("Grad-CAM").run()
+    at.selectbox(key="att_level").set_value("neck.p3").run()
     no_exceptions(at)
-    assert at.selectbox(key="att_target").disabled
-    assert captions(at).count("EigenCAM at neck.p3 · no target") == 2
+    # every model either shows its CAM or says why there is none (no detection to explain)
+    assert len([c for c in at.caption if "Grad-CAM at neck.p3" in c.value]) + len(at.warning) >= 2
+
+
+def test_an_empty_or_constant_map_is_said(open_page, monkeypatch):
+    from app.services import compute
+    from hkd.viz.cam import CamResult
+
+    assert compute.cam_problem(np.zeros((4, 4), np.float32), "gradcam", "backbone.c5").startswith(
+        "The map at backbone.c5 is empty")
+    assert "constant" in compute.cam_problem(np.full((4, 4), 0.5, np.float32), "eigencam", "neck.p4")
+    assert compute.cam_problem(np.eye(4, dtype=np.float32), "gradcam", "neck.p3") is None
+    blank = CamResult(np.zeros((120, 160), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                      "backbone.c5", "eigencam")
+    monkeypatch.setattr(compute, "cam", lambda *args, **kwargs: blank)
+    at = open_page("attention")
+    no_exceptions(at)
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("Student: The map at") and "is empty" in w for w in warnings), warnings
 
 
 def test_cam_of_one_chosen_detection(open_page):
     at = open_page("attention")
+    at.radio(key="att_method").set_value("Grad-CAM")
+    at.selectbox(key="att_level").set_value("neck.p3")
     at.slider(key="att_score").set_value(0.05).run()
     targets = at.selectbox(key="att_target").options
     if len(targets) < 2:
@@ -38,6 +59,7 @@ def test_cam_of_one_chosen_detection(open_page):
 
 def test_level_without_a_gradient_path_is_a_warning_not_a_crash(open_page):
     at = open_page("attention")
+    at.radio(key="att_method").set_value("Grad-CAM")
     at.selectbox(key="att_level").set_value("neck.p6")
     at.slider(key="att_score").set_value(0.05).run()
     no_exceptions(at)

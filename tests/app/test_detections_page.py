@@ -60,8 +60,10 @@ def test_the_no_kd_student_is_the_default_third_model(three_models):
     assert at.session_state["third_ref"]["path"].endswith("student_baseline.safetensors")
     assert len(images(at)) == 4  # teacher, student, third, combined
     assert len(re.findall(r"inference \*\*\d+ ms\*\*", captions(at))) == 3
-    assert [h.value for h in at.subheader] == ["Teacher · teacher.safetensors", "Student · student_hkd.safetensors",
-                                               "Third · student_baseline.safetensors"]
+    # short headings that fit a third of the page, the full file name on hover
+    assert [h.value for h in at.subheader] == ["Teacher · teacher", "Student · student_hkd", "Third · student_baseline"]
+    assert [h.proto.help for h in at.subheader] == ["teacher.safetensors", "student_hkd.safetensors",
+                                                    "student_baseline.safetensors"]
     assert at.selectbox(key="det_pair").options == [
         "teacher (teacher.safetensors) with student (student_hkd.safetensors)",
         "teacher (teacher.safetensors) with third (student_baseline.safetensors)",
@@ -184,3 +186,30 @@ def test_the_student_can_run_through_onnxruntime(open_page):
     # the same number of pedestrians through either runtime (captions: teacher first, then the student)
     assert len(pytorch) == 2
     assert onnx[0].split(" with ")[0] == pytorch[1].split(" with ")[0]
+
+
+def test_one_model_at_a_time_at_full_width_and_an_agreement_table_without_none(three_models):
+    at = three_models
+    assert not at.tabs  # side by side first
+    at.slider(key="det_score").set_value(0.05).run()
+    at.selectbox(key="det_pair").set_value("teacher|third").run()
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["status", "teacher score", "third score", "IoU", "box (x1, y1, x2, y2) px"]
+    cells = [str(v) for column in table.columns for v in table[column]]
+    assert "None" not in cells and "nan" not in cells
+    only = table[table["status"] != "agreed"]
+    assert (only["IoU"] == "").all()  # a box found by one model only has no IoU: an empty cell
+    at.radio(key="det_layout").set_value("one at a time, full width").run()
+    no_exceptions(at)
+    assert [t.label for t in at.tabs] == ["Teacher · teacher", "Student · student_hkd", "Third · student_baseline"]
+    assert len(images(at)) == 4  # each model's image in its own tab, and the comparison
+    assert all(len(tab.get("image")) == 1 for tab in at.tabs)
+
+
+def test_long_checkpoint_names_are_shortened_in_the_middle():
+    from app.services.models import short_name
+
+    assert short_name("student_hkd.safetensors") == "student_hkd"
+    assert short_name("job my-ft (j1)") == "job my-ft (j1)"
+    long = short_name("student_wide_hkd_trust_1600_steps_seed3.safetensors")
+    assert long == "student_wide_hk…ps_seed3" and len(long) == 24

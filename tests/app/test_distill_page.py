@@ -95,7 +95,35 @@ def test_a_missing_dataset_offers_to_generate_it(distill_env, tmp_path, monkeypa
     no_exceptions(at)
     assert any("not generated yet" in w.value for w in at.warning)
     assert at.button(key="distill_launch").disabled
-    assert at.button(key="generate_synthped:train_small")
+    assert at.button(key="distill_generate_synthped:train_small")
+
+
+def test_generating_the_data_keeps_the_form_open_and_then_enables_launch(distill_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HKD_SYNTHPED_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HKD_SYNTHPED_SIZES", "train_small=3,val=3")
+    at = open_distill()
+    (form,) = [e for e in at.expander if e.label == "New fine-tune"]
+    assert form.proto.expanded
+    assert any("first 3 images" in o for o in at.selectbox(key="distill_train").options)
+    at.button(key="distill_generate_synthped:train_small").click().run()
+    no_exceptions(at)
+    at.button(key="distill_generate_synthped:val").click().run()
+    no_exceptions(at)
+    (form,) = [e for e in at.expander if e.label == "New fine-tune"]
+    assert form.proto.expanded  # a generation job is no fine-tune: the form and its progress stay in view
+    assert at.button(key="distill_launch").disabled
+    bars = [p.proto.text for p in at.get("progress")]
+    assert any("synthped" in t.lower() or "SynthPed" in t for t in bars), bars
+    assert not any("update" in t and "done" in t for t in bars)  # no promise of a later update: it is live
+    queue = JobQueue(distill_env["jobs"])
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(j.finished for j in queue.list()):
+        time.sleep(1)  # list() advances the queue: the second generation starts after the first
+    assert [j.state for j in queue.list()] == ["succeeded", "succeeded"], [queue.log_tail(j) for j in queue.ids()]
+    at.run()
+    no_exceptions(at)
+    assert not at.button(key="distill_launch").disabled
+    assert not any("not generated yet" in w.value for w in at.warning)
 
 
 def test_the_app_leaves_running_jobs_their_cores(monkeypatch):
@@ -213,3 +241,35 @@ def test_the_single_stage_preset_picks_the_single_stage_pair_and_its_hierarchies
     assert Path(at.selectbox(key="distill_teacher").value).name == "teacher.safetensors"
     assert shown_config(at)["model"]["preset"] == "hkd_frcnn_lite0.student"
     checked(shown_config(at), distill_env["tmp"], "two_stage")
+
+
+def test_the_quick_demo_starts_from_the_no_kd_student_and_its_row_names_the_parent(distill_env, tmp_path, monkeypatch):
+    import shutil
+
+    models = copy_models(distill_env, tmp_path / "models")
+    shutil.copy(models / "student_hkd.safetensors", models / "student_baseline.safetensors")
+    monkeypatch.setenv("HKD_MODELS_DIR", str(models))
+    at = open_distill()
+    no_exceptions(at)
+    assert Path(at.selectbox(key="distill_student").value).name == "student_baseline.safetensors"
+    assert Path(shown_config(at)["model"]["init"]).name == "student_baseline.safetensors"
+    notes = "\n".join(c.value for c in at.caption)
+    assert "Starts from `student_baseline.safetensors`, as the config says" in notes
+    at.selectbox(key="distill_student").set_value(str(models / "student_hkd.safetensors")).run()
+    assert "the config itself starts from `student_baseline.safetensors`" in "\n".join(c.value for c in at.caption)
+    at.selectbox(key="distill_student").set_value(str(models / "student_baseline.safetensors")).run()
+    at.number_input(key="distill_steps").set_value(2)
+    at.number_input(key="distill_val_images").set_value(10)
+    at.number_input(key="distill_threads").set_value(1)
+    at.button(key="distill_launch").click().run()
+    no_exceptions(at)
+    queue = JobQueue(distill_env["jobs"])
+    try:
+        at.run()
+        table = next(d.value for d in at.dataframe if "starts from" in d.value.columns)
+        assert list(table["starts from"]) == ["student_baseline.safetensors"]
+    finally:
+        for job in queue.list():
+            if job.active:
+                queue.cancel(job.id)
+        wait_done(queue)

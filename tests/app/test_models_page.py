@@ -28,17 +28,39 @@ def test_models_page_shows_both_models_costs_and_adapters(app):
     assert "mr_reasonable" in metrics
 
 
-def test_latency_button_measures_both_models(app):
-    app.number_input(key="models_latency_runs").set_value(1)
+def test_latency_compares_teacher_and_student_in_the_same_runtime_with_the_spread(app, monkeypatch):
+    from types import SimpleNamespace
+
+    from app.services import finetune
+
+    app.number_input(key="models_latency_runs").set_value(2)
+    running = [SimpleNamespace(name="busy-run", id="j9", state="running", kind="predict", threads=1)]
+    monkeypatch.setattr(finetune.JobQueue, "list", lambda self, advance=True: running)
     app.button(key="models_latency").click().run()
     no_exceptions(app)
-    labels = [m.label for m in app.metric]
-    assert labels == ["Teacher, PyTorch", "Student, PyTorch", "Student, onnxruntime", "Speed-up"]
-    assert all(m.value.endswith(("ms", "×")) for m in app.metric)
-    # both runtimes side by side for both models (the ONNX exports were made and checked on the way)
-    table = next(t.value for t in app.table if "onnxruntime" in t.value)
-    assert list(table["model"]) == ["teacher", "student"]
-    assert all(str(v).endswith("ms") for v in list(table["pytorch"]) + list(table["onnxruntime"]))
+    table = next(t.value for t in app.table if "runtime" in t.value.columns)
+    # one row per runtime, teacher and student side by side in it: the ONNX student is its own row
+    assert list(table["runtime"]) == ["PyTorch", "onnxruntime"]
+    assert all("ms (min " in str(v) and "max " in str(v) for v in list(table["teacher"]) + list(table["student"]))
+    assert all(str(v).endswith("×") for v in table["student speed-up"]) and list(table["runs"]) == ["2", "2"]
+    assert not [m for m in app.metric if "Speed-up" in m.label]  # no PyTorch ÷ onnxruntime headline
+    assert any("busy-run (j9)" in w.value for w in app.warning)  # measured beside a running job: said so
+
+
+def test_latency_rows_divide_within_one_runtime():
+    from app.services.compute import latency_note, latency_rows
+
+    def timed(median):
+        return {"median_s": median, "min_s": median * 0.9, "max_s": median * 1.2, "runs": 3}
+
+    measured = {"results": {"teacher": {"pytorch": timed(0.8), "onnxruntime": timed(0.4)},
+                            "student": {"pytorch": timed(0.2), "onnxruntime": timed(0.05)}},
+                "jobs": [], "load": 0.1, "cores": 2}
+    rows = latency_rows(measured)
+    assert [r["student speed-up"] for r in rows] == ["4.0×", "8.0×"]  # not 0.8 / 0.05 = 16×
+    assert rows[0]["teacher"] == "800 ms (min 720, max 960)"
+    assert latency_note(measured) is None
+    assert "load average 1.5 on 2 cores" in latency_note({**measured, "load": 1.5})
 
 
 def test_corrupt_checkpoint_is_reported_and_the_others_still_load(studio_world, monkeypatch, tmp_path):
@@ -129,3 +151,63 @@ def test_models_page_is_drawn_from_checkpoint_headers_without_torch(tmp_path):
     assert out["exceptions"] == [] and out["errors"] == []
     assert out["charts"] == 2 and any("1×1 conv" in a for a in out["adapters"])
     assert out["torch"] is False
+
+
+def _fake_finished_job(studio_env, monkeypatch, tmp_path):
+    """A finished fine-tune "my-ft" (job j1) whose final checkpoint is a copy of the tiny student."""
+    import shutil
+    from types import SimpleNamespace
+
+    from app.services import finetune
+
+    final = tmp_path / "jobs" / "j1" / "run" / "checkpoints" / "final.safetensors"
+    final.parent.mkdir(parents=True)
+    shutil.copy(studio_env["models"] / "student_hkd.safetensors", final)
+    job = SimpleNamespace(name="my-ft", id="j1", kind="distill", total=2, state="succeeded")
+    monkeypatch.setattr(finetune, "finished_checkpoints", lambda jobs_queue=None: [(job, final)])
+    return str(final)
+
+
+def test_a_fine_tune_is_named_after_its_job_everywhere_and_the_sidebar_follows_the_pick(
+        studio_env, monkeypatch, tmp_path):
+    final = _fake_finished_job(studio_env, monkeypatch, tmp_path)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    sidebar = lambda: "\n".join(c.value for c in at.sidebar.caption)  # noqa: E731
+    assert "student_hkd.safetensors" in sidebar()
+    at.selectbox(key="models_student").set_value(final).run()
+    no_exceptions(at)
+    assert "job my-ft (j1)" in sidebar() and "final.safetensors" not in sidebar()  # right after the pick
+    for page in ("detections", "features", "attention"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        no_exceptions(at)
+        headings = [h.value for h in at.subheader]
+        assert "Student · job my-ft (j1)" in headings, (page, headings)
+        assert "job my-ft (j1)" in sidebar()
+
+
+def test_pickers_list_their_role_and_family_first_and_the_rest_one_click_away(studio_env, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from tests.app.studio import write_retina_pair
+
+    folder = copy_models(studio_env, tmp_path / "models")
+    write_retina_pair(folder, ("retina_teacher", "retina_student"))
+    monkeypatch.setenv("HKD_MODELS_DIR", str(folder))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    no_exceptions(at)
+    student = at.selectbox(key="models_student")
+    listed = [o.split(" · ")[0] for o in student.options]
+    assert listed == ["student_hkd.safetensors"]  # no teacher, no single-stage student beside the two-stage teacher
+    teacher = [o.split(" · ")[0] for o in at.selectbox(key="models_teacher").options]
+    assert set(teacher) == {"teacher.safetensors", "retina_teacher.safetensors"}
+    at.checkbox(key="models_student_all").check().run()
+    no_exceptions(at)
+    listed = [o.split(" · ")[0] for o in at.selectbox(key="models_student").options]
+    assert set(listed) == {"student_hkd.safetensors", "teacher.safetensors", "retina_teacher.safetensors",
+                           "retina_student.safetensors"}
+
+    # the Distill form lists the preset's family and the picker's role
+    distill = at.switch_page("app_pages/distill.py").run()
+    no_exceptions(distill)
+    assert [o.split(" · ")[0] for o in distill.selectbox(key="distill_student").options] == ["student_hkd.safetensors"]
+    assert [o.split(" · ")[0] for o in distill.selectbox(key="distill_teacher").options] == ["teacher.safetensors"]

@@ -52,7 +52,11 @@ def test_attention_page_explains_retinanet_detections(open_retina_page):
     no_exceptions(at)
     assert not at.error
     assert [o.split(" — ")[0] for o in at.selectbox(key="att_level").options] == MAP_LEVELS
-    assert at.selectbox(key="att_level").value == "neck.p3"
+    assert at.selectbox(key="att_level").value == "neck.p4"  # the default: EigenCAM at neck.p4
+    assert captions(at).count("EigenCAM at neck.p4 · no target") == 2
+    at.radio(key="att_method").set_value("Grad-CAM")
+    at.selectbox(key="att_level").set_value("neck.p3").run()
+    no_exceptions(at)
     assert not at.warning, [w.value for w in at.warning]  # both models have detections to explain
     assert len([c for c in at.caption if "Grad-CAM at neck.p3" in c.value]) == 2
     assert len(images(at)) == 2 + 2 * len(MAP_LEVELS)  # CAMs, then one attention map per level and model

@@ -172,7 +172,8 @@ def test_the_current_file_image_is_offered_only_while_current(studio_env, tmp_pa
     key = images.file_key(dataset_image(tmp_path / "ds", seed=5))
     bare_session["image_key"] = key
     options = images.choices()
-    assert list(options)[0] == key and options[key] == "📄 frame_5.png"
+    assert list(options)[0] == key and options[key] == "frame_5.png (dataset image)"
+    assert all(label.isascii() for label in options.values())  # no emoji: an empty box without an emoji font
     assert "sample:real/street.jpg" in options
     bare_session["image_key"] = "sample:real/street.jpg"
     assert key not in images.choices()
@@ -241,3 +242,50 @@ def test_a_models_folder_lists_detectors_not_a_teachers_aux_heads(studio_env):
         assert upload.other_kind and "not a detector" in upload.error
     finally:
         aux.unlink()
+
+
+def test_the_loss_chart_has_one_panel_per_hierarchy_on_a_shared_step_axis_with_its_own_legend():
+    from app.services.figures import loss_chart
+
+    steps = [0, 10, 20]
+    groups = {"total": {"loss": [steps, [3.0, 2.0, 1.5]]},
+              "detection": {"det/loss_classifier": [steps, [1.0, 0.8, 0.7]], "det/loss_box_reg": [steps, [0.5] * 3]},
+              "Backbone": {"kd/backbone.c3/at": [steps, [0.1, 0.01, 0.001]]},
+              "FPN": {f"kd/neck.p{i}/mse": [steps, [0.5, 0.4, 0.3]] for i in range(3, 7)},
+              "RPN": {"kd/rpn.objectness/soft_bce": [steps, [0.2] * 3]},
+              "ROI head": {"kd/roi.logits/kd_kl": [steps, [0.3] * 3]},
+              "aux heads": {"aux/neck.p3/kl": [steps, [0.2] * 3]},
+              "teacher (online)": {"teacher/det/loss_classifier": [steps, [0.9] * 3]}}
+    figure = loss_chart(groups)
+    titles = [a.text for a in figure.layout.annotations]
+    assert titles == ["detection", "backbone", "FPN", "RPN", "ROI head", "aux heads", "teacher (online)"]
+    axes = {t.yaxis for t in figure.data}
+    assert len(axes) == 7  # one small plot each
+    assert all(figure.layout[f"xaxis{i}"].matches == "x7" for i in ("", *range(2, 7)))  # one step axis
+    legends = {}
+    for trace in figure.data:
+        legends.setdefault(trace.legend or "legend", set()).add(trace.yaxis)
+    assert len(legends) == 7 and all(len(axes) == 1 for axes in legends.values())  # a legend per panel
+    for name, (axis,) in legends.items():  # each legend starts at the top of its own panel
+        domain = figure.layout["yaxis" + axis[1:]].domain
+        assert domain[0] <= figure.layout[name].y <= domain[1] + 1e-9
+    names = {t.name for t in figure.data}
+    assert {"total", "loss_classifier", "neck.p3 · mse", "backbone.c3 · at", "det/loss_classifier"} <= names
+    assert figure.layout.yaxis2.type == "log" and figure.layout.yaxis.type == "linear"  # a decade or more: log
+    assert figure.layout.yaxis2.dtick == "D2"  # two decades: 1-2-5 ticks
+    wide = loss_chart({"Backbone": {"kd/backbone.c5/nmse": [steps, [1e-8, 1e-4, 1e-2]]}})
+    assert wide.layout.yaxis.dtick == 1  # six decades: one tick per decade, not a pile of labels
+    assert figure.layout.height >= 7 * 150
+
+
+def test_the_validation_chart_is_its_own_readable_plot():
+    from app.services.figures import validation_chart
+
+    figure = validation_chart([(20, 41.237), (40, 41.5), (60, 40.9)])
+    assert not figure.layout.showlegend  # nothing to sit on the title
+    assert figure.layout.title.text.startswith("Validation MR⁻²")
+    assert figure.layout.yaxis.tickformat == ".1f" and figure.layout.xaxis.tickformat == "d"
+    low, high = figure.layout.yaxis.range
+    assert high - low >= 2  # ticks at distinct one-decimal values, not "41 41 41"
+    single = validation_chart([(60, 12.79)])
+    assert single.layout.yaxis.range[0] < 12.79 < single.layout.yaxis.range[1]

@@ -97,3 +97,27 @@ def test_upload_detect_and_look_at_features(studio_server, studio_world, browser
     assert loaded_images(page) >= 4
     page.screenshot(path=str(artifacts / "attention.png"), full_page=True)
     page.close()
+
+
+def test_detections_one_model_at_a_time_at_full_width(studio_server, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1440, "height": 1600})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(studio_server)
+    page.get_by_role("heading", name="Models", level=1).wait_for()
+    go_to(page, "Detections")
+    page.get_by_text("Agreement").first.wait_for()
+    wait_for_results(page, 3)
+    side_by_side = page.evaluate("() => document.querySelector('[data-testid=\"stImage\"] img').clientWidth")
+    page.get_by_text("one at a time, full width").click()
+    page.get_by_role("tab", name="Student · student_hkd").wait_for()
+    wait_for_results(page, 3)
+    widths = page.evaluate("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                           ".filter(i => i.clientWidth > 0).map(i => i.clientWidth)")
+    assert widths[0] > 1.6 * side_by_side, (side_by_side, widths)  # the teacher's tab: the page's full width
+    page.get_by_role("tab", name="Student · student_hkd").click()
+    page.screenshot(path=str(artifacts / "detections_one_at_a_time.png"), full_page=True)
+    # the agreement table has its columns in view and empty cells empty
+    table = page.locator('[data-testid="stDataFrame"]').first
+    table.wait_for()
+    assert table.bounding_box()["width"] > 900
+    page.close()

@@ -95,3 +95,52 @@ def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, browser, a
     page.get_by_text("fine-tune job").first.wait_for()
     page.screenshot(path=str(artifacts / "models_job_checkpoint.png"), full_page=True)
     page.close()
+
+
+@pytest.fixture(scope="module")
+def empty_data_server(studio_world, tmp_path_factory, artifacts):
+    """The app on a machine with no SynthPed split yet, generating small ones (HKD_SYNTHPED_SIZES)."""
+    root = tmp_path_factory.mktemp("distill_data_e2e")
+    env = {"HKD_MODELS_DIR": str(studio_world["models"]), "HKD_SAMPLES_DIR": str(studio_world["samples"]),
+           "HKD_JOBS_DIR": str(root / "jobs"), "HKD_SYNTHPED_DIR": str(root / "synthped"),
+           "HKD_CACHE_DIR": str(root / "cache"), "HKD_SYNTHPED_SIZES": "train_small=60,val=20"}
+    proc, url = start_server(env, artifacts / "streamlit-e2e-distill-data.log")
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        stop_server(proc)
+
+
+def test_generate_the_quick_demos_data_then_launch_without_a_reload(empty_data_server, browser, artifacts):
+    page = browser.new_page(viewport={"width": 1440, "height": 1800})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(empty_data_server)
+    page.get_by_role("heading", name="Models", level=1).wait_for()
+    go_to(page, "Distill")
+    page.get_by_text("not generated yet").first.wait_for()
+    wait_idle(page)
+    launch = page.get_by_role("button", name="Launch")
+    expect(launch).to_be_disabled()
+    page.evaluate("() => { window.hkdNoReload = true }")  # gone if the page reloads
+    page.get_by_role("button", name="Generate it (60 images").click()
+    # the form stays open: its live progress and the other split's button are in view
+    page.get_by_text("Generating SynthPed train, first 60 images").or_(
+        page.get_by_text("first 60 images (seed 0; the quick demo's): queued")).first.wait_for()
+    page.get_by_role("button", name="Generate it (20 images").click()
+    page.screenshot(path=str(artifacts / "distill_generating.png"), full_page=True)
+    expect(launch).to_be_enabled(timeout=WAIT_MS)  # by itself, once both splits are on disk
+    assert page.evaluate("() => window.hkdNoReload === true")
+    expect(page.get_by_text("not generated yet")).to_have_count(0)
+    set_number(page, "Steps", 2)
+    set_number(page, "Validation images", 10)
+    set_number(page, "Threads", 1)
+    name = page.get_by_label("Job name")
+    name.fill("e2e-fresh")
+    name.press("Enter")
+    wait_idle(page)
+    launch.click()
+    page.get_by_text("e2e-fresh · ").first.wait_for()
+    page.screenshot(path=str(artifacts / "distill_after_generation.png"), full_page=True)
+    page.get_by_text("e2e-fresh · succeeded").wait_for(timeout=WAIT_MS)
+    page.close()

@@ -1,0 +1,76 @@
+"""Evaluate answers "why" and keeps its place: intervals, the diagnosis jobs, stages on the gallery's cards,
+and every choice back after another page or a reload (session state and query parameters)."""
+from __future__ import annotations
+
+import json
+
+from streamlit.testing.v1 import AppTest
+
+from tests.app.studio import APP, TIMEOUT, captions, no_exceptions
+from tests.app.test_evaluate_page import LIMIT, open_evaluate, run_predictions, seed_teacher, world  # noqa: F401
+from tests.app.test_evaluation_service import wait_for_jobs
+
+
+def _markdown(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_intervals_diagnosis_and_stages_on_the_cards(world):  # noqa: F811
+    seed_teacher(world)
+    at = run_predictions(open_evaluate(world), world)
+    no_exceptions(at)
+    (scores,) = [df.value for df in at.dataframe if "MR⁻² Reasonable" in df.value.columns]
+    cell = scores.set_index("model").loc["student_hkd", "MR⁻² Reasonable"]
+    assert "(" in cell and "–" in cell, cell  # 82.55 (70.00–95.12): a 95 % interval beside the value
+    (diffs,) = [df.value for df in at.dataframe if "pair (a − b)" in df.value.columns]
+    assert set(diffs["MR⁻² verdict"]) <= {"within noise", "a better", "b better"}
+    assert f"{LIMIT} images" in captions(at) and "within noise" in captions(at)
+
+    # the teacher's file was written by hand: only the student can be diagnosed, in a background job
+    assert at.button(key="eval_diagnose").label.startswith("Diagnose 2 checkpoint(s)")
+    at.button(key="eval_diagnose").click().run()
+    jobs = [j for j in wait_for_jobs(world["root"] / "jobs") if j.kind == "diagnose"]
+    assert len(jobs) == 2 and all(j.state == "succeeded" for j in jobs), [(j.name, j.message) for j in jobs]
+    at.run()
+    no_exceptions(at)
+    assert "eval_diagnose" not in [b.key for b in at.button]
+    assert [c for c in at.get("plotly_chart") if c.proto.id and "eval_stages_chart" in str(c.proto.id)] or \
+        any("Where the misses are lost" in json.dumps(json.loads(c.proto.spec)) for c in at.get("plotly_chart"))
+    assert any(("lost at" in i.value or "misses no pedestrian" in i.value) for i in at.info)
+    at.radio(key="eval_view").set_value("missed").run()
+    assert "lost at" in _markdown(at)  # each card says where the compared model lost its pedestrian
+    stages = {s for s in ("rpn", "roi_score", "nms", "localization") if f"lost at {s}" in _markdown(at)}
+    at.selectbox(key="eval_stage").set_value(sorted(stages)[0]).run()
+    no_exceptions(at)
+    shown = _markdown(at)
+    assert f"student_hkd: lost at {sorted(stages)[0]}" in shown
+    diagnosis = list((world["root"] / "cache" / "diagnosis").rglob("diagnosis.json"))
+    assert len(diagnosis) == 2 and {"operating_point", "cases", "summary", "pairs"} <= set(
+        json.loads(diagnosis[0].read_text()))
+
+
+def test_the_page_keeps_its_place_across_pages_and_a_reload(world):  # noqa: F811
+    seed_teacher(world)
+    at = run_predictions(open_evaluate(world), world)
+    at.radio(key="eval_view").set_value("found").run()
+    at.select_slider(key="eval_fppi").set_value(0.3).run()
+    no_exceptions(at)
+    kept = dict(at.query_params)
+    assert json.loads(kept["eval_limit"][0] if isinstance(kept["eval_limit"], list) else kept["eval_limit"]) == LIMIT
+
+    at.switch_page("app_pages/models.py").run()
+    at.switch_page("app_pages/evaluate.py").run()
+    no_exceptions(at)
+    assert at.number_input(key="eval_limit").value == LIMIT
+    assert at.select_slider(key="eval_fppi").value == 0.3
+    assert at.radio(key="eval_view").value == "found"
+    assert set(at.multiselect(key="eval_models").value) == {"teacher", "student_hkd"}
+
+    # a reload: a new session with the same URL
+    fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    for key, value in kept.items():
+        fresh.query_params[key] = value[0] if isinstance(value, list) else value
+    fresh.run()
+    fresh.switch_page("app_pages/evaluate.py").run()
+    no_exceptions(fresh)
+    assert fresh.number_input(key="eval_limit").value == LIMIT and fresh.radio(key="eval_view").value == "found"
