@@ -63,6 +63,8 @@ def run(args) -> int:
     from hkd.models.meta import CheckpointError
 
     size = tuple(args.size) if args.size else None
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise CLIError(f"--out {args.out} is the --checkpoint itself; writing it would destroy that input")
     images = _check_images(args.check_images, size) if args.check_images else None
     try:
         result = export_onnx(args.checkpoint, args.out, preset=args.preset, opset=args.opset, size=size,
@@ -73,6 +75,9 @@ def run(args) -> int:
         return 1
     except (OnnxExportError, CheckpointError) as exc:
         raise CLIError(str(exc)) from None
+    except OSError as exc:  # written to a temporary file then renamed: a full disk replaced nothing
+        raise CLIError(f"--out {args.out}: cannot write the export ({exc.strerror or exc}); nothing was "
+                       "replaced") from None
     if args.json:
         print(json.dumps({"path": str(result.path), "meta": asdict(result.meta), "export": result.export}, indent=2))
         return 0

@@ -1,6 +1,7 @@
 """``hkd predict --checkpoint CKPT --images DIR [--gt GT.json] --out DETS.json``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -8,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from hkd.cli import CLIError
+from hkd.configfile import quote
 from hkd.train.run_folder import write_status
 
 
@@ -40,7 +42,9 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from hkd.data.datasets import DatasetError, confine
     from hkd.data.images import IMAGE_SUFFIXES, ImageError, load_image
+    from hkd.models.meta import atomic_write
     from hkd.models.checkpoint import CheckpointError
     from hkd.deploy.onnx import OnnxDetector, OnnxInputError
     from hkd.models.inference import detect
@@ -49,20 +53,19 @@ def run(args) -> int:
     if not images_dir.is_dir():
         raise CLIError(f"--images {images_dir}: not a folder")
     files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:  # a symlink that leads out of the folder is refused, as every dataset reader does
+        files = [confine(p, images_dir, "--images") for p in files]
+    except DatasetError as exc:
+        raise CLIError(str(exc)) from None
     if not files:
         raise CLIError(f"--images {images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if args.limit is not None and args.limit <= 0:
         raise CLIError(f"--limit must be a positive number of images, got {args.limit}")
+    out = Path(args.out)
+    _check_output(out, args, files)
     ids: dict[str, int] = {}
     if args.gt:
-        try:
-            gt = json.loads(Path(args.gt).read_text())
-            for im in gt["images"]:
-                ids[im["file_name"]] = int(im["id"])
-        except FileNotFoundError:
-            raise CLIError(f"--gt {args.gt}: no such file") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CLIError(f"--gt {args.gt}: not a COCO-style GT file ({exc})") from None
+        ids = _gt_ids(Path(args.gt))
     if args.limit is not None:
         if ids:  # the GT's first N images, whatever their file order
             wanted = set(list(ids)[:args.limit])
@@ -106,9 +109,15 @@ def run(args) -> int:
                 write_status(args.status, "failed", message=f"{path}: {exc}")
             raise CLIError(f"{path}: {exc}") from None
         results.extend(dets.to_coco(image_id))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results))
+    text = json.dumps(results)
+    try:  # to a temporary file, then renamed: an error (a full disk) leaves the previous file whole
+        atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    except OSError as exc:
+        message = f"--out {out}: cannot write the detections ({exc.strerror or exc}); nothing was replaced"
+        if args.status:
+            with contextlib.suppress(OSError):
+                write_status(args.status, "failed", message=message)
+        raise CLIError(message) from None
     msg = f"predict: {len(results)} detections on {len(files) - len(skipped)} images → {out}"
     if skipped:
         msg += f" ({len(skipped)} images not in --gt skipped, e.g. {skipped[0]})"
@@ -117,6 +126,55 @@ def run(args) -> int:
         write_status(args.status, "succeeded", step=len(files), total=len(files), message=msg,
                      outputs={"dets": str(out)})
     return 0
+
+
+def _check_output(out: Path, args, files: list[Path]) -> None:
+    """Refuse an ``--out`` (or ``--status``) that would overwrite an input of this command, or is a folder."""
+    from hkd.data.images import IMAGE_SUFFIXES
+
+    inputs = {Path(args.checkpoint).resolve(): "--checkpoint", Path(args.images).resolve(): "--images"}
+    if args.gt:
+        inputs[Path(args.gt).resolve()] = "--gt"
+    for name, path in (("--out", out), ("--status", args.status)):
+        if path is None:
+            continue
+        target = Path(path).resolve()
+        if target in inputs:
+            raise CLIError(f"{name} {path} is the {inputs[target]} file of this command; writing it would destroy "
+                           "that input — choose another output path")
+        if target.suffix.lower() in IMAGE_SUFFIXES and target in {f.resolve() for f in files}:
+            raise CLIError(f"{name} {path} is one of the --images; choose another output path")
+        if target.is_dir():
+            raise CLIError(f"{name} {path} is a folder; name the JSON file to write")
+    if args.status is not None and Path(args.status).resolve() == out.resolve():
+        raise CLIError(f"--status {args.status} and --out are the same file; give them different paths")
+
+
+def _gt_ids(path: Path) -> dict[str, int]:
+    """``{file_name: image_id}`` of a COCO-style GT file; a clear CLIError for anything else."""
+    try:
+        gt = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CLIError(f"--gt {path}: no such file") from None
+    except IsADirectoryError:
+        raise CLIError(f"--gt {path}: a folder, not a COCO-style GT file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CLIError(f"--gt {path}: not a JSON file ({str(exc)[:200]})") from None
+    images = gt.get("images") if isinstance(gt, dict) else None
+    if not isinstance(images, list):
+        raise CLIError(f"--gt {path}: not a COCO-style GT file (no 'images' list)")
+    ids: dict[str, int] = {}
+    for im in images:
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
+            raise CLIError(f"--gt {path}: every image needs a 'file_name' and an 'id'; found {quote(im)}")
+        image_id = im["id"]
+        if isinstance(image_id, str) and image_id.strip().isdigit():
+            image_id = int(image_id)
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise CLIError(f"--gt {path}: image {quote(im['file_name'])} has id {quote(im['id'])}; COCO image ids "
+                           "are whole numbers")
+        ids[im["file_name"]] = image_id
+    return ids
 
 
 def _load_model(args):
@@ -137,4 +195,10 @@ def _load_model(args):
         device = resolve_device(args.device)
     except DeviceError as exc:
         raise CLIError(f"--device: {exc}") from None
-    return load_checkpoint(args.checkpoint, preset=args.preset, inference=True).model.to(device)
+    loaded = load_checkpoint(args.checkpoint, preset=args.preset, inference=True)
+    if not loaded.meta.pedestrian_class:
+        # predict writes label 1 as the pedestrian (category 1): another class 1 would be counted as one
+        raise CLIError(f"{args.checkpoint}: its class 1 is {loaded.meta.classes[1]!r} (classes "
+                       f"{loaded.meta.classes[:5]}), not a pedestrian; hkd predict writes class 1 as the "
+                       "pedestrian category")
+    return loaded.model.to(device)

@@ -11,6 +11,7 @@ with ground-truth boxes: green normal, yellow heavily occluded
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -91,8 +92,12 @@ def run(args) -> int:
         print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
         dataset = args.stats
     else:
+        from hkd.data.synth.dataset import MAX_IMAGES
+
         if args.num <= 0:
             raise CLIError(f"--num must be a positive number of images, got {args.num}")
+        if args.num > MAX_IMAGES:
+            raise CLIError(f"--num {str(args.num)[:40]}: at most {MAX_IMAGES:,} images in one dataset")
         if args.workers is not None and args.workers <= 0:
             raise CLIError(f"--workers must be >= 1, got {args.workers}")
         config = _config(args)
@@ -104,6 +109,12 @@ def run(args) -> int:
             if args.status:
                 write_status(args.status, "failed", message=str(exc))
             raise CLIError(str(exc)) from None
+        except OSError as exc:  # a full disk: one sentence; annotations.json is only ever replaced whole
+            message = f"{exc.filename or args.out}: {exc.strerror or exc}; the dataset in {args.out} is incomplete"
+            if args.status:
+                with contextlib.suppress(OSError):
+                    write_status(args.status, "failed", message=message)
+            raise CLIError(message) from None
         if args.status:
             write_status(args.status, "succeeded", step=args.num, total=args.num, outputs={"dataset": str(args.out)})
         stats = coco["info"]["stats"]

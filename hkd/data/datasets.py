@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,10 +142,13 @@ class PedestrianDataset(Dataset):
         if pixels.shape[:2] != (record.height, record.width):
             # Boxes were validated against the annotated size; a different file
             # would put them on the wrong pixels.
-            raise DatasetError(
-                f"image '{record.path}' is {pixels.shape[1]}×{pixels.shape[0]} but its "
-                f"annotations say {record.width}×{record.height}"
-            )
+            message = (f"image '{record.path}' is {pixels.shape[1]}×{pixels.shape[0]} but its "
+                       f"annotations say {record.width}×{record.height}")
+            if pixels.shape[:2] == (record.width, record.height):
+                message += ("; its EXIF orientation turns it by 90° and hkd reads images upright, so the "
+                            "annotations were made on the stored, unrotated pixels — annotate the upright image, "
+                            "or save the file without the EXIF rotation")
+            raise DatasetError(message)
         image, target = to_tensor(pixels), record.target()
         if self.transforms is not None:
             image, target = self.transforms(image, target)
@@ -344,15 +348,48 @@ class _BoxValidator:
 # --------------------------------------------------------------------------- formats
 
 
+#: ``HKD_ALLOW_SYMLINKS=1``: a trusted dataset whose images folder holds symlinks to files
+#: elsewhere (a shared image store) may read them; ``..`` and absolute names stay refused.
+ALLOW_SYMLINKS_ENV = "HKD_ALLOW_SYMLINKS"
+
+
+def symlinks_allowed() -> bool:
+    return os.environ.get(ALLOW_SYMLINKS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_relative_name(name: str, images_dir: Path, source: Path) -> None:
+    """Refuse a file name that climbs out of ``images_dir`` (``..``) or names an absolute path."""
+    parts = Path(name).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or ".." in name.split("\\"):
+        raise DatasetError(f"'{source}': image file name {name[:200]!r} leaves the images folder "
+                           f"'{images_dir}'; file names are relative to it, without '..'")
+
+
+def confine(path: Path, folder: Path, source: Path | str) -> Path:
+    """``path`` when the file it opens lies inside ``folder`` (symlinks resolved), else DatasetError
+    naming it; ``HKD_ALLOW_SYMLINKS=1`` lets a trusted dataset's symlinks point elsewhere."""
+    if symlinks_allowed():
+        return path
+    real, root = path.resolve(), folder.resolve()
+    if real != root and root not in real.parents:
+        raise DatasetError(f"'{source}': image '{path}' resolves to '{real}', outside the images folder '{root}' "
+                           f"(a symlink or '..'); set {ALLOW_SYMLINKS_ENV}=1 to read a trusted dataset's symlinks")
+    return path
+
+
 def _resolve_image_paths(images_dir: Path, file_names: Sequence[str], source: Path) -> list[Path]:
-    """Find each annotated file under ``images_dir``.
+    """Find each annotated file under ``images_dir``, and nowhere else.
 
     ``images_dir / file_name`` first; CityPersons lists bare names while
     Cityscapes stores images in per-city subfolders, so files not found there are
-    looked up by name anywhere below ``images_dir``.
+    looked up by name anywhere below ``images_dir``. A name with ``..`` or an
+    absolute one, and a file that resolves outside ``images_dir`` (a symlink), are
+    refused naming the file (:func:`confine`).
     """
     if not images_dir.is_dir():
         raise DatasetError(f"images folder '{images_dir}' for '{source}' does not exist")
+    for name in file_names:
+        check_relative_name(name, images_dir, source)
     paths = [images_dir / name for name in file_names]
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     if missing:
@@ -371,7 +408,7 @@ def _resolve_image_paths(images_dir: Path, file_names: Sequence[str], source: Pa
                 f"{len(still_missing)} image(s) listed in '{source}' are not in '{images_dir}', "
                 f"e.g. {still_missing[:_MAX_EXAMPLES]}"
             )
-    return paths
+    return [confine(path, images_dir, source) for path in paths]
 
 
 def _image_size(path: Path, entry: dict[str, Any]) -> tuple[int, int]:
@@ -434,7 +471,7 @@ class CocoPedestrianDataset(PedestrianDataset):
             if not isinstance(entry.get("id"), int) or not isinstance(name, str):
                 raise DatasetError(
                     f"'{source}': images[{position}] needs an integer 'id' and a 'file_name', "
-                    f"got {entry!r}"
+                    f"got {repr(entry)[:200]}"
                 )
             if entry["id"] in entries:
                 raise DatasetError(f"'{source}': image id {entry['id']} is listed twice")
@@ -637,6 +674,7 @@ class ImageFolderDataset(PedestrianDataset):
         )
         images, unreadable = [], []
         for path in files:
+            confine(path, root, root)
             try:
                 width, height = read_image_size(path)
             except ImageError as err:

@@ -815,6 +815,13 @@ def read_onnx_meta(path: str | os.PathLike) -> tuple[CheckpointMeta, dict]:
         raise OnnxModelError(f"{path}: {EXPORT_KEY!r} metadata is not valid JSON ({exc})") from None
     if not isinstance(export_info, dict) or export_info.get("format") != EXPORT_FORMAT:
         raise OnnxModelError(f"{path}: {EXPORT_KEY!r} metadata is not in format {EXPORT_FORMAT!r}")
+    given = export_info.get("input")
+    shape = given.get("shape") if isinstance(given, dict) else None
+    if not isinstance(given, dict) or not isinstance(given.get("dynamic"), bool) \
+            or not isinstance(shape, list) or len(shape) != 3:
+        raise OnnxModelError(f"{path}: its {EXPORT_KEY!r} record has no usable 'input' (found {repr(given)[:120]}; "
+                             "expected {'name', 'shape': [3, H, W], 'dynamic'}); export the checkpoint again with "
+                             "`hkd export`")
     return meta, export_info
 
 

@@ -1,6 +1,6 @@
 """The ``distill:`` section of a run config: plain data, validated on load.
 
-Format (YAML through ``yaml.safe_load``, or JSON; see ``assets/configs/distill_full.yaml``)::
+Format (YAML without anchors or aliases (:mod:`hkd.configfile`), or JSON; see ``assets/configs/distill_full.yaml``)::
 
     distill:
       levels:
@@ -66,12 +66,11 @@ the valid choices.
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from hkd.configfile import ConfigFileError, quote, read_config_file
 
 from hkd.distill.adapters import adapter_plan
 from hkd.distill.losses import LOSSES, TRUST_MODES, level_role, losses_for
@@ -259,7 +258,7 @@ class DistillConfig:
             if _is_glob(source):
                 matches = [name for name in valid if fnmatch.fnmatchcase(name, source)]
                 if not matches:
-                    raise ConfigError(f"distill.levels: pattern {source!r} matches no level of both models; "
+                    raise ConfigError(f"distill.levels: pattern {quote(source)} matches no level of both models; "
                                       f"levels: {', '.join(valid)}")
                 for name in matches:
                     if name in expanded and name not in from_glob:
@@ -273,7 +272,7 @@ class DistillConfig:
                         reason = f"both models have it, but it is {plan[source]['adapter']}"
                     else:
                         reason = "it is not a level of both models"
-                    raise ConfigError(f"distill.levels: unknown level {source!r} ({reason}); "
+                    raise ConfigError(f"distill.levels: unknown level {quote(source)} ({reason}); "
                                       f"levels: {', '.join(valid)}")
                 # an exact key overrides what a glob gave the level
                 expanded[source] = [LossTerm(source, t.loss, t.weight, dict(t.params), t.source or source)
@@ -286,18 +285,18 @@ class DistillConfig:
                 role = level_role(student_spec[name])
                 allowed = losses_for(role)
                 if term.loss not in allowed:
-                    raise ConfigError(f"distill.levels.{term.source}: loss {term.loss!r} does not apply to "
-                                      f"{name!r} ({role}); losses for it: {', '.join(allowed)}")
+                    raise ConfigError(f"distill.levels.{term.source}: loss {quote(term.loss)} does not apply to "
+                                      f"{quote(name)} ({role}); losses for it: {', '.join(allowed)}")
                 if term.loss in seen:
-                    raise ConfigError(f"distill.levels: level {name!r} gets loss {term.loss!r} twice "
-                                      f"(from {seen[term.loss]!r} and {term.source!r})")
+                    raise ConfigError(f"distill.levels: level {quote(name)} gets loss {quote(term.loss)} twice "
+                                      f"(from {quote(seen[term.loss])} and {quote(term.source)})")
                 seen[term.loss] = term.source
                 ordered.append(term)
         if self.aux is not None and self.aux.levels is not None:
             both = [name for name in feature_levels(teacher_spec) if name in feature_levels(student_spec)]
             for name in self.aux.levels:
                 if name not in both:
-                    raise ConfigError(f"distill.aux.levels: {name!r} is not a feature level of both models; "
+                    raise ConfigError(f"distill.aux.levels: {quote(name)} is not a feature level of both models; "
                                       f"levels: {', '.join(both)}")
         return DistillConfig(tuple(ordered), self.schedule, resolved=True, adapters=self.adapters, aux=self.aux)
 
@@ -320,29 +319,29 @@ def _parse_term(key: str, entry: Any, where: str) -> LossTerm:
         raise ConfigError(f"{where}: missing 'loss'; losses: {', '.join(LOSSES)}")
     name = entry["loss"]
     if name not in LOSSES:
-        raise ConfigError(f"{where}: unknown loss {name!r}; losses: {', '.join(LOSSES)}")
+        raise ConfigError(f"{where}: unknown loss {quote(name)}; losses: {', '.join(LOSSES)}")
     spec = LOSSES[name]
     weight = entry.get("weight", 1.0)
     if not _is_number(weight) or weight < 0:
-        raise ConfigError(f"{where}.weight: must be a number >= 0, got {weight!r}")
+        raise ConfigError(f"{where}.weight: must be a number >= 0, got {quote(weight)}")
     params = {}
     for param, value in entry.items():
         if param in ("loss", "weight"):
             continue
         if param not in spec.params:
             choices = ", ".join(["weight", *spec.params]) or "none"
-            raise ConfigError(f"{where}: loss {name!r} has no param {param!r}; params: {choices}")
+            raise ConfigError(f"{where}: loss {quote(name)} has no param {quote(param)}; params: {choices}")
         choices = _PARAM_CHOICES.get(param)
         if choices is not None:
             if not isinstance(value, str) or value not in choices:
-                raise ConfigError(f"{where}.{param}: unknown {param} {value!r}; choices: {', '.join(choices)}")
+                raise ConfigError(f"{where}.{param}: unknown {param} {quote(value)}; choices: {', '.join(choices)}")
             params[param] = value
             continue
         if not _is_number(value):
-            raise ConfigError(f"{where}.{param}: must be a number, got {value!r}")
+            raise ConfigError(f"{where}.{param}: must be a number, got {quote(value)}")
         rule = _PARAM_RULES.get(param)
         if rule is not None and not rule[0](value):
-            raise ConfigError(f"{where}.{param}: must be {rule[1]}, got {value!r}")
+            raise ConfigError(f"{where}.{param}: must be {rule[1]}, got {quote(value)}")
         params[param] = float(value)
     return LossTerm(key, name, float(weight), params, key)
 
@@ -362,7 +361,7 @@ def _parse_schedule(raw: Any) -> tuple[Stage, ...]:
             raise ConfigError(f"{where}: expected a mapping with keys {', '.join(STAGE_KEYS)}")
         unknown = [k for k in entry if k not in STAGE_KEYS]
         if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(STAGE_KEYS)}")
+            raise ConfigError(f"{where}: unknown key {quote(unknown[0])}; keys: {', '.join(STAGE_KEYS)}")
         last = index == len(raw) - 1
         until = entry.get("until_step")
         if last and until is not None:
@@ -371,7 +370,7 @@ def _parse_schedule(raw: Any) -> tuple[Stage, ...]:
         if not last:
             if not isinstance(until, int) or isinstance(until, bool) or until <= previous:
                 raise ConfigError(f"{where}.until_step: must be an int greater than {previous} "
-                                  f"(the previous stage's), got {until!r}")
+                                  f"(the previous stage's), got {quote(until)}")
             previous = until
         if "hierarchies" not in entry:
             raise ConfigError(f"{where}: missing 'hierarchies'; choices: {choices}")
@@ -379,12 +378,12 @@ def _parse_schedule(raw: Any) -> tuple[Stage, ...]:
         if isinstance(names, str):
             names = [names]
         if not isinstance(names, list):
-            raise ConfigError(f"{where}.hierarchies: expected {ALL!r} or a list; choices: {choices}")
+            raise ConfigError(f"{where}.hierarchies: expected {quote(ALL)} or a list; choices: {choices}")
         if ALL in names:
             names = list(HIERARCHIES)
         for name in names:
             if name not in HIERARCHIES:
-                raise ConfigError(f"{where}.hierarchies: unknown hierarchy {name!r}; choices: {choices}")
+                raise ConfigError(f"{where}.hierarchies: unknown hierarchy {quote(name)}; choices: {choices}")
         stages.append(Stage(until, tuple(dict.fromkeys(names))))
     return tuple(stages)
 
@@ -402,7 +401,7 @@ def parse_config(data: Mapping[str, Any]) -> DistillConfig:
         raise ConfigError(f"{SECTION}: expected a mapping with keys {', '.join(SECTION_KEYS)}")
     unknown = [k for k in section if k not in SECTION_KEYS]
     if unknown:
-        raise ConfigError(f"{SECTION}: unknown key {unknown[0]!r}; keys: {', '.join(SECTION_KEYS)}")
+        raise ConfigError(f"{SECTION}: unknown key {quote(unknown[0])}; keys: {', '.join(SECTION_KEYS)}")
     levels = section.get("levels")
     if levels is None:
         levels = {}
@@ -411,7 +410,7 @@ def parse_config(data: Mapping[str, Any]) -> DistillConfig:
     terms: list[LossTerm] = []
     for key, entries in levels.items():
         if not isinstance(key, str) or "." not in key:
-            raise ConfigError(f"{SECTION}.levels: level {key!r} is not '<hierarchy>.<level>' "
+            raise ConfigError(f"{SECTION}.levels: level {quote(key)} is not '<hierarchy>.<level>' "
                               "(e.g. neck.p3, or a glob such as neck.*)")
         entries = entries if isinstance(entries, list) else [entries]
         if not entries:
@@ -422,7 +421,7 @@ def parse_config(data: Mapping[str, Any]) -> DistillConfig:
         names = [t.loss for t in terms[-len(entries):]]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ConfigError(f"{SECTION}.levels.{key}: loss {dupes[0]!r} listed twice")
+            raise ConfigError(f"{SECTION}.levels.{key}: loss {quote(dupes[0])} listed twice")
     return DistillConfig(tuple(terms), _parse_schedule(section.get("schedule")),
                          adapters=_parse_adapters(section.get("adapters")), aux=_parse_aux(section.get("aux")))
 
@@ -435,31 +434,31 @@ def _parse_aux(raw: Any) -> AuxConfig | None:
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(AUX_KEYS)}")
     unknown = [k for k in raw if k not in AUX_KEYS]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(AUX_KEYS)}")
+        raise ConfigError(f"{where}: unknown key {quote(unknown[0])}; keys: {', '.join(AUX_KEYS)}")
     checkpoint = raw.get("checkpoint")
     if isinstance(checkpoint, Path):
         checkpoint = str(checkpoint)
     if not isinstance(checkpoint, str) or not checkpoint:
         raise ConfigError(f"{where}.checkpoint: the teacher's aux heads (a .safetensors file made by "
-                          f"`hkd train-aux`) are required, got {checkpoint!r}")
+                          f"`hkd train-aux`) are required, got {quote(checkpoint)}")
     levels = raw.get("levels")
     if levels is not None:
         if isinstance(levels, str):
             levels = [levels]
         if not isinstance(levels, list) or not levels or not all(isinstance(v, str) and "." in v for v in levels):
             raise ConfigError(f"{where}.levels: expected a non-empty list of feature levels such as "
-                              f"[backbone.c4, neck.p3], got {levels!r}")
+                              f"[backbone.c4, neck.p3], got {quote(levels)}")
         levels = tuple(dict.fromkeys(levels))
     values: dict[str, Any] = {}
     for key, rule, requirement in (("weight_kl", lambda v: v >= 0, ">= 0"), ("weight_ce", lambda v: v >= 0, ">= 0"),
                                    ("temperature", lambda v: v > 0, "> 0")):
         value = raw.get(key, getattr(AuxConfig, key))
         if not _is_number(value) or not rule(value):
-            raise ConfigError(f"{where}.{key}: must be a number {requirement}, got {value!r}")
+            raise ConfigError(f"{where}.{key}: must be a number {requirement}, got {quote(value)}")
         values[key] = float(value)
     boxes = raw.get("boxes", AuxConfig.boxes)
     if not isinstance(boxes, int) or isinstance(boxes, bool) or boxes < 1:
-        raise ConfigError(f"{where}.boxes: must be an integer >= 1 (background boxes per image), got {boxes!r}")
+        raise ConfigError(f"{where}.boxes: must be an integer >= 1 (background boxes per image), got {quote(boxes)}")
     return AuxConfig(checkpoint, levels, boxes=boxes, **values)
 
 
@@ -471,16 +470,16 @@ def _parse_adapters(raw: Any) -> AdapterFit:
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(ADAPTER_KEYS)}")
     unknown = [k for k in raw if k not in ADAPTER_KEYS]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(ADAPTER_KEYS)}")
+        raise ConfigError(f"{where}: unknown key {quote(unknown[0])}; keys: {', '.join(ADAPTER_KEYS)}")
     fit = raw.get("fit", AdapterFit.fit)
     if fit not in ADAPTER_FITS:
-        raise ConfigError(f"{where}.fit: unknown fit {fit!r}; choices: {', '.join(ADAPTER_FITS)}")
+        raise ConfigError(f"{where}.fit: unknown fit {quote(fit)}; choices: {', '.join(ADAPTER_FITS)}")
     momentum = raw.get("momentum", AdapterFit.momentum)
     if not _is_number(momentum) or not 0 <= momentum < 1:
-        raise ConfigError(f"{where}.momentum: expected a number in [0, 1), got {momentum!r}")
+        raise ConfigError(f"{where}.momentum: expected a number in [0, 1), got {quote(momentum)}")
     ridge = raw.get("ridge", AdapterFit.ridge)
     if not _is_number(ridge) or not ridge > 0:
-        raise ConfigError(f"{where}.ridge: expected a number > 0, got {ridge!r}")
+        raise ConfigError(f"{where}.ridge: expected a number > 0, got {quote(ridge)}")
     return AdapterFit(fit, float(momentum), float(ridge))
 
 
@@ -496,11 +495,10 @@ def load_config(
         config = parse_config(source)
     else:
         path = Path(source)
-        text = path.read_text(encoding="utf-8")
         try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+            data = read_config_file(path)
+        except ConfigFileError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             config = parse_config(data if data is not None else {})
         except ConfigError as exc:

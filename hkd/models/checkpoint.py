@@ -204,7 +204,17 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, or one under 'state_dict'/'model')")
 
 
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or Inf: such a model detects nothing, or nonsense, without a word."""
+    bad = [key for key, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {bad[0]}); the weights are "
+                              "damaged — use an earlier checkpoint of the run (checkpoints/last.safetensors) or "
+                              "retrain with a lower train.lr")
+
+
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, preset: str) -> None:
+    _check_finite(state, path)
     target = model.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))

@@ -22,6 +22,8 @@ META_KEY = "hkd"
 DETECTOR_KIND = "detector"  # HKD files of other kinds (``kind`` in the metadata) are not detectors
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+# names of class 1 that mean a pedestrian (HKD presets: "pedestrian"; COCO-derived: "person")
+PEDESTRIAN_NAMES = ("pedestrian", "person")
 
 
 def _process_umask() -> int:
@@ -89,7 +91,28 @@ class CheckpointMeta:
         if not isinstance(raw, dict) or "preset" not in raw:
             raise CheckpointError(f"{source}: HKD metadata has no 'preset'")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        meta = cls(**{k: v for k, v in raw.items() if k in known})
+        problem = meta.problem()
+        if problem:
+            raise CheckpointError(f"{source}: impossible metadata: {problem}")
+        return meta
+
+    def problem(self) -> str | None:
+        """Why this metadata cannot describe a detector (a size of -5 or "abc", no classes), or None."""
+        for key, low, high in (("min_size", 32, 4096), ("max_size", 32, 8192)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                return f"{key} is {repr(value)[:80]}; expected a size in pixels from {low} to {high}"
+        if not isinstance(self.classes, list) or len(self.classes) < 2 \
+                or not all(isinstance(c, str) for c in self.classes):
+            return (f"classes is {repr(self.classes)[:120]}; expected a list of names, background first, "
+                    "e.g. ['background', 'pedestrian']")
+        return None
+
+    @property
+    def pedestrian_class(self) -> bool:
+        """Class 1 is a pedestrian: what ``hkd predict`` writes as category 1."""
+        return len(self.classes) > 1 and str(self.classes[1]).lower() in PEDESTRIAN_NAMES
 
 
 class NotADetectorError(CheckpointError):

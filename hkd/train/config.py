@@ -1,4 +1,4 @@
-"""Run configs: plain data (YAML via ``safe_load`` or JSON), validated on load.
+"""Run configs: plain data (YAML without anchors or aliases, or JSON; :mod:`hkd.configfile`), validated on load.
 
 A run config has these sections (every key optional except ``model.preset``
 and ``data.train``)::
@@ -70,13 +70,13 @@ error that names the key and lists the valid ones.
 from __future__ import annotations
 
 import copy
-import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hkd.configfile import ConfigFileError, parse_value, quote, read_config_file
 
 
 class ConfigError(ValueError):
@@ -189,7 +189,7 @@ def _build(cls, raw: Any, where: str):
     kwargs = {}
     for key, value in raw.items():
         if key not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
+            raise ConfigError(f"{where}: unknown key {quote(key)}; valid keys: {', '.join(sorted(valid))}")
         f = valid[key]
         aliases = _ALIASES.get((where.split(".")[-1], key), {})
         if isinstance(value, bool) and value in aliases:
@@ -201,7 +201,7 @@ def _build(cls, raw: Any, where: str):
             value = _coerce(value, default, f"{where}.{key}")
         choices = _CHOICES.get((where.split(".")[-1], key))
         if choices and value not in choices:
-            raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{where}.{key}: {quote(value)} is not one of {', '.join(choices)}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -211,22 +211,22 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {quote(value)}")
         return value
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {quote(value)}")
         if isinstance(default, int) and not isinstance(default, bool):
             if float(value) != int(value):
-                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+                raise ConfigError(f"{where}: expected an integer, got {quote(value)}")
             return int(value)
         return float(value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
-            raise ConfigError(f"{where}: expected a list of {len(default)} numbers, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of {len(default)} numbers, got {quote(value)}")
         return tuple(float(v) for v in value)
     if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {quote(value)}")
     return value
 
 
@@ -239,7 +239,7 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
     valid = {"model", "data", "train", "teacher", "distill", "online"}
     for key in raw:
         if key not in valid:
-            raise ConfigError(f"unknown top-level key {key!r}; valid keys: {', '.join(sorted(valid))}")
+            raise ConfigError(f"unknown top-level key {quote(key)}; valid keys: {', '.join(sorted(valid))}")
     cfg = RunConfig(
         model=_build(ModelConfig, raw.get("model"), "model"),
         data=_build(DataConfig, raw.get("data"), "data"),
@@ -264,17 +264,55 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         raise ConfigError("data.train is required: a dataset folder (e.g. one made by `hkd synth`)")
     if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("train.steps and train.batch_size must be positive")
+    _check_ranges(cfg)
     check_placement(cfg.train)
     _check_teacher_cache(cfg)
     sizes = cfg.model.train_min_sizes
     if sizes is not None and (not isinstance(sizes, list) or not sizes
                               or not all(isinstance(v, int) and 32 <= v <= 4096 for v in sizes)):
-        raise ConfigError(f"model.train_min_sizes: expected a list of pixel sizes like [384, 416, 448], got {sizes!r}")
+        raise ConfigError(f"model.train_min_sizes: expected a list of pixel sizes like [384, 416, 448], got {quote(sizes)}")
     if cfg.online is not None:
         _check_online(cfg)
     if cfg.distill is not None and not isinstance(cfg.distill, (dict, str)):
         raise ConfigError("distill: expected a mapping, or the path of a distill config file")
+    if isinstance(cfg.distill, str) and Path(cfg.distill).is_dir():
+        raise ConfigError(f"distill: {quote(cfg.distill)} is a folder; name a distill config file "
+                          "(e.g. assets/configs/distill_full.yaml) or write the section inline")
     return cfg
+
+
+# (section, key): (test, what is accepted) for numbers whose type alone does not make them usable
+_RANGES = {
+    ("train", "lr"): (lambda v: v > 0, "a learning rate > 0, e.g. 0.01"),
+    ("train", "momentum"): (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("train", "weight_decay"): (lambda v: v >= 0, "a number >= 0"),
+    ("train", "warmup_steps"): (lambda v: v >= 0, "a number of steps >= 0"),
+    ("train", "grad_clip"): (lambda v: v >= 0, "a gradient norm >= 0 (0: no clipping)"),
+    ("train", "log_every"): (lambda v: v >= 1, "a number of steps >= 1"),
+    ("train", "eval_every"): (lambda v: v >= 0, "a number of steps >= 0 (0: only at the end)"),
+    ("train", "checkpoint_every"): (lambda v: v >= 0, "a number of steps >= 0 (0: only at the end)"),
+    ("data", "val_images"): (lambda v: v >= 1, "a number of images >= 1"),
+    ("model", "min_size"): (lambda v: 32 <= v <= 4096, "a size in pixels from 32 to 4096, or null"),
+    ("model", "max_size"): (lambda v: 32 <= v <= 8192, "a size in pixels from 32 to 8192, or null"),
+}
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """Numbers of the right type but outside what training accepts (a negative lr, a NaN, size -5)."""
+    for (section, key), (ok, accepted) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value is None and section == "model":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not ok(value):
+            raise ConfigError(f"{section}.{key}: {quote(value)} is not usable; expected {accepted}")
+    aug = cfg.data.augment
+    if not 0 <= aug.flip <= 1:
+        raise ConfigError(f"data.augment.flip: {quote(aug.flip)} is not a probability in [0, 1]")
+    if not 0 <= aug.color:
+        raise ConfigError(f"data.augment.color: {quote(aug.color)} must be >= 0")
+    if not 0 < aug.scale[0] <= aug.scale[1]:
+        raise ConfigError(f"data.augment.scale: {quote(list(aug.scale))} must be [low, high] with 0 < low <= high")
 
 
 def _check_online(cfg: RunConfig) -> None:
@@ -303,9 +341,9 @@ def _check_online(cfg: RunConfig) -> None:
 def _check_teacher_cache(cfg: RunConfig) -> None:
     t = cfg.train
     if t.teacher_cache is not None and (not isinstance(t.teacher_cache, str) or not t.teacher_cache):
-        raise ConfigError(f"train.teacher_cache: expected the path of a folder (or null), got {t.teacher_cache!r}")
+        raise ConfigError(f"train.teacher_cache: expected the path of a folder (or null), got {quote(t.teacher_cache)}")
     if t.teacher_cache_dtype not in (None, "float16", "float32"):
-        raise ConfigError(f"train.teacher_cache_dtype: {t.teacher_cache_dtype!r} is not one of float16, float32 "
+        raise ConfigError(f"train.teacher_cache_dtype: {quote(t.teacher_cache_dtype)} is not one of float16, float32 "
                           "or null (the teacher's own precision)")
     if t.teacher_cache and not cfg.teacher:
         raise ConfigError("train.teacher_cache stores a frozen teacher checkpoint's outputs, but this run has "
@@ -344,7 +382,7 @@ def check_placement(t: TrainConfig) -> None:
                               f"scaler), but train.device={t.device} runs on the CPU here; "
                               "use train.amp=bf16 or train.amp=off on the CPU")
     if t.channels_last is not None and not isinstance(t.channels_last, bool):
-        raise ConfigError(f"train.channels_last: expected true, false or null (auto), got {t.channels_last!r}")
+        raise ConfigError(f"train.channels_last: expected true, false or null (auto), got {quote(t.channels_last)}")
     cores = cpu_cores()
     if t.workers < 0 or t.workers > cores:
         raise ConfigError(f"train.workers: {t.workers} is not between 0 (load in the training process) and "
@@ -378,13 +416,10 @@ def resolve_paths(raw: dict, base_dir: Path) -> None:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML/JSON run config; ``overrides`` like ``train.steps=50`` win over the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    text = path.read_text()
     try:
-        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        raw = read_config_file(path)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
@@ -394,15 +429,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {quote(item)} must look like section.key=value")
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {quote(item)}: {quote(part)} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = parse_value(value, f"override {key}")
+        except ConfigFileError as exc:
+            raise ConfigError(str(exc)) from None
         if tuple(parts) in PATH_KEYS and isinstance(node[parts[-1]], str):
             node[parts[-1]] = _resolve(node[parts[-1]], cwd)
     return config_from_dict(raw, source=str(path))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
+import json
 import logging
 import math
 import os
@@ -30,13 +32,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from hkd.data.datasets import DatasetError
 from hkd.models.checkpoint import (CheckpointError, CheckpointMeta, atomic_write, load_backbone_weights, load_checkpoint,
                                    save_checkpoint)
 from hkd.models.device import DeviceError, check_device_spec, resolve_device
 from hkd.models.presets import build_detector, get_preset
 from hkd.train.config import ConfigError, RunConfig, check_placement
 from hkd.train.data import batch_indices, detection_targets, train_loader  # noqa: F401  (public here too)
-from hkd.train.run_folder import RunFolder
+from hkd.train.run_folder import RunFolder, RunFolderError
 
 log = logging.getLogger("hkd.train")
 
@@ -275,11 +278,33 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
     main_process = rank == 0
     run = RunFolder(out)
     t = cfg.train
+    # one writer per run folder: rank 0 holds RUN/.lock until the run has ended
+    writer = contextlib.ExitStack()
     if main_process:
-        if not resume and run.status_path.exists() and run.read_status().get("state") not in (None, "queued"):
-            raise ConfigError(f"{out} already holds a run; use --resume to continue it or choose another --out")
-        run.create()
+        try:
+            writer.enter_context(run.writer())
+            run.check_new(resume=resume)
+            run.create()
+        except RunFolderError as exc:
+            writer.close()
+            raise ConfigError(str(exc)) from None
+        except OSError as exc:
+            writer.close()
+            raise ConfigError(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
         _attach_log(run)
+    with writer:
+        return _train(cfg, run, device, rank, world, resume=resume, progress=progress)
+
+
+def _train(cfg: RunConfig, run: RunFolder, device: torch.device, rank: int, world: int, *, resume: bool,
+           progress: bool | None) -> dict:
+    main_process = rank == 0
+    t = cfg.train
+    # a supervised job's training gets SIGTERM when its supervisor dies (hkd.train.jobs): told
+    # apart from a user's cancel by the parent having changed since the start
+    parent_pid = os.getppid()
+    # a finished run whose --resume is refused (e.g. a damaged train_state.pt) keeps its own state
+    keep_state = resume and main_process and run.read_status().get("state") == "succeeded"
     if progress is None:
         progress = sys.stderr.isatty()
     torch.set_num_threads(max(1, t.threads))
@@ -320,8 +345,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
             if main_process:
                 run.truncate_metrics(start)
         if main_process:
-            (run.config_path).write_text(__import__("json").dumps(cfg.to_dict(), indent=2))
+            config_text = json.dumps(cfg.to_dict(), indent=2)
+            atomic_write(run.config_path, lambda tmp: Path(tmp).write_text(config_text))
             metrics = MetricsLog(run, first_step=start + 1 if resume else None)
+            keep_state = False
             run.write_status("running", step=start, total=t.steps, pid=os.getpid(), started=time.time(),
                              message="", world_size=world, mode=run_mode(cfg),
                              device=str(device), amp=t.amp)
@@ -405,15 +432,35 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
             status = {"state": "succeeded", "step": t.steps, "total": t.steps, "rank": rank}
     except Cancelled:
         if main_process:
-            _save(run, "last", student, cfg, parent, step, opt, sched, metrics=None, trainable=trainable,
-                  scaler=scaler)
-            status = run.write_status("cancelled", step=step, message="cancelled by the user (SIGTERM)")
-            log.warning("cancelled at step %d; resume with --resume", step)
+            try:
+                _save(run, "last", student, cfg, parent, step, opt, sched, metrics=None, trainable=trainable,
+                      scaler=scaler)
+            except OSError as exc:
+                error = _write_error(exc, run)
+                _mark_failed(run, f"stopped at step {step} but could not save its last checkpoint: {error}")
+                raise error from exc
+            if os.getppid() != parent_pid:
+                status = run.write_status(
+                    "failed", step=step,
+                    message=f"its job supervisor (pid {parent_pid}) died, so the run stopped at step {step} with "
+                            "checkpoints/last saved; continue it with `hkd jobs resume` or --resume")
+                log.warning("supervisor %d gone: stopped at step %d; resume with --resume", parent_pid, step)
+            else:
+                status = run.write_status("cancelled", step=step, message="cancelled by the user (SIGTERM)")
+                log.warning("cancelled at step %d; resume with --resume", step)
+    except DatasetError as exc:  # an image that does not match its annotations, found mid-run
+        error = TrainingError(f"data: {_dataset_message(exc)}")
+        if main_process:
+            _mark_failed(run, str(error), keep_state)
+        raise error from None
+    except OSError as exc:  # a full disk, a file that cannot be read: one sentence, not a traceback
+        error = _write_error(exc, run)
+        if main_process:
+            _mark_failed(run, str(error), keep_state)
+        raise error from exc
     except BaseException as exc:
-        if main_process and run.root.exists():
-            message = f"{type(exc).__name__}: {exc}"
-            status = run.write_status("failed", message=message)
-            log.error("failed: %s", message)
+        if main_process:
+            _mark_failed(run, f"{type(exc).__name__}: {exc}", keep_state)
         raise
     finally:
         del batches  # stops the loader's workers
@@ -426,6 +473,35 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: bool = False, progr
             dist.barrier()
             dist.destroy_process_group()
     return status
+
+
+def _dataset_message(exc: Exception) -> str:
+    """The sentence of a DatasetError, also when a DataLoader worker wrapped it with its traceback."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in str(exc):
+        return lines[-1].split("DatasetError: ", 1)[-1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _write_error(exc: OSError, run: RunFolder) -> TrainingError:
+    """An OSError as one sentence naming the file (ENOSPC: the disk is full)."""
+    where = exc.filename or run.root
+    why = exc.strerror or str(exc)
+    hint = "; free some space and continue with --resume" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return TrainingError(f"{where}: {why}{hint}")
+
+
+def _mark_failed(run: RunFolder, message: str, keep_state: bool = False) -> None:
+    """Record a failed run when the folder can still be written (a full disk may refuse even that);
+    ``keep_state``: only log it (a refused resume of a finished run leaves that run as it was)."""
+    if keep_state or not run.root.is_dir():
+        log.error("failed: %s", message)
+        return
+    try:
+        run.write_status("failed", message=message)
+    except OSError:
+        pass
+    log.error("failed: %s", message)
 
 
 def _mean_over_ranks(losses: dict[str, torch.Tensor], world: int) -> dict[str, float]:
@@ -557,17 +633,25 @@ def _restore(run: RunFolder, student: nn.Module, trainable: nn.Module, opt, sche
         if not teacher_ckpt.exists():
             raise ConfigError(f"{run.root}: an online run without checkpoints/teacher_last.safetensors cannot resume")
         trainable.teacher.load_state_dict(load_checkpoint(teacher_ckpt).model.state_dict())
-    state = torch.load(run.state_path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(run.state_path, map_location="cpu", weights_only=True)
+        step = int(state["step"])
+        optimizer_state, scheduler_state = state["optimizer"], state["scheduler"]
+    except Exception as exc:  # truncated, foreign or pickled objects: torch says it in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"{run.state_path}: not a readable training state ({first}); the run cannot be resumed "
+                          "from it — start a new run in another --out (checkpoints/last.safetensors can seed "
+                          "it as model.init)") from None
     if "adapters" in state and getattr(trainable, "adapters", None) is not None:
         trainable.adapters.load_state_dict(state["adapters"])
     if "aux" in state and getattr(trainable, "aux_student", None) is not None:
         trainable.aux_student.load_state_dict(state["aux"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
+    opt.load_state_dict(optimizer_state)
+    sched.load_state_dict(scheduler_state)
     if scaler is not None and scaler.is_enabled() and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
-    log.info("resumed from step %d", state["step"])
-    return int(state["step"])
+    log.info("resumed from step %d", step)
+    return step
 
 
 _handler: logging.Handler | None = None
@@ -576,11 +660,19 @@ _handler: logging.Handler | None = None
 def _attach_log(run: RunFolder) -> None:
     global _handler
     _detach_log()
-    _handler = logging.FileHandler(run.log_path)
+    _handler = _RunLogHandler(run.log_path)
     _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("hkd")
     root.addHandler(_handler)
     root.setLevel(logging.INFO)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """The run's log.txt. A line that cannot be written (a full disk) is dropped without
+    logging's own traceback: the error that matters reaches the user as the run's failure."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
 
 
 def _detach_log() -> None:

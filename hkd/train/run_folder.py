@@ -6,20 +6,33 @@
     RUN/config.json       the resolved run config
     RUN/checkpoints/last.safetensors, RUN/checkpoints/final.safetensors
     RUN/train_state.pt    optimizer/scheduler state for --resume (tensors only)
+    RUN/.lock             flock held by the one process that writes the run (:meth:`RunFolder.writer`)
+    RUN/.writer.json      {"pid", "host", "started"} of that process, to name it to a second writer
 
 The app's background jobs read the same files, so their shapes are public.
+Every file but ``metrics.jsonl`` and ``log.txt`` (appended) is replaced
+atomically: written to a temporary file beside it, then renamed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from hkd.configfile import quote
 from hkd.models.meta import atomic_write
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+LOCK_NAME = ".lock"
+WRITER_NAME = ".writer.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be written by this process; the message says why and what to do."""
 
 
 class RunFolder:
@@ -53,6 +66,92 @@ class RunFolder:
     def create(self) -> "RunFolder":
         (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
         return self
+
+    def check_writable_folder(self) -> None:
+        """Refuse a ``--out`` that is a file, or lies under one, before anything is written."""
+        for path in (self.root, *self.root.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise RunFolderError(f"{self.root}: {'is' if path == self.root else f'{path} is'} a file, "
+                                         "not a folder; choose another --out")
+                return
+
+    def check_new(self, *, resume: bool) -> None:
+        """Refuse to start a run over another (one check for ``hkd train`` and ``hkd jobs submit``).
+
+        Without ``resume``: a folder whose status names a run, or that holds checkpoints or a
+        training state without a readable status (a run whose status was lost), is refused.
+        With ``resume``: the last checkpoint and the training state must be there.
+        """
+        self.check_writable_folder()
+        if resume:
+            if not self.checkpoint("last").is_file() or not self.state_path.is_file():
+                raise RunFolderError(f"{self.root}: nothing to resume (no checkpoints/last.safetensors or "
+                                     "train_state.pt)")
+            return
+        status, problem = read_status_checked(self.status_path)
+        if problem is None and status.get("state") not in (None, "queued"):
+            raise RunFolderError(f"{self.root} already holds a run ({status['state']}); use --resume to continue "
+                                 "it or choose another --out")
+        held = sorted(p.name for p in (self.root / "checkpoints").glob("*.safetensors")) \
+            if (self.root / "checkpoints").is_dir() else []
+        if self.state_path.is_file():
+            held.append(self.state_path.name)
+        if held:
+            why = f"its status.json is unreadable ({problem})" if problem else "it has no status.json"
+            raise RunFolderError(f"{self.root} holds a run's files ({', '.join(held[:4])}) but {why}; "
+                                 "continue it with --resume, or choose another --out (nothing was overwritten)")
+
+    def check_not_written(self) -> None:
+        """Refuse a folder another process is writing now (for a check before a launch; the
+        writer's own lock, :meth:`writer`, is what decides)."""
+        from filelock import FileLock, Timeout
+
+        if not (self.root / LOCK_NAME).is_file():
+            return
+        lock = FileLock(self.root / LOCK_NAME, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunFolderError(self._busy_message()) from None
+        lock.release()
+
+    def _busy_message(self) -> str:
+        holder = read_json_object(self.root / WRITER_NAME) or {}
+        who = f"pid {holder.get('pid')}" + (f" on {holder['host']}" if holder.get("host") else "") \
+            if holder.get("pid") else "another process"
+        return (f"{self.root} is being written by {who}; wait for that run to end (or cancel it) before "
+                "training into this folder again")
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator["RunFolder"]:
+        """Hold the run folder's write lock for the life of the block: one writer per run folder.
+
+        The lock is an ``flock`` on ``RUN/.lock`` (the kernel releases it when the process
+        dies, even by SIGKILL, so it never goes stale); ``RUN/.writer.json`` names the holder.
+
+        Raises:
+            RunFolderError: another process holds it (the message names its pid), or the
+                folder cannot be created.
+        """
+        from filelock import FileLock, Timeout
+
+        self.check_writable_folder()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"{self.root}: cannot create the run folder ({exc.strerror or exc})") from None
+        lock = FileLock(self.root / LOCK_NAME, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunFolderError(self._busy_message()) from None
+        try:
+            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+            atomic_write(self.root / WRITER_NAME, lambda tmp: Path(tmp).write_text(record))
+            yield self
+        finally:
+            lock.release()
 
     # status
     def read_status(self) -> dict[str, Any]:
@@ -90,9 +189,49 @@ def read_status(path: str | os.PathLike) -> dict[str, Any]:
     """A status file's fields, or {} while it does not exist (or is being replaced)."""
     try:
         status = json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
+    except (FileNotFoundError, json.JSONDecodeError, OSError, UnicodeDecodeError):
         return {}
     return status if isinstance(status, dict) else {}
+
+
+# the fields a status file must hold in these types, when it holds them (bool is no number)
+_NUMBER_FIELDS = ("step", "total", "eta_s", "updated", "seconds", "started")
+
+
+def read_status_checked(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+    """(the status file's fields, None), or ({}, why it cannot be used): a missing file is
+    ``({}, None)``; a truncated file, one that is not an object, an unknown state or a
+    non-numeric step/total give the reason, quoting at most 200 characters of the bad value."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, f"{path.name}: unreadable ({exc})"
+    try:
+        status = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {}, f"{path.name}: not valid JSON ({exc.msg} at character {exc.pos}; truncated?)"
+    if not isinstance(status, dict):
+        return {}, f"{path.name}: holds a JSON {type(status).__name__}, not an object"
+    state = status.get("state")
+    if state is not None and state not in STATES:
+        return {}, f"{path.name}: unknown state {quote(state)}; one of {', '.join(STATES)}"
+    for key in _NUMBER_FIELDS:
+        value = status.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return {}, f"{path.name}: {key} is {quote(value)}, not a number"
+    return status, None
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_status(path: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any]:

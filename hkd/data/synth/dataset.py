@@ -95,6 +95,10 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
 
 
+# one dataset's images at most: what a disk holds in JPEGs, and a bound on a mistyped --num
+MAX_IMAGES = 1_000_000
+
+
 def generate(out_dir: Path | str, num: int, seed: int = 0, config: SynthConfig | None = None, *,
              workers: int | None = None, overwrite: bool = False, progress: bool = True,
              on_progress=None) -> dict[str, Any]:
@@ -104,8 +108,8 @@ def generate(out_dir: Path | str, num: int, seed: int = 0, config: SynthConfig |
     """
     from tqdm import tqdm
 
-    if num <= 0:
-        raise ValueError(f"num must be a positive number of images, got {num}")
+    if not 0 < num <= MAX_IMAGES:
+        raise ValueError(f"num must be a number of images from 1 to {MAX_IMAGES:,}, got {str(num)[:40]}")
     config = config or SynthConfig()
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, overwrite)
@@ -113,7 +117,8 @@ def generate(out_dir: Path | str, num: int, seed: int = 0, config: SynthConfig |
     workers = min(workers, num)
     if needs_vtest(config):
         sources.ensure_bank()  # build the cutout cache once, before any worker wants it
-    jobs = [(i, seed, config.to_dict(), str(out_dir)) for i in range(num)]
+    settings = config.to_dict()
+    jobs = ((i, seed, settings, str(out_dir)) for i in range(num))  # a stream: --num never builds a list of jobs
     images, annotations = [], []
     bar = tqdm(total=num, desc="synth", unit="img", disable=not progress)
     pool = None
