@@ -13,24 +13,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hkd.data.synth.splits import SPLITS
 from hkd.train.jobs import Job
 
 from app.services import settings
 from app.services.finetune import queue
 
-# name → (images, seed): the splits of docs/BENCHMARKS.md. Same seed, same bytes, and image i
-# depends only on (seed, i), so train_small is the first 400 images of train.
-SYNTHPED_SPLITS = {
-    "train": (3000, 0),
-    "train_small": (400, 0),
-    "val": (500, 1000),
-    "tune": (200, 2000),
-}
+# name → (images, seed): hkd.data.synth.splits, the one place the splits are written
+SYNTHPED_SPLITS = {name: (split.images, split.seed) for name, split in SPLITS.items()}
 SYNTHPED_LABELS = {
     "train": "SynthPed train ({num} images, seed {seed})",
     "train_small": "SynthPed train, first {num} images (seed {seed}; the quick demo's)",
     "val": "SynthPed val ({num} images, seed {seed})",
     "tune": "SynthPed tune ({num} images, seed {seed}; for choosing configs)",
+    "test": "SynthPed test ({num} images, seed {seed}; reported once per shipped model)",
 }
 # how deep under each HKD_DATA_ROOTS folder datasets are looked for
 SCAN_DEPTH = 3
