@@ -396,3 +396,20 @@ def job_actions(queue, job, prefix: str) -> None:
                 st.rerun(scope="app")
     except JobError as exc:
         st.error(str(exc))
+
+
+def case_note(picture, prefix: str) -> tuple | None:
+    """The box of a case opened from Evaluate on this image (or None), after saying what the case is,
+    with a button that forgets it; the page draws the box on every model's image."""
+    from app.services import images
+
+    try:
+        focus = images.focus_for(picture)
+    except ValueError:
+        focus = None
+    if focus is None:
+        return None
+    note, clear = st.columns([6, 1], vertical_alignment="center")
+    note.info(f"The case: {focus.describe()} — drawn in white on each model's image.")
+    clear.button("Clear", key=f"{prefix}_focus_clear", on_click=images.clear_focus)
+    return focus.box

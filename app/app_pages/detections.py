@@ -16,6 +16,7 @@ st.title("Detections")
 st.caption("The models on the same image; any two of them compared box by box: agreed, or found by one only.")
 picture = widgets.require_image("det")
 teacher, student = widgets.require_pair()
+case_box = widgets.case_note(picture, "det")
 
 third_path, third = widgets.third_model_select(teacher, student, "det_third")
 
@@ -59,7 +60,10 @@ for place, (role, m) in zip(places, shown.items()):
     with place:
         st.subheader(titles[role], help=names[role], anchor=False)
         dets = found[role]
-        st.image(draw_boxes(picture.pixels, dets.boxes, scores=dets.scores, color=COLOR[role]), width="stretch")
+        drawn = draw_boxes(picture.pixels, dets.boxes, scores=dets.scores, color=COLOR[role])
+        if case_box is not None:  # the case last, thin, so that a box right on it does not hide it
+            drawn = draw_boxes(drawn, [case_box], color=COLORS["ground_truth"], thickness=1)
+        st.image(drawn, width="stretch")
         st.caption(f"**{len(dets)} pedestrians** with score ≥ {score:.2f} · inference **{dets.seconds * 1000:.0f} ms** "
                    f"on the CPU ({backend[role]}) for {picture.name} ({width}×{height}; first run, cached afterwards)")
 

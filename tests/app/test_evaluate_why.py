@@ -74,3 +74,31 @@ def test_the_page_keeps_its_place_across_pages_and_a_reload(world):  # noqa: F81
     fresh.switch_page("app_pages/evaluate.py").run()
     no_exceptions(fresh)
     assert fresh.number_input(key="eval_limit").value == LIMIT and fresh.radio(key="eval_view").value == "found"
+
+
+def test_a_case_opened_in_detections_is_drawn_named_and_has_a_way_back(world):  # noqa: F811
+    seed_teacher(world)
+    at = run_predictions(open_evaluate(world), world)
+    at.radio(key="eval_view").set_value("missed").run()
+    at.segmented_control(key="eval_target").set_value("Detections").run()
+    at.button(key="eval_open_0").click().run()
+    no_exceptions(at)
+    assert at.title[0].value == "Detections"
+    (note,) = [i.value for i in at.info if i.value.startswith("The case:")]
+    assert "finds" in note and "misses" in note  # what the case is, in words
+    case = at.query_params["case"]
+    case = case[0] if isinstance(case, list) else case
+    assert case.count("|") == 3 and case.split("|")[2].endswith((".jpg", ".png"))  # the case's URL
+    links = [e for e in at.sidebar if getattr(e, "proto", None) is not None and "Back to the gallery" in str(e.proto)]
+    assert links, "no way back to the gallery"
+
+    at.switch_page("app_pages/evaluate.py").run()
+    no_exceptions(at)
+    assert at.radio(key="eval_view").value == "missed" and at.segmented_control(key="eval_target").value == "Detections"
+
+    # the same URL in a fresh session (a reload, or a shared link) opens the same case
+    fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    fresh.query_params["case"] = case
+    fresh.run()
+    no_exceptions(fresh)
+    assert fresh.session_state["focus"]["box"] == at.session_state["focus"]["box"]
