@@ -66,16 +66,14 @@ def distance_levels(t_spec: HierarchySpec, s_spec: HierarchySpec) -> list[str]:
     (also the default): backbone and FPN maps, ``rpn.objectness`` (same anchors per cell in both)
     and ``roi.features``."""
     out = []
-    for level in t_spec:
-        other = s_spec[level.name] if level.name in s_spec else None
-        if other is None or other.kind != level.kind:
-            continue
+    for name in t_spec.shared_with(s_spec, kinds=("map", "maps", "regions")):
+        level, other = t_spec[name], s_spec[name]
         if level.kind == "map" and level.hierarchy in ("backbone", "neck"):
-            out.append(level.name)
-        elif level.name == OBJECTNESS and level.channels == other.channels:
-            out.append(level.name)
-        elif level.name == ROI_FEATURES and level.kind == "regions":
-            out.append(level.name)
+            out.append(name)
+        elif name == OBJECTNESS and level.channels == other.channels:
+            out.append(name)
+        elif name == ROI_FEATURES:
+            out.append(name)
     return out
 
 

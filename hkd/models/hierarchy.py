@@ -8,10 +8,22 @@ output (a dict key or a tuple index), and its channels and stride.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 # The hierarchies in the order a detector computes them (and the paper names them).
 HIERARCHIES = ("backbone", "neck", "rpn", "roi", "head")
+# What a level's tensor is: (N,C,H,W), a list of those per FPN level, (K,C,7,7) per region, (K,C).
+KINDS = ("map", "maps", "regions", "vectors")
+
+
+def _check_kinds(kinds: Iterable[str]) -> list[str]:
+    if isinstance(kinds, str):
+        raise TypeError(f"kinds must be a collection of level kinds such as ('map',), got the string {kinds!r}")
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown level kind(s) {unknown}; kinds: {', '.join(KINDS)}")
+    return kinds
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,18 @@ class HierarchySpec:
         if hierarchy is not None:
             return [lv for lv in self.levels if lv.hierarchy == hierarchy]
         return list(self.levels)
+
+    def shared_with(self, other: "HierarchySpec", *, kinds: Iterable[str] | None = None) -> list[str]:
+        """Names of the levels ``other`` has too, of the same kind there, in this spec's computation order.
+
+        ``kinds``: only levels of these kinds (``"map"``, ``"maps"``, ``"regions"``,
+        ``"vectors"``); e.g. ``teacher.shared_with(student, kinds=("map",))`` are the
+        backbone/FPN feature maps of both, ``kinds=("map", "regions")`` adds the pooled
+        region features. ``None``: every kind.
+        """
+        wanted = None if kinds is None else set(_check_kinds(kinds))
+        return [lv.name for lv in self.levels
+                if (wanted is None or lv.kind in wanted) and lv.name in other and other[lv.name].kind == lv.kind]
 
     def to_rows(self) -> list[dict]:
         """Plain rows for tables: name, module, channels, stride, kind."""

@@ -2,6 +2,8 @@
 per-level percentile profile against the successes, roi.features at the box's aspect ratio."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -65,8 +67,6 @@ def test_a_success_distribution_handed_over_is_used(focused, monkeypatch):
     no_exceptions(at)
     chart = profile_chart(at)
     assert chart is not None
-    import json
-
     figure = json.loads(chart.proto.spec)
     bars = figure["data"][0]
     assert bars["type"] == "bar" and bars["x"][0] == "backbone.c2" and bars["x"][-1] == "roi.features"
