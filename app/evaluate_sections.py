@@ -9,7 +9,7 @@ import streamlit as st
 
 from hkd.data.images import ImageError
 from hkd.models.meta import CheckpointError
-from hkd.train.jobs import JobError
+from hkd.jobs import JobError
 
 from app import widgets
 from app.services import diagnosis, evaluation, models, page_state
@@ -198,28 +198,31 @@ def _card(prepared, result, record, reference, compared, merged, target: str, ke
 
 def divergence(prepared, result, refs, reference: str, compared: str) -> None:
     st.header("Per-hierarchy divergence")
-    st.caption(f"Mean {reference}–{compared} similarity of each case's region per level, for the pedestrians "
-               f"{reference} finds and {compared} misses (failures) versus those both find (successes).")
-    cols = st.columns([2, 1, 1], vertical_alignment="bottom")
+    st.caption(f"Mean {reference}–{compared} distance of the features pooled on each case's box, per level "
+               f"(‖t − A(s)‖ / ‖t‖ after a least-squares adapter; 0: the student holds the teacher's features), for "
+               f"the pedestrians {reference} finds and {compared} misses (failures) and those both find (successes), "
+               "with 95 % intervals of the mean. A case opened from the gallery is placed among these successes on "
+               "the Features page.")
+    cols = st.columns([3, 1], vertical_alignment="bottom")
     per_group = cols[0].slider("Cases per group", 4, 64, 16, 4, key="eval_div_cases")
-    measure = cols[1].radio("Measure", ["cka", "cosine"], horizontal=True, key="eval_div_measure",
-                            format_func={"cka": "linear CKA", "cosine": "attention cosine"}.get)
-    path = evaluation.divergence_path(prepared, result, refs, reference, compared, per_group=per_group,
-                                      measure=measure)
+    path = evaluation.divergence_path(prepared, result, refs, reference, compared, per_group=per_group)
     result_ = evaluation.read_divergence(path)
-    if result_ is None and cols[2].button("Measure divergence", key="eval_divergence"):
+    if result_ is None and cols[1].button("Measure divergence", key="eval_divergence"):
         bar = st.progress(0.0, text="Loading both models…")
         try:
             cases = evaluation.divergence_cases(prepared, result, reference, compared, per_group)
             pair_models = [models.load(refs[label]) for label in (reference, compared)]
-            result_ = evaluation.compute_divergence(path, *pair_models, cases, measure=measure, progress=lambda d, n:
+            result_ = evaluation.compute_divergence(path, *pair_models, cases, progress=lambda d, n:
                                                     bar.progress(d / n, text=f"{d} of {n} images (both models)"))
         except (CheckpointError, ImageError, OSError, ValueError) as exc:
             st.error(f"Divergence not measured: {exc}")
         bar.empty()
     if result_ is not None:
-        from hkd.viz.divergence import divergence_chart
+        from hkd.analysis.divergence import distance_chart
 
-        st.plotly_chart(divergence_chart(result_["rows"], measure=measure), width="stretch",
-                        key="eval_divergence_chart")
+        st.plotly_chart(distance_chart(result_["rows"]), width="stretch", key="eval_divergence_chart")
         st.caption(" · ".join(f"{n} {group} cases" for group, n in result_["cases"].items()) + " (cached on disk)")
+        st.session_state["focus_norm"] = {"teacher": result_["teacher_key"], "student": result_["student_key"],
+                                          "distances": result_["successes"],
+                                          "label": f"{result_['cases'].get('success', 0)} successes of "
+                                                   f"{prepared.label} (Evaluate)"}

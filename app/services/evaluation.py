@@ -35,7 +35,7 @@ from hkd.models.meta import CheckpointError
 from hkd.viz.draw import COLORS
 
 from app.services import finetune, models, settings
-from app.services.finetune import queue
+from app.services.jobs import queue
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def prediction_state(candidate: Candidate, prepared: Prepared) -> PredictionStat
 
 def _job_of(path: Path):
     """The predict job named by ``path``'s marker, or None (no marker, or a cleared queue)."""
-    from hkd.train.jobs import JobError
+    from hkd.jobs import JobError
 
     marker = _marker(path)
     try:
@@ -354,7 +354,7 @@ def launch(state: PredictionState, prepared: Prepared) -> PredictionState:
 @st.fragment(run_every=2.0)
 def follow(job_ids: list[str], title: str) -> None:
     """Progress bars of background jobs, redrawn every 2 s; the whole page reruns once all have ended."""
-    from hkd.train.jobs import JobError
+    from hkd.jobs import JobError
 
     jobs = []
     for job_id in job_ids:
@@ -840,7 +840,7 @@ def divergence_cases(prepared: Prepared, evaluation: Evaluation, reference: str,
 
 
 def divergence_path(prepared: Prepared, evaluation: Evaluation, refs: dict[str, dict], reference: str,
-                    compared: str, *, per_group: int, measure: str) -> Path:
+                    compared: str, *, per_group: int, measure: str = "distance") -> Path:
     """Cache file of one divergence run: both checkpoints, the dataset, N, the operating points, the cases."""
     t_key, s_key = (models.info(refs[label]).key.split(":")[0] for label in (reference, compared))
     ops = [evaluation.report["models"][label]["operating_point"]["score"] for label in (reference, compared)]
@@ -851,34 +851,39 @@ def divergence_path(prepared: Prepared, evaluation: Evaluation, refs: dict[str, 
 
 
 def read_divergence(path: Path) -> dict | None:
-    """``{"rows", "cases", "measure"}`` from a divergence cache file, or None."""
+    """``{"rows", "cases", "measure", "successes", "teacher_key", "student_key"}`` from a divergence
+    cache file, or None (also for a file of the older CKA measure)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not (isinstance(data, dict) and isinstance(data.get("rows"), list)):
+    if not (isinstance(data, dict) and isinstance(data.get("rows"), list) and "successes" in data):
         return None
     # JSON has no NaN: None stands for "no finite value" (see _finite)
-    data["rows"] = [{k: (math.nan if v is None and k in ("mean", "std") else v) for k, v in row.items()}
+    data["rows"] = [{k: (math.nan if v is None and k in ("mean", "low", "high") else v) for k, v in row.items()}
                     for row in data["rows"]]
     return data
 
 
 def compute_divergence(path: Path, teacher: models.LoadedModel, student: models.LoadedModel, cases: list, *,
-                       measure: str = "cka", progress: Callable[[int, int], None] | None = None) -> dict:
-    """:func:`hkd.viz.divergence.divergence_over_cases` (one forward per model and image), written to
-    ``path``; an unreadable image raises ImageError naming it."""
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+    """:func:`hkd.analysis.divergence.distances_over_cases` (the Features page's per-case measure: the
+    teacher–student distance on each case's box, one forward per model and image) summarised per
+    level and group with 95 % intervals, written to ``path`` with the successes' distances (the
+    norm a case opened from the gallery is placed in). An unreadable image raises ImageError naming it."""
+    from hkd.analysis.divergence import distances_over_cases, summarise
     from hkd.models.meta import atomic_write
-    from hkd.viz.divergence import divergence_over_cases
 
-    rows = divergence_over_cases(teacher.model, teacher.spec, student.model, student.spec, cases,
-                                 measure=measure, load_image=lambda p: _pixels(p, Path(p).stat().st_mtime_ns),
-                                 progress=progress)
+    values = distances_over_cases(teacher.model, teacher.spec, student.model, student.spec, cases,
+                                  load_image=lambda p: _pixels(p, Path(p).stat().st_mtime_ns), progress=progress)
     counts: dict[str, int] = defaultdict(int)
     for case in cases:
         counts[case.group] += 1
-    data = {"rows": _finite(rows), "cases": dict(counts), "measure": measure,
-            "teacher": teacher.name, "student": student.name}
+    successes = {level: [float(v) for v in groups.get(SUCCESS, []) if math.isfinite(v)]
+                 for level, groups in values.items()}
+    data = {"rows": _finite(summarise(values)), "cases": dict(counts), "measure": "distance",
+            "teacher": teacher.name, "student": student.name, "teacher_key": teacher.key,
+            "student_key": student.key, "successes": successes}
     text = json.dumps(data)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return read_divergence(path)

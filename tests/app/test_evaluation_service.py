@@ -25,7 +25,7 @@ def make_dataset(folder: Path, num: int = 6, seed: int = 7) -> Path:
 
 def wait_for_jobs(root: Path, timeout: float = JOB_TIMEOUT) -> list:
     """Poll the queue at ``root`` until no job is queued or running; returns the jobs."""
-    from hkd.train.jobs import JobQueue
+    from hkd.jobs import JobQueue
 
     queue = JobQueue(root=root)
     deadline = time.monotonic() + timeout
@@ -274,7 +274,7 @@ def test_a_failed_job_reports_why_and_can_be_started_again(eval_env, prepared):
 
 # -- checkpoints ----------------------------------------------------------------------------
 def test_candidates_list_the_folder_and_finished_finetunes(eval_env, monkeypatch, tmp_path):
-    from hkd.train.jobs import Job
+    from hkd.jobs import Job
 
     finetune = eval_env["models"] / "student_hkd.safetensors"
 
@@ -303,7 +303,7 @@ def test_candidates_list_the_folder_and_finished_finetunes(eval_env, monkeypatch
 
 # -- divergence ----------------------------------------------------------------------------
 def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_disk(eval_env, prepared, monkeypatch):
-    import hkd.viz.divergence as divergence
+    import hkd.analysis.divergence as divergence
     from app.services import models
 
     states, _ = ready_states(eval_env["root"], prepared.gt)
@@ -321,13 +321,12 @@ def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_dis
 
     refs = {"teacher": {"path": str(eval_env["models"] / "teacher.safetensors"), "preset": None},
             "student": {"path": str(eval_env["models"] / "student_hkd.safetensors"), "preset": None}}
-    path = evaluation.divergence_path(prepared, result, refs, "teacher", "student", per_group=3, measure="cka")
+    path = evaluation.divergence_path(prepared, result, refs, "teacher", "student", per_group=3)
     assert path.is_relative_to(settings.cache_dir() / "divergence") and evaluation.read_divergence(path) is None
-    assert path != evaluation.divergence_path(prepared, result, refs, "teacher", "student", per_group=4,
-                                              measure="cka")
+    assert path != evaluation.divergence_path(prepared, result, refs, "teacher", "student", per_group=4)
     calls = []
     data = evaluation.compute_divergence(path, models.load(refs["teacher"]), models.load(refs["student"]), cases,
-                                         measure="cka", progress=lambda done, total: calls.append((done, total)))
+                                         progress=lambda done, total: calls.append((done, total)))
     images = len({c.image_path for c in cases})
     assert calls[-1] == (images, images) and len(calls) == images  # one batch (both models' forwards) per image
     assert data["cases"] == {"failure": 3, "success": 3}
@@ -335,11 +334,14 @@ def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_dis
     assert {"backbone.c3", "neck.p3", "roi.features"} <= levels
     assert {(r["level"], r["group"]) for r in data["rows"]} == {(lv, g) for lv in levels for g in ("failure", "success")}
     assert all(r["n"] <= 3 for r in data["rows"])
+    # the same measure as the Features page's per-case profile, with an interval, and the successes kept as its norm
+    assert all(r["low"] <= r["mean"] <= r["high"] for r in data["rows"] if r["mean"] == r["mean"])
+    assert set(data["successes"]) == levels and all(len(v) <= 3 for v in data["successes"].values())
 
-    monkeypatch.setattr(divergence, "divergence_over_cases", lambda *a, **k: pytest.fail("measured twice"))
+    monkeypatch.setattr(divergence, "distances_over_cases", lambda *a, **k: pytest.fail("measured twice"))
     again = evaluation.read_divergence(path)  # another session, a later visit: from the disk
     np.testing.assert_equal(again["rows"], data["rows"])  # NaN (a region without variance) equals NaN here
-    chart = divergence.divergence_chart(again["rows"], measure="cka")
+    chart = divergence.distance_chart(again["rows"])
     assert {t.name for t in chart.data} == {"failure", "success"}
 
 
@@ -347,7 +349,7 @@ def test_a_finished_finetune_in_the_model_pickers_is_listed_once_under_its_job_n
     """models.available() offers finished fine-tunes too (as `job …` entries): Evaluate lists each once, named
     after its job, selected by default — not as the run folder's `final` checkpoint of the models folder."""
     from app.services import models
-    from hkd.train.jobs import Job
+    from hkd.jobs import Job
 
     run = eval_env["root"] / "jobs" / "j1" / "run" / "checkpoints"
     run.mkdir(parents=True)
