@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hkd.deploy.onnx import OnnxDetector  # noqa: E402
+from hkd.deploy.runtime import OnnxDetector  # noqa: E402
 from hkd.models.profile import _dummy  # noqa: E402
 
 

@@ -13,7 +13,7 @@ One run, every number from the same process:
    runs it) and in onnxruntime (CPU execution provider), on ``--threads`` threads;
 3. runs both students through both backends on SynthPed val and on the shipped
    real frames (``assets/samples/real``), pairs their detections
-   (``hkd.deploy.compare_detections``: boxes within 1 px, scores within 1e-3)
+   (``hkd.deploy.backend_agreement``: boxes within 1 px, scores within 1e-3)
    and compares MR⁻² on val (within 0.1); the teacher on the real frames and
    the first ``--teacher-val-limit`` val images (its PyTorch path is the slow one).
 
@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hkd.data.images import IMAGE_SUFFIXES, load_image  # noqa: E402
-from hkd.deploy.onnx import OnnxDetector, compare_detections, export_onnx, onnx_latency  # noqa: E402
+from hkd.deploy.agreement import backend_agreement  # noqa: E402
+from hkd.deploy.export import export_onnx  # noqa: E402
+from hkd.deploy.runtime import OnnxDetector, onnx_latency  # noqa: E402
 from hkd.models.checkpoint import load_checkpoint  # noqa: E402
 from hkd.models.inference import detect  # noqa: E402
 from hkd.models.profile import cpu_latency  # noqa: E402
@@ -119,7 +121,7 @@ def main() -> int:
     exported["student_hkd.fixed"] = fixed.path
     print(f"exported student_hkd for {args.width}×{args.height} only; check {fixed.check.summary()}")
     if args.int8:
-        from hkd.deploy.onnx import quantize_int8
+        from hkd.deploy.quantize import quantize_int8
 
         files = sorted(f for f in (args.calibration / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         start = time.perf_counter()
@@ -178,7 +180,7 @@ def main() -> int:
             start = time.perf_counter()
             ref, ref_coco = _run(models[torch_name], chosen, cache)
             cand, cand_coco = _run(onnx[key], chosen, cache)
-            agreement = compare_detections(ref, cand)
+            agreement = backend_agreement(ref, cand)
             mr_cells = ["-", "-", "-"]
             mr_diff = 0.0
             if label == "SynthPed val":

@@ -2,7 +2,7 @@
 
 The whole detector (transform, backbone, FPN, RPN, ROI head, post-processing)
 as one ONNX graph with the checkpoint's metadata; onnxruntime's detections are
-checked against PyTorch's before the file is written (:mod:`hkd.deploy.onnx`).
+checked against PyTorch's before the file is written (:mod:`hkd.deploy.export`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hkd.cli import CLIError
 
 
 def add_parser(subparsers, name: str) -> None:
-    from hkd.deploy.onnx import DEFAULT_OPSET, OPSET_RANGE
+    from hkd.deploy.export import DEFAULT_OPSET, OPSET_RANGE
 
     p = subparsers.add_parser(name, help="export a checkpoint to ONNX (checked against PyTorch with onnxruntime)")
     p.add_argument("--checkpoint", required=True, help="HKD checkpoint (.safetensors) or foreign weights with --preset")
@@ -59,7 +59,7 @@ def run(args) -> int:
     import sys
     from dataclasses import asdict
 
-    from hkd.deploy.onnx import OnnxCheckError, OnnxExportError, export_onnx
+    from hkd.deploy.export import OnnxCheckError, OnnxExportError, export_onnx
     from hkd.models.meta import CheckpointError
 
     size = tuple(args.size) if args.size else None

@@ -1,7 +1,7 @@
 """``hkd info CHECKPOINT [--json] [--bench]``: metadata, parameters, FLOPs and latency.
 
 An exported ``.onnx`` model is described from its own metadata and timed through
-onnxruntime (:mod:`hkd.deploy.onnx`); the JSON has the same keys, plus ``onnx``.
+onnxruntime (:mod:`hkd.deploy.runtime`); the JSON has the same keys, plus ``onnx``.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def describe(checkpoint: str, *, preset: str | None = None, size=(640, 480), ben
              device: str = "cpu") -> dict:
     from dataclasses import asdict
 
-    from hkd.deploy.onnx import is_onnx
+    from hkd.deploy.runtime import is_onnx
 
     if is_onnx(checkpoint):
         if preset:
@@ -86,7 +86,7 @@ def describe_onnx(path: str, *, size=None, bench=False, threads=2) -> dict:
     onnxruntime. ``size=None``: the model's fixed input size, or 640x480 for a dynamic one."""
     from dataclasses import asdict
 
-    from hkd.deploy.onnx import OnnxDetector, onnx_latency, read_onnx_meta
+    from hkd.deploy.runtime import OnnxDetector, onnx_latency, read_onnx_meta
     from hkd.models.meta import file_sha256
     from hkd.models.presets import PRESETS
 
@@ -121,7 +121,7 @@ def describe_onnx(path: str, *, size=None, bench=False, threads=2) -> dict:
 
 
 def run(args) -> int:
-    from hkd.deploy.onnx import is_onnx
+    from hkd.deploy.runtime import is_onnx
     from hkd.models.checkpoint import CheckpointError
 
     size = parse_size(args.size) if args.size else (None if is_onnx(args.checkpoint) else (640, 480))

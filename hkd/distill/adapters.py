@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from hkd.distill.plan import NO_LOSS, NOT_COMPARABLE, adapter_plan, comparable_levels, plan_level  # noqa: F401
 from hkd.models.hierarchy import HierarchySpec, Level
+from hkd.models.ops import lstsq_moments, ridge_solve
 
 
 def adapter_key(level_name: str) -> str:
@@ -91,7 +92,7 @@ class LevelAdapter(nn.Module):
             y = teacher.permute(0, 2, 3, 1).reshape(-1, teacher.shape[1])
         else:
             x, y = student, teacher
-        xx, xy, count = _global_moments(*_moments(x, y), len(x))
+        xx, xy, count = _global_moments(*lstsq_moments(x, y), len(x))
         if count == 0:
             return
         xx, xy = xx / count, xy / count
@@ -102,17 +103,10 @@ class LevelAdapter(nn.Module):
             self.moment_xx.mul_(momentum).add_(xx, alpha=1 - momentum)
             self.moment_xy.mul_(momentum).add_(xy, alpha=1 - momentum)
         self.fits += 1
-        # a copy (clone: .double() of a float64 buffer is the buffer itself), so that the ridge
-        # never enters the running moments
-        gram = self.moment_xx.double().clone()
-        mean = gram[-1, :-1]
-        variance = (gram.diagonal()[:-1] - mean.pow(2)).clamp(min=0).mean().clamp(min=1e-12)
-        gram.diagonal()[:-1] += ridge * variance
-        solution = torch.linalg.solve(gram, self.moment_xy.double())  # (C_s + 1, C_t)
-        weight = solution[:-1].T.to(self.channel.weight.dtype)
-        self.channel.weight.copy_(weight.reshape(self.channel.weight.shape))
+        weight, bias = ridge_solve(self.moment_xx, self.moment_xy, ridge)
+        self.channel.weight.copy_(weight.to(self.channel.weight.dtype).reshape(self.channel.weight.shape))
         if self.channel.bias is not None:
-            self.channel.bias.copy_(solution[-1].to(self.channel.bias.dtype))
+            self.channel.bias.copy_(bias.to(self.channel.bias.dtype))
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None, *, channels: bool = True) -> Tensor:
         """x: student tensor; size: the teacher's (H, W) for maps; channels=False skips the conv."""
@@ -121,26 +115,6 @@ class LevelAdapter(nn.Module):
         if self.resize and size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         return x
-
-
-def _moments(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The sums ``x̃ᵀx̃`` and ``x̃ᵀy`` in float64, ``x̃ = [x, 1]`` (rows × (C_s + 1)).
-
-    The products run as float32 matrix products (one batch's rows: 25k region cells
-    × 64 student channels × 256 teacher channels for ``roi.features``, where float64
-    products took 0.26 s of a 4.6 s CPU step) and are accumulated in float64; the
-    column sums (the ones column) in float32 (torch sums pairwise), then widened: a
-    float64 sum of a float32 tensor first copies all of it to float64.
-    """
-    x, y = x.float(), y.float()
-    xx = x.new_empty(x.shape[1] + 1, x.shape[1] + 1, dtype=torch.float64)
-    xy = x.new_empty(x.shape[1] + 1, y.shape[1], dtype=torch.float64)
-    xx[:-1, :-1] = x.T @ x
-    xx[-1, :-1] = xx[:-1, -1] = x.sum(dim=0).double()
-    xx[-1, -1] = len(x)
-    xy[:-1] = x.T @ y
-    xy[-1] = y.sum(dim=0).double()
-    return xx, xy
 
 
 def _global_moments(xx: Tensor, xy: Tensor, count: int) -> tuple[Tensor, Tensor, int]:
@@ -197,8 +171,3 @@ def build_adapters(teacher_spec: HierarchySpec, student_spec: HierarchySpec, lev
             raise ValueError(f"level {name!r} cannot be distilled between these models: {text}")
         adapters[adapter_key(name)] = adapter
     return adapters
-
-
-def adapter_params(adapters: nn.ModuleDict) -> int:
-    """Total parameters of the adapters (they are trained, then thrown away)."""
-    return sum(p.numel() for p in adapters.parameters())

@@ -49,7 +49,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
@@ -58,7 +57,14 @@ import hkd
 from hkd.distill.adapters import adapter_key
 from hkd.distill.config import AuxConfig, ConfigError, feature_levels
 from hkd.models.hierarchy import HierarchySpec
-from hkd.models.meta import META_KEY, CheckpointError, atomic_write, existing, open_safetensors
+from hkd.models.meta import (
+    META_KEY,
+    CheckpointError,
+    atomic_write,
+    existing,
+    read_safetensors_header,
+    read_safetensors_tensors,
+)
 from hkd.models.taps import Tap
 
 FORMAT = "hkd-aux-heads/1"
@@ -499,8 +505,7 @@ def save_aux_heads(path: str | os.PathLike, heads: AuxHeads, meta: AuxMeta, prob
 def read_aux_meta(path: str | os.PathLike) -> AuxMeta:
     """The :class:`AuxMeta` of an aux-heads checkpoint, from its header only."""
     path = existing(path)
-    with open_safetensors(path) as fh:
-        header = fh.metadata() or {}
+    header = read_safetensors_header(path)
     if META_KEY not in header:
         raise CheckpointError(f"{path}: a safetensors file without HKD metadata, not an aux-heads checkpoint")
     return AuxMeta.from_json(header[META_KEY], source=str(path))
@@ -515,11 +520,7 @@ def load_aux_heads(path: str | os.PathLike) -> LoadedAux:
     """
     meta = read_aux_meta(path)
     path = Path(path)
-    with open_safetensors(path, framework="pt") as fh:
-        try:
-            state = {key: fh.get_tensor(key) for key in fh.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: damaged weights ({exc})") from None
+    state = read_safetensors_tensors(path)
     probe = {key[len(PROBE_PREFIX):]: value for key, value in state.items() if key.startswith(PROBE_PREFIX)}
     weights = {key: value for key, value in state.items() if not key.startswith(PROBE_PREFIX)}
     try:
@@ -555,7 +556,7 @@ def build_aux_pair(config: AuxConfig, teacher: nn.Module, teacher_spec: Hierarch
     for name in levels:
         if name not in meta.levels:
             raise ConfigError(f"{where}: {name!r} has no teacher head in {loaded.path}; it has: {', '.join(stored)}")
-    both = [name for name in feature_levels(teacher_spec) if name in feature_levels(student_spec)]
+    both = teacher_spec.shared_with(student_spec, kinds=("map",))  # feature levels of both
     for name in levels:
         if name not in both:
             raise ConfigError(f"{where}: {name!r} is not a feature level of both models; "

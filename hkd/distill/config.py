@@ -293,7 +293,7 @@ class DistillConfig:
                 seen[term.loss] = term.source
                 ordered.append(term)
         if self.aux is not None and self.aux.levels is not None:
-            both = [name for name in feature_levels(teacher_spec) if name in feature_levels(student_spec)]
+            both = teacher_spec.shared_with(student_spec, kinds=("map",))  # feature levels of both
             for name in self.aux.levels:
                 if name not in both:
                     raise ConfigError(f"distill.aux.levels: {quote(name)} is not a feature level of both models; "

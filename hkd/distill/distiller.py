@@ -262,25 +262,6 @@ class Distiller(nn.Module):
         (``options``: ``online``, ``kd_after``, ``teacher_cache``)."""
         return cls(teacher, teacher_spec, student, student_spec, load_config(config), **options)
 
-    @classmethod
-    def from_presets(
-        cls,
-        config: DistillConfig | Mapping[str, Any] | str | Any,
-        *,
-        teacher: str | None = None,
-        student: str | None = None,
-        pretrained_backbone: bool = False,
-    ) -> "Distiller":
-        """Fresh teacher and student from presets (default: the HKD pair); weights are the caller's business."""
-        from hkd.models.presets import DEFAULT_STUDENT, DEFAULT_TEACHER, get_preset
-
-        t_preset = get_preset(teacher or DEFAULT_TEACHER)
-        s_preset = get_preset(student or DEFAULT_STUDENT)
-        return cls.build(
-            t_preset.build(pretrained_backbone=pretrained_backbone), t_preset.hierarchy,
-            s_preset.build(pretrained_backbone=pretrained_backbone), s_preset.hierarchy, config,
-        )
-
     # -- modes and parameters ---------------------------------------------
     def train(self, mode: bool = True) -> "Distiller":
         """Set the student and adapters to ``mode``; the teacher stays in eval mode (unless ``online``)."""

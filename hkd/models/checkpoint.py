@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -35,6 +34,7 @@ from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API pred
     open_safetensors,
     preset_or_error as _preset_or_error,
     read_meta,
+    read_safetensors_tensors,
 )
 from hkd.models.presets import adapt_coco_state_dict, get_preset
 
@@ -86,13 +86,8 @@ def update_metadata(path: str | os.PathLike, out: str | os.PathLike | None = Non
         raise KeyError(f"unknown metadata fields {sorted(unknown)}; fields: {sorted(CheckpointMeta.__dataclass_fields__)}")
     for key, value in changes.items():
         setattr(meta, key, value)
-    with _open_safetensors(path) as fh:
-        state = {key: fh.get_tensor(key) for key in fh.keys()}
+    state = read_safetensors_tensors(path)
     return atomic_write(out or path, lambda tmp: save_file(state, tmp, metadata={META_KEY: meta.to_json()}))
-
-
-def _open_safetensors(path: Path):
-    return open_safetensors(path, framework="pt")
 
 
 def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, inference: bool = False) -> LoadedCheckpoint:
@@ -123,11 +118,7 @@ def _load_checkpoint(path: str | os.PathLike, preset: str | None) -> LoadedCheck
         model = load_foreign_weights(path, preset)
         return LoadedCheckpoint(model.eval(), foreign_meta(path, preset), path, file_sha256(path))
     meta = read_meta(path)
-    with _open_safetensors(path) as fh:
-        try:
-            state = {key: fh.get_tensor(key) for key in fh.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: damaged weights ({exc})") from None
+    state = read_safetensors_tensors(path)
     p = get_preset(meta.preset)
     model = p.build(pretrained_backbone=False, min_size=meta.min_size, max_size=meta.max_size)
     _load_state(model, state, path, meta.preset)
@@ -144,8 +135,7 @@ def load_foreign_weights(path: str | os.PathLike, preset: str) -> nn.Module:
     path = _existing(path)
     p = _preset_or_error(preset, path)
     if path.suffix.lower() in SAFE_SUFFIXES:
-        with _open_safetensors(path) as fh:
-            state = {key: fh.get_tensor(key) for key in fh.keys()}
+        state = read_safetensors_tensors(path)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -178,13 +168,8 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str
     target = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
     if not target:
         raise CheckpointError(f"the model has no {prefix}* tensors to initialise from {path}")
-    with _open_safetensors(path) as fh:
-        keys = set(fh.keys())
-        missing = sorted(set(target) - keys)
-        try:
-            state = {k: fh.get_tensor(k) for k in target if k in keys}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: damaged weights ({exc})") from None
+    state = read_safetensors_tensors(path, keys=target)
+    missing = sorted(set(target) - set(state))
     parts = _shape_mismatches(target, state)
     if missing:
         parts.append(f"{len(missing)} of the model's {len(target)} {prefix}* tensors missing (e.g. {missing[0]})")

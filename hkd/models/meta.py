@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from safetensors import SafetensorError, safe_open
 
@@ -138,13 +139,42 @@ def open_safetensors(path: Path, framework: str = "numpy"):
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({text})") from None
 
 
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (``{}`` when it has none); no tensor is read.
+
+    Raises:
+        CheckpointError: a missing, truncated or foreign file.
+    """
+    with open_safetensors(existing(path)) as fh:
+        return fh.metadata() or {}
+
+
+def read_safetensors_tensors(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict:
+    """The tensors of a safetensors file (torch, CPU): all of them, or those of ``keys`` that it holds.
+
+    Nothing is unpickled. torch loads here, not when this module is imported.
+
+    Raises:
+        CheckpointError: a missing, truncated or foreign file, or damaged weights.
+    """
+    path = existing(path)
+    with open_safetensors(path, framework="pt") as fh:
+        names = list(fh.keys())
+        if keys is not None:
+            held = set(names)
+            names = [k for k in keys if k in held]
+        try:
+            return {key: fh.get_tensor(key) for key in names}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: damaged weights ({exc})") from None
+
+
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     """Metadata of an HKD checkpoint, read from the header only (no weights loaded)."""
     path = existing(path)
     if path.suffix.lower() not in SAFE_SUFFIXES:
         raise CheckpointError(f"{path}: HKD checkpoints are .safetensors files; use load_foreign_weights for {path.suffix}")
-    with open_safetensors(path) as fh:
-        header = fh.metadata() or {}
+    header = read_safetensors_header(path)
     if META_KEY not in header:
         raise CheckpointError(
             f"{path}: safetensors file without HKD metadata; load it with an explicit preset "

@@ -7,7 +7,7 @@ sessions. Level tensors come from :class:`hkd.models.taps.Tap`.
 """
 from hkd.viz.cam import CamResult, attention_maps, detection_cam
 from hkd.viz.divergence import Case, case_similarities, divergence_chart, divergence_over_cases
-from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
+from hkd.viz.draw import COLORS, compare_detections, comparison_rows, draw_boxes, draw_comparison
 from hkd.viz.featmaps import (
     LevelView,
     adapter_difference,
@@ -28,6 +28,7 @@ __all__ = [
     "capture_levels",
     "case_similarities",
     "compare_detections",
+    "comparison_rows",
     "cosine",
     "detection_cam",
     "divergence_chart",

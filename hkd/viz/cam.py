@@ -343,7 +343,7 @@ def attention_maps(model: nn.Module, spec: HierarchySpec, image: np.ndarray, lev
     cropped, then min-max scaled to [0, 1] for display. ``rpn.*`` levels use
     the finest FPN level.
     """
-    from hkd.distill.losses.feature import attention_map
+    from hkd.models.ops import attention_map
 
     bad = [n for n in levels if spec[n].kind not in ("map", "maps")]
     if bad:

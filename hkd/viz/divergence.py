@@ -52,13 +52,7 @@ def comparable_levels(t_spec: HierarchySpec, s_spec: HierarchySpec) -> list[str]
     """Levels both detectors have whose region can be compared, in the teacher's computation order:
     every backbone/FPN map level (``backbone.c*``, ``neck.p*``) and the pooled region features
     (``roi.features``). These are also the default levels."""
-    out = []
-    for level in t_spec:
-        if level.name not in s_spec or s_spec[level.name].kind != level.kind:
-            continue
-        if (level.kind == "map" and level.hierarchy in ("backbone", "neck")) or level.kind == "regions":
-            out.append(level.name)
-    return out
+    return t_spec.shared_with(s_spec, kinds=("map", "regions"))
 
 
 def _check_levels(t_spec: HierarchySpec, s_spec: HierarchySpec, levels: Sequence[str] | None) -> list[str]:
@@ -131,7 +125,7 @@ def case_similarities(
       at most 4 cells there, so both models look alike on it whatever they
       compute: a coarse level separates groups only for boxes of its scale.
     * ``measure="cosine"``: cosine of the two 7×7 *attention maps* (mean of
-      squares over channels, :func:`hkd.distill.losses.feature.attention_map`),
+      squares over channels, :func:`hkd.models.ops.attention_map`),
       the Features page's cosine, channel-agnostic. A least-squares channel map
       fitted per box is not offered: with 49 cells and ≥ 40 student channels it
       interpolates the teacher and every cosine would be about 1.
@@ -179,7 +173,7 @@ def region_similarity(teacher_regions: Tensor, student_regions: Tensor, measure:
     ``"cka"``: linear CKA of each pair with the h·w cells as samples; ``"cosine"``:
     cosine of the pair's attention maps. NaN for a region without variance.
     """
-    from hkd.distill.losses.feature import attention_map  # the attention-transfer loss's own map
+    from hkd.models.ops import attention_map  # the attention-transfer loss's own map
 
     measure = _check_measure(measure)
     if teacher_regions.dim() != 4 or student_regions.dim() != 4 or \

@@ -57,14 +57,14 @@ def draw_boxes(
     return out
 
 
-def compare_detections(
+def comparison_rows(
     teacher_boxes: np.ndarray,
     teacher_scores: np.ndarray,
     student_boxes: np.ndarray,
     student_scores: np.ndarray,
     iou_thresh: float = 0.5,
 ) -> list[dict]:
-    """Match the teacher's detections with the student's (:func:`hkd.eval.matching.match_pair`).
+    """The rows of a teacher-vs-student box comparison: detections matched (:func:`hkd.eval.matching.match_pair`).
 
     The one greedy matcher of :mod:`hkd.eval.matching`, with the teacher as
     model A: teacher detections are visited highest score first, each takes
@@ -100,6 +100,9 @@ def compare_detections(
     return matched + teacher_only + student_only
 
 
+compare_detections = comparison_rows  # the old name, still used by app/ (backend agreement is hkd.deploy's)
+
+
 def draw_comparison(
     image: np.ndarray,
     rows: list[dict],
@@ -108,7 +111,7 @@ def draw_comparison(
     labels: tuple[str, str] = ("T", "S"),
     colors: dict[str, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
-    """A copy of ``image`` with :func:`compare_detections` rows drawn in :data:`COLORS`.
+    """A copy of ``image`` with :func:`comparison_rows` drawn in :data:`COLORS`.
 
     Agreed boxes green (caption ``T 0.91 S 0.85``), teacher-only blue
     (``T 0.91``), student-only orange (``S 0.85``); ground-truth boxes, if

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from hkd.models.hierarchy import HierarchySpec, Level
 from hkd.models.inference import image_tensor
+from hkd.models.ops import lstsq_moments, ridge_solve
 from hkd.models.taps import Tap
 
 # The model's own input transform, tapped beside the levels for the geometry of
@@ -378,16 +379,16 @@ def fit_adapter(teacher_map: torch.Tensor, student_map: torch.Tensor, ridge: flo
     """The 1×1 conv C_s→C_t that best maps the student's map onto the teacher's on this image.
 
     Ridge least squares over all positions (student resized to the teacher's h×w; a 1×1
-    conv and a bilinear resize commute). teacher_map: (C_t, h, w); student_map: (C_s, h', w').
+    conv and a bilinear resize commute), solved as the distiller's adapters are
+    (:func:`hkd.models.ops.ridge_solve`; ``ridge`` relative to the student's mean channel
+    variance). teacher_map: (C_t, h, w); student_map: (C_s, h', w').
     """
-    target = teacher_map.double().flatten(1).T  # (N, C_t)
-    source = resize_map(student_map.double(), teacher_map.shape[-2:]).flatten(1).T  # (N, C_s)
-    source = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
-    gram = source.T @ source
-    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-    weights = torch.linalg.solve(gram, source.T @ target)  # (C_s + 1, C_t)
+    target = teacher_map.detach().double().flatten(1).T  # (N, C_t)
+    source = resize_map(student_map.detach().double(), teacher_map.shape[-2:]).flatten(1).T  # (N, C_s)
+    xx, xy = lstsq_moments(source, target)
+    weight, bias = ridge_solve(xx / len(source), xy / len(source), ridge)
     conv = nn.Conv2d(student_map.shape[0], teacher_map.shape[0], kernel_size=1)
     with torch.no_grad():
-        conv.weight.copy_(weights[:-1].T[:, :, None, None].float())
-        conv.bias.copy_(weights[-1].float())
+        conv.weight.copy_(weight[:, :, None, None].float())
+        conv.bias.copy_(bias.float())
     return conv

@@ -105,17 +105,11 @@ def similarity_profile(
     gradients. Shapes are per image: (C, h, w) for maps, (K, C, 7, 7) regions.
     """
     if levels is None:
-        levels = [
-            lv.name for lv in teacher_spec
-            if lv.name in student_spec and lv.kind == "map" and lv.hierarchy in ("backbone", "neck")
-            and student_spec[lv.name].kind == "map"
-        ]
-        if "roi.features" in teacher_spec and "roi.features" in student_spec:
-            levels.append("roi.features")
+        levels = teacher_spec.shared_with(student_spec, kinds=("map", "regions"))  # backbone/FPN maps, roi.features
     else:
         missing = [n for n in levels if n not in teacher_spec or n not in student_spec]
         if missing:
-            shared = [lv.name for lv in teacher_spec if lv.name in student_spec]
+            shared = teacher_spec.shared_with(student_spec)
             raise ValueError(f"levels {missing} are not in both detectors; shared levels: {shared}")
         levels = [lv.name for lv in teacher_spec if lv.name in set(levels)]  # computation order
     for name in levels:
@@ -127,7 +121,7 @@ def similarity_profile(
     s_values, s_geometry, proposals = _aligned_forward(student, student_spec, levels, tensor, None)
     t_values, t_geometry, _ = _aligned_forward(teacher, teacher_spec, levels, tensor, proposals)
 
-    from hkd.distill.losses.feature import attention_map  # the attention-transfer loss's own map
+    from hkd.models.ops import attention_map  # the attention-transfer loss's own map
 
     rows = []
     for name in levels:

@@ -101,7 +101,7 @@ def test_info_on_onnx_has_the_pytorch_keys(world, exported, capsys):
 
 
 def test_mismatch_exits_1_with_the_report(world, monkeypatch, capsys):
-    from hkd.deploy.onnx import OnnxDetector
+    from hkd.deploy.runtime import OnnxDetector
 
     real_call = OnnxDetector.__call__
 

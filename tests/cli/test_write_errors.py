@@ -16,9 +16,9 @@ def test_export_refuses_its_own_checkpoint_and_a_full_disk_is_one_sentence(tmp_p
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(ckpt)]) == 2
     assert "is the --checkpoint itself" in capsys.readouterr().err
     assert ckpt.read_bytes() == b"weights"
-    import hkd.deploy.onnx as onnx_module
+    import hkd.deploy.export as export_module
 
-    monkeypatch.setattr(onnx_module, "export_onnx", _enospc)
+    monkeypatch.setattr(export_module, "export_onnx", _enospc)
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "nothing was replaced" in err and "Traceback" not in err

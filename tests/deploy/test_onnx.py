@@ -9,19 +9,9 @@ import pytest
 import torch
 
 from hkd.data.images import load_image
-from hkd.deploy.onnx import (
-    Agreement,
-    OnnxCheckError,
-    OnnxDetector,
-    OnnxExportError,
-    OnnxInputError,
-    OnnxModelError,
-    check_backends,
-    compare_detections,
-    export_onnx,
-    read_onnx_meta,
-    sample_images,
-)
+from hkd.deploy.agreement import Agreement, backend_agreement, check_backends
+from hkd.deploy.export import OnnxCheckError, OnnxExportError, export_onnx, sample_images
+from hkd.deploy.runtime import OnnxDetector, OnnxInputError, OnnxModelError, read_onnx_meta
 from hkd.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from hkd.models.inference import Detections, detect
 from hkd.models.presets import build_detector
@@ -179,33 +169,33 @@ def test_unexportable_checkpoints_are_refused_clearly(tmp_path, tiny):
         export_onnx(tiny["ckpt"], tmp_path / "s.onnx", size=(10, 96))
 
 
-def test_compare_detections_tolerances_and_borderline():
+def test_backend_agreement_tolerances_and_borderline():
     ref = [_dets([[0, 0, 10, 20], [30, 30, 40, 60]], [0.9, 0.4])]
-    same = compare_detections(ref, [_dets([[0.5, 0, 10, 20.5], [30, 30, 40, 60]], [0.9004, 0.4])])
+    same = backend_agreement(ref, [_dets([[0.5, 0, 10, 20.5], [30, 30, 40, 60]], [0.9004, 0.4])])
     assert same.ok and same.matched == 2 and same.max_box_diff_px == pytest.approx(0.5)
     assert same.max_score_diff == pytest.approx(4e-4, abs=1e-6)
-    moved = compare_detections(ref, [_dets([[1.5, 0, 10, 20], [30, 30, 40, 60]], [0.9, 0.4])])
+    moved = backend_agreement(ref, [_dets([[1.5, 0, 10, 20], [30, 30, 40, 60]], [0.9, 0.4])])
     assert not moved.ok and moved.summary().startswith("MISMATCH")
-    rescored = compare_detections(ref, [_dets([[0, 0, 10, 20], [30, 30, 40, 60]], [0.9, 0.402])])
+    rescored = backend_agreement(ref, [_dets([[0, 0, 10, 20], [30, 30, 40, 60]], [0.9, 0.402])])
     assert not rescored.ok
     # a box just above the threshold on one side only: borderline, not a difference
-    edge = compare_detections([_dets([[0, 0, 10, 20], [50, 50, 60, 80]], [0.9, 0.0505])],
+    edge = backend_agreement([_dets([[0, 0, 10, 20], [50, 50, 60, 80]], [0.9, 0.0505])],
                               [_dets([[0, 0, 10, 20]], [0.9])])
     assert edge.ok and edge.borderline == 1 and edge.matched == 1
     # a confident box on one side only is a real difference, named in the report
-    missing = compare_detections(ref, [_dets([[0, 0, 10, 20]], [0.9])])
+    missing = backend_agreement(ref, [_dets([[0, 0, 10, 20]], [0.9])])
     assert not missing.ok and missing.unmatched == [{"image": 0, "side": "pytorch", "score": pytest.approx(0.4),
                                                      "box": [30.0, 30.0, 40.0, 60.0]}]
     assert "found by one backend only" in missing.summary()
     with pytest.raises(ValueError, match="1 reference images but 2 candidate"):
-        compare_detections(ref, ref * 2)
+        backend_agreement(ref, ref * 2)
     assert isinstance(Agreement().to_dict()["ok"], bool)
 
 
 def test_int8_quantises_the_backbone_and_keeps_the_metadata(tiny):
     import onnx
 
-    from hkd.deploy.onnx import quantize_int8
+    from hkd.deploy.quantize import quantize_int8
 
     calibration = sample_images(None, tiny["dynamic"].meta)
     out = quantize_int8(tiny["dynamic"].path, tiny["root"] / "student.int8.onnx", calibration)
@@ -226,7 +216,7 @@ def test_int8_quantises_the_backbone_and_keeps_the_metadata(tiny):
 
 
 def test_cached_export_and_backend_latency_for_the_app(tiny, tmp_path):
-    from hkd.deploy.onnx import backend_latency, cached_export
+    from hkd.deploy.cache import backend_latency, cached_export
 
     first = cached_export(tiny["ckpt"], tmp_path / "cache")
     stamp = first.stat().st_mtime_ns
@@ -242,7 +232,7 @@ def test_cached_export_and_backend_latency_for_the_app(tiny, tmp_path):
 def test_graph_rewrites_are_exact_and_remove_the_slow_ops(tiny):
     import onnx
 
-    from hkd.deploy.onnx import _fold_pads_into_convs, _merge_levels_by_gather
+    from hkd.deploy.export import _fold_pads_into_convs, _merge_levels_by_gather
 
     def ops(path):
         return [n.op_type for n in onnx.load(str(path)).graph.node]

@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from hkd.cli import main
-from hkd.deploy.onnx import EXPORT_FORMAT, EXPORT_KEY
+from hkd.deploy.runtime import EXPORT_FORMAT, EXPORT_KEY
 from hkd.models.meta import META_KEY, CheckpointMeta
 
 

@@ -3,19 +3,19 @@ import numpy as np
 import pytest
 
 from hkd.eval.matching import match_pair
-from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
+from hkd.viz.draw import COLORS, comparison_rows, draw_boxes, draw_comparison
 
 
 def _blank(h=120, w=160):
     return np.zeros((h, w, 3), np.uint8)
 
 
-def test_compare_detections_classifies_hand_made_boxes():
+def test_comparison_rows_classifies_hand_made_boxes():
     teacher = np.array([[10, 10, 50, 90], [100, 20, 130, 100], [60, 60, 80, 110]], np.float32)
     t_scores = np.array([0.9, 0.8, 0.7], np.float32)
     student = np.array([[12, 12, 52, 92], [140, 10, 155, 60], [60, 80, 80, 130]], np.float32)
     s_scores = np.array([0.6, 0.95, 0.55], np.float32)
-    rows = compare_detections(teacher, t_scores, student, s_scores, iou_thresh=0.5)
+    rows = comparison_rows(teacher, t_scores, student, s_scores, iou_thresh=0.5)
     status = [(r["status"], r["score_teacher"], r["score_student"]) for r in rows]
     assert status == [
         ("agreed", pytest.approx(0.9), pytest.approx(0.6)),
@@ -29,21 +29,21 @@ def test_compare_detections_classifies_hand_made_boxes():
     assert agreed["iou"] == pytest.approx((38 * 78) / (40 * 80 * 2 - 38 * 78))
     assert all(r["iou"] is None for r in rows[1:])
     # a looser threshold lets the third pair agree
-    loose = compare_detections(teacher, t_scores, student, s_scores, iou_thresh=0.4)
+    loose = comparison_rows(teacher, t_scores, student, s_scores, iou_thresh=0.4)
     assert [r["status"] for r in loose].count("agreed") == 2
 
 
 def test_greedy_matching_serves_the_highest_teacher_score_first():
     teacher = np.array([[0, 0, 10, 20], [1, 0, 11, 20]], np.float32)
     student = np.array([[0, 0, 10, 20]], np.float32)
-    rows = compare_detections(teacher, np.array([0.5, 0.9]), student, np.array([0.7]))
+    rows = comparison_rows(teacher, np.array([0.5, 0.9]), student, np.array([0.7]))
     assert rows[0]["status"] == "agreed" and rows[0]["score_teacher"] == pytest.approx(0.9)
     assert rows[0]["box"] == [1.0, 0.0, 11.0, 20.0]
     assert rows[1]["status"] == "teacher_only" and rows[1]["score_teacher"] == pytest.approx(0.5)
 
 
 def test_agreement_is_the_eval_matcher():
-    """compare_detections classes boxes by hkd.eval.matching.match_pair, the matcher of MR-2."""
+    """comparison_rows classes boxes by hkd.eval.matching.match_pair, the matcher of MR-2."""
     rng = np.random.default_rng(2)
     for _ in range(10):
         teacher = rng.uniform(0, 150, (7, 2))
@@ -51,7 +51,7 @@ def test_agreement_is_the_eval_matcher():
         student = np.concatenate([teacher[:5] + rng.normal(0, 6, (5, 4)), rng.uniform(0, 200, (2, 4))])
         student[:, 2:] = np.maximum(student[:, 2:], student[:, :2] + 4)
         t_scores, s_scores = rng.uniform(0, 1, 7), rng.uniform(0, 1, 7)
-        rows = compare_detections(teacher, t_scores, student, s_scores, iou_thresh=0.5)
+        rows = comparison_rows(teacher, t_scores, student, s_scores, iou_thresh=0.5)
         pair = match_pair(teacher.astype(np.float32), t_scores, student.astype(np.float32), s_scores, 0.5)
         agreed = sorted((r["score_teacher"], r["score_student"], r["iou"]) for r in rows if r["status"] == "agreed")
         expected = sorted((t_scores[t], s_scores[s], pair.iou[t]) for t, s in enumerate(pair.a_to_b) if s >= 0)
@@ -64,7 +64,7 @@ def test_agreement_is_the_eval_matcher():
 def test_equal_iou_goes_to_the_higher_scoring_student_box():
     teacher = np.array([[100, 0, 150, 100]], np.float32)
     student = np.array([[90, 0, 140, 100], [110, 0, 160, 100]], np.float32)  # IoU 2/3 with both
-    rows = compare_detections(teacher, [0.9], student, [0.3, 0.8])
+    rows = comparison_rows(teacher, [0.9], student, [0.3, 0.8])
     assert rows[0]["status"] == "agreed" and rows[0]["score_student"] == pytest.approx(0.8)
     assert rows[1] == {"box": [90.0, 0.0, 140.0, 100.0], "score_teacher": None, "score_student": pytest.approx(0.3),
                        "iou": None, "status": "student_only"}
@@ -72,11 +72,11 @@ def test_equal_iou_goes_to_the_higher_scoring_student_box():
 
 def test_compare_with_no_detections_on_one_side():
     boxes = np.array([[0, 0, 10, 20]], np.float32)
-    assert [r["status"] for r in compare_detections(boxes, [0.8], np.zeros((0, 4)), [])] == ["teacher_only"]
-    assert [r["status"] for r in compare_detections(np.zeros((0, 4)), [], boxes, [0.8])] == ["student_only"]
-    assert compare_detections(np.zeros((0, 4)), [], np.zeros((0, 4)), []) == []
+    assert [r["status"] for r in comparison_rows(boxes, [0.8], np.zeros((0, 4)), [])] == ["teacher_only"]
+    assert [r["status"] for r in comparison_rows(np.zeros((0, 4)), [], boxes, [0.8])] == ["student_only"]
+    assert comparison_rows(np.zeros((0, 4)), [], np.zeros((0, 4)), []) == []
     with pytest.raises(ValueError, match="one score"):
-        compare_detections(boxes, [0.8, 0.1], boxes, [0.8])
+        comparison_rows(boxes, [0.8, 0.1], boxes, [0.8])
 
 
 def test_draw_boxes_draws_on_a_copy():

@@ -8,7 +8,8 @@
   energy, so that every level starts near 1 whatever the scale of its activations
   (raw teacher maps differ by two orders of magnitude between C3 and P6).
 * :func:`attention` — attention transfer (Zagoruyko & Komodakis, ICLR 2017) on
-  :func:`attention_map`, which the visualisation code reuses.
+  :func:`~hkd.models.ops.attention_map` (in :mod:`hkd.models.ops`, which the visualisation
+  code shares).
 * :func:`pearson` — PKD (Cao et al., NeurIPS 2022): the hint loss after each
   channel of both maps is standardised over its locations, i.e. one minus the
   Pearson correlation per channel; blind to a channel's scale and offset, which
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
+
+from hkd.models.ops import attention_map  # noqa: F401  (its home is below viz and distill; re-exported)
 
 
 def mse(student: Tensor, teacher: Tensor) -> Tensor:
@@ -166,24 +169,6 @@ def imitation_mask(
         near = (iou > psi * best) & (best > 0)
         masks.append(near.reshape(-1, h, w, cell_anchors.shape[0]).any(dim=-1).any(dim=0).float())
     return torch.stack(masks)
-
-
-def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
-    """Spatial attention of a feature map (Zagoruyko & Komodakis).
-
-    ``mean_c |f|^p``, flattened and L2-normalised per image, so maps with any
-    number of channels can be compared.
-
-    Args:
-        features: (N, C, H, W).
-        p: exponent (2 in the paper).
-    Returns:
-        (N, H·W), each row of unit L2 norm (or all zeros for an all-zero map).
-    """
-    if features.dim() != 4:
-        raise ValueError(f"attention_map expects (N, C, H, W), got shape {tuple(features.shape)}")
-    att = features.abs().pow(p).mean(dim=1).flatten(1)
-    return F.normalize(att, p=2.0, dim=1)
 
 
 def attention(student: Tensor, teacher: Tensor, *, p: float = 2.0) -> Tensor:
