@@ -4,7 +4,7 @@ from itertools import combinations
 
 import streamlit as st
 
-from hkd.viz.draw import COLORS, compare_detections, draw_boxes, draw_comparison
+from hkd.viz.draw import COLORS, comparison_rows, draw_boxes, draw_comparison
 
 from app import widgets
 from app.services import compute, models
@@ -72,7 +72,7 @@ pairs = [f"{a}|{b}" for a, b in combinations(shown, 2)]
 pair = st.selectbox("Compare A with B", pairs, key="det_pair",
                     format_func=lambda p: " with ".join(f"{r} ({names[r]})" for r in p.split("|")))
 a, b = pair.split("|")
-rows = compare_detections(found[a].boxes, found[a].scores, found[b].boxes, found[b].scores, iou_thresh=match_iou)
+rows = comparison_rows(found[a].boxes, found[a].scores, found[b].boxes, found[b].scores, iou_thresh=match_iou)
 counts = Counter(row["status"] for row in rows)
 left, right = st.columns([3, 2], gap="large")
 colors = {"teacher_only": COLOR[a], "student_only": COLOR[b]}  # each model keeps its colour

@@ -59,10 +59,10 @@ def success_boxes(teacher_found, student_found, case_box: tuple) -> np.ndarray:
     import torch
     from torchvision.ops import box_iou
 
-    from hkd.viz.draw import compare_detections
+    from hkd.viz.draw import comparison_rows
 
     t, s = teacher_found.filter(SUCCESS_SCORE, 0.5), student_found.filter(SUCCESS_SCORE, 0.5)
-    rows = compare_detections(t.boxes, t.scores, s.boxes, s.scores)
+    rows = comparison_rows(t.boxes, t.scores, s.boxes, s.scores)
     boxes = np.asarray([r["box"] for r in rows if r["status"] == "agreed"], dtype=np.float64).reshape(-1, 4)
     if len(boxes):
         iou = box_iou(torch.as_tensor(boxes), torch.as_tensor([case_box], dtype=torch.float64))[:, 0].numpy()

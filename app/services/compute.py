@@ -258,7 +258,7 @@ def default_third(candidates: list, student: LoadedModel) -> str | None:
 
 
 def agreement_table(rows: list[dict], a: str, b: str) -> list[dict]:
-    """The agreement rows of models ``a`` and ``b`` (``hkd.viz.draw.compare_detections``) as text:
+    """The agreement rows of models ``a`` and ``b`` (``hkd.viz.draw.comparison_rows``) as text:
     scores and IoU to two decimals, a cell with no value empty."""
     def num(value) -> str:
         return "" if value is None else f"{value:.2f}"
@@ -272,7 +272,7 @@ def detections_json(picture: Picture, found: dict[str, tuple[LoadedModel, Detect
                     settings: dict, pair: tuple[str, str] = ("teacher", "student")) -> str:
     """The Detections page as JSON; boxes in the original image's pixels (xyxy).
 
-    ``rows`` are :func:`hkd.viz.draw.compare_detections` rows of the models named ``pair``
+    ``rows`` are :func:`hkd.viz.draw.comparison_rows` rows of the models named ``pair``
     (keys of ``found``); they are written with those names: ``score_<a>``, ``score_<b>``,
     status ``agreed``, ``<a>_only`` or ``<b>_only``.
     """
@@ -324,8 +324,7 @@ def cam_problem(heat: np.ndarray, method: str, level: str) -> str | None:
 
 def map_levels(teacher: LoadedModel, student: LoadedModel) -> list[str]:
     """Backbone and FPN map levels both models have, in computation order."""
-    return [lv.name for lv in teacher.spec
-            if lv.kind == "map" and lv.hierarchy in ("backbone", "neck") and lv.name in student.spec]
+    return teacher.spec.shared_with(student.spec, kinds=("map",))  # every map level is a backbone or FPN one
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
