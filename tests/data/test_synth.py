@@ -9,7 +9,14 @@ import pytest
 
 from hkd.data.synth import LAST_TRAIN_FRAME, SynthConfig, compute_stats, contact_sheet, generate, sources
 
-pytestmark = pytest.mark.skipif(not sources.VTEST_PATH.is_file(), reason="vtest.avi (Debian opencv-doc) not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _vtest_installed():
+    """SynthPed draws real people from OpenCV's vtest.avi: without it these tests fail, with the fix."""
+    if not sources.VTEST_PATH.is_file():
+        pytest.fail(f"{sources.VTEST_PATH} is missing: install Debian's opencv-doc "
+                    "(`apt-get install opencv-doc`, or `bash scripts/setup.sh`)", pytrace=False)
 
 
 class _RecordingCapture:
