@@ -377,7 +377,7 @@ def jobs_table(jobs: list, key: str) -> str | None:
 
 def job_actions(queue, job, prefix: str) -> None:
     """Cancel (queued/running), resume (cancelled/failed) and delete (not running, confirmed) buttons."""
-    from hkd.train.jobs import JobError
+    from hkd.jobs import JobError
 
     cols = st.columns(4)
     try:

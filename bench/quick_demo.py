@@ -2,7 +2,7 @@
 
     python bench/quick_demo.py [--root runs/bench_quick] [--set KEY=VALUE ...] [--no-app]
 
-Runs, through the job queue (``hkd.train.jobs``, HKD_MAX_JOBS=1, the default thread budget of
+Runs, through the job queue (``hkd.jobs``, HKD_MAX_JOBS=1, the default thread budget of
 all cores but one), the quick-demo HKD fine-tune of the shipped no-KD student
 (``assets/configs/quick_demo.yaml``) and a plain fine-tune of the same length and data
 (``--set teacher=null --set distill=null``), then scores the student before and both results
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--no-app", action="store_true", help="skip the page timings")
     args = parser.parse_args()
     os.environ["HKD_MAX_JOBS"] = "1"
-    from hkd.train.jobs import JobQueue
+    from hkd.jobs import JobQueue
 
     queue = JobQueue(args.root / "jobs")
     variants = {"quick HKD": ("distill", args.overrides),

@@ -3,7 +3,7 @@ import os
 
 import streamlit as st
 
-from hkd.train.jobs import JobError
+from hkd.jobs import JobError
 
 from app import finetune_widgets, widgets
 from app.services import datasets, finetune, models

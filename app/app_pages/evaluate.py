@@ -2,7 +2,7 @@
 gallery and the divergence. Every choice survives leaving the page and a reload (page_state)."""
 import streamlit as st
 
-from hkd.train.jobs import JobError
+from hkd.jobs import JobError
 
 from app import evaluate_sections as sections
 from app.services import datasets, evaluation, page_state

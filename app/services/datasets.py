@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hkd.data.synth.splits import SPLITS
-from hkd.train.jobs import Job
+from hkd.jobs import Job
 
 from app.services import settings
-from app.services.finetune import queue
+from app.services.jobs import queue
 
 # name → (images, seed): hkd.data.synth.splits, the one place the splits are written
 SYNTHPED_SPLITS = {name: (split.images, split.seed) for name, split in SPLITS.items()}

@@ -23,7 +23,7 @@ from hkd.analysis.diagnose import FOUND, describe, extra_misses, stages_of
 from hkd.models.meta import CheckpointError
 
 from app.services import evaluation, models, settings
-from app.services.finetune import queue
+from app.services.jobs import queue
 
 STAGE_COLORS = {"rpn": "#d62728", "roi_score": "#ff7f0e", "nms": "#9467bd", "localization": "#1f77b4",
                 "dense_head": "#d62728"}
@@ -108,7 +108,7 @@ def _marker(path: Path) -> Path:
 
 
 def _job(path: Path):
-    from hkd.train.jobs import JobError
+    from hkd.jobs import JobError
 
     try:
         job_id = _marker(path).read_text().strip()

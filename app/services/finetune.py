@@ -1,5 +1,5 @@
 """Fine-tunes launched from HKD Studio's Distill page: run configs built from the shipped ones,
-submitted to the background job queue (:mod:`hkd.train.jobs`), and their curves.
+submitted to the background job queue (:mod:`hkd.jobs`), and their curves.
 
 A config is plain data: the page starts from a shipped run config (``assets/configs/*.yaml``),
 inlines its distill section, applies the user's switches and weights, and writes the result as
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from hkd.train.jobs import Job, JobQueue
+from hkd.jobs import Job, JobQueue
 from hkd.train.run_folder import RunFolder
 
 from app.services import settings
+from app.services.jobs import queue  # noqa: F401 (finetune.queue(), as before)
 
 CONFIGS = settings.REPO_ROOT / "assets" / "configs"
 # label → shipped run config; the first is the default
@@ -36,10 +37,6 @@ PRESETS = {
     "Single-stage pair: focal KD + FPN hints (RetinaNet)": "retina_student_kd.yaml",
 }
 HIERARCHIES = {"backbone": "Backbone", "neck": "FPN", "rpn": "RPN", "roi": "ROI head", "head": "dense head"}
-
-
-def queue() -> JobQueue:
-    return JobQueue(settings.jobs_dir())
 
 
 def app_threads() -> int:
@@ -304,7 +301,7 @@ def write_config(cfg: dict) -> Path:
 
 
 def submit(cfg: dict, name: str, threads: int) -> Job:
-    """Check and queue the run; raises :class:`hkd.train.jobs.JobError` with the problem."""
+    """Check and queue the run; raises :class:`hkd.jobs.JobError` with the problem."""
     kind = "distill" if cfg.get("teacher") or cfg.get("online") else "train"
     return queue().submit_run(kind, write_config(cfg), name=name, threads=threads)
 

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _status_writer(path: Path | None, total: int):
     """``report(state, step, message)``: progress for a background job's status file (a no-op without one)."""
-    from hkd.train.run_folder import write_status
+    from hkd.jobs.status import write_status
 
     def report(state: str, step: int, message: str = "") -> None:
         if path is not None:

@@ -60,7 +60,7 @@ def list_record(job) -> dict:
 
 
 def run(args) -> int:
-    from hkd.train.jobs import JobError, JobQueue
+    from hkd.jobs import JobError, JobQueue
 
     try:
         queue = JobQueue(args.jobs_dir)

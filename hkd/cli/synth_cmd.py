@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from hkd.cli import CLIError
-from hkd.train.run_folder import write_status
+from hkd.jobs.status import write_status
 
 
 def add_parser(subparsers, name: str) -> None:

@@ -300,7 +300,7 @@ def _train(cfg: RunConfig, run: RunFolder, device: torch.device, rank: int, worl
            progress: bool | None) -> dict:
     main_process = rank == 0
     t = cfg.train
-    # a supervised job's training gets SIGTERM when its supervisor dies (hkd.train.jobs): told
+    # a supervised job's training gets SIGTERM when its supervisor dies (hkd.jobs): told
     # apart from a user's cancel by the parent having changed since the start
     parent_pid = os.getppid()
     # a finished run whose --resume is refused (e.g. a damaged train_state.pt) keeps its own state

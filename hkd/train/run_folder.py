@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from hkd.configfile import quote
+from hkd.jobs.status import STATES, read_json_object, read_status, read_status_checked, write_status
 from hkd.models.meta import atomic_write
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+__all__ = ["STATES", "RunFolder", "RunFolderError", "read_json_object", "read_status", "read_status_checked",
+           "write_status"]
 LOCK_NAME = ".lock"
 WRITER_NAME = ".writer.json"
 
@@ -67,6 +68,11 @@ class RunFolder:
         (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
         return self
 
+    @property
+    def can_resume(self) -> bool:
+        """Whether the folder holds what ``--resume`` continues from: the last checkpoint and the training state."""
+        return self.checkpoint("last").is_file() and self.state_path.is_file()
+
     def check_writable_folder(self) -> None:
         """Refuse a ``--out`` that is a file, or lies under one, before anything is written."""
         for path in (self.root, *self.root.parents):
@@ -85,7 +91,7 @@ class RunFolder:
         """
         self.check_writable_folder()
         if resume:
-            if not self.checkpoint("last").is_file() or not self.state_path.is_file():
+            if not self.can_resume:
                 raise RunFolderError(f"{self.root}: nothing to resume (no checkpoints/last.safetensors or "
                                      "train_state.pt)")
             return
@@ -183,68 +189,3 @@ class RunFolder:
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         atomic_write(self.metrics_path, lambda tmp: Path(tmp).write_text(text))
-
-
-def read_status(path: str | os.PathLike) -> dict[str, Any]:
-    """A status file's fields, or {} while it does not exist (or is being replaced)."""
-    try:
-        status = json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError, UnicodeDecodeError):
-        return {}
-    return status if isinstance(status, dict) else {}
-
-
-# the fields a status file must hold in these types, when it holds them (bool is no number)
-_NUMBER_FIELDS = ("step", "total", "eta_s", "updated", "seconds", "started")
-
-
-def read_status_checked(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
-    """(the status file's fields, None), or ({}, why it cannot be used): a missing file is
-    ``({}, None)``; a truncated file, one that is not an object, an unknown state or a
-    non-numeric step/total give the reason, quoting at most 200 characters of the bad value."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}, None
-    except (OSError, UnicodeDecodeError) as exc:
-        return {}, f"{path.name}: unreadable ({exc})"
-    try:
-        status = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return {}, f"{path.name}: not valid JSON ({exc.msg} at character {exc.pos}; truncated?)"
-    if not isinstance(status, dict):
-        return {}, f"{path.name}: holds a JSON {type(status).__name__}, not an object"
-    state = status.get("state")
-    if state is not None and state not in STATES:
-        return {}, f"{path.name}: unknown state {quote(state)}; one of {', '.join(STATES)}"
-    for key in _NUMBER_FIELDS:
-        value = status.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return {}, f"{path.name}: {key} is {quote(value)}, not a number"
-    return status, None
-
-
-def read_json_object(path: str | os.PathLike) -> dict | None:
-    """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_status(path: str | os.PathLike, state: str, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` and ``state`` into the status file at ``path`` (atomically).
-
-    The same shape serves run folders and the status files of ``hkd predict --status``
-    and ``hkd synth --status``, which the background jobs read.
-    """
-    if state not in STATES:
-        raise ValueError(f"unknown run state {state!r}; one of {STATES}")
-    path = Path(path)
-    status = {**read_status(path), **fields, "state": state, "updated": time.time()}
-    text = json.dumps(status, indent=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    return status

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from hkd.models.checkpoint import CheckpointMeta, save_checkpoint
 from hkd.models.presets import build_detector
-from hkd.train.jobs import JobQueue
+from hkd.jobs import JobQueue
 from hkd.train.run_folder import RunFolder
 from tests.app.studio import APP, TIMEOUT, copy_models, no_exceptions
 from tests.train.conftest import write_tiny_dataset
@@ -156,7 +156,7 @@ def pick_preset(at: AppTest, prefix: str) -> AppTest:
 
 def checked(cfg: dict, tmp_path, name: str) -> None:
     """The page's config passes every check a launch makes (without starting a process)."""
-    from hkd.train.jobs import check_run
+    from hkd.cli.train_job import check_run
 
     path = tmp_path / f"{name}.yaml"
     path.write_text(__import__("yaml").safe_dump(cfg))

@@ -161,7 +161,8 @@ def test_device_and_precision_errors_name_the_problem(tiny_dataset, tiny_config,
 def test_a_bad_device_is_refused_before_step_0_by_train_and_the_job_queue(tiny_dataset, tiny_config, tmp_path):
     from hkd.models.device import DeviceError, resolve_device
     from hkd.train.config import TrainConfig
-    from hkd.train.jobs import JobError, check_run
+    from hkd.cli.train_job import check_run
+    from hkd.jobs import JobError
 
     cfg = config_from_dict(tiny_config(tiny_dataset))
     cfg.train.device = "tpu"  # set after validation: train() checks again before it writes anything

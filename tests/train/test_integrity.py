@@ -17,7 +17,8 @@ from hkd.cli import main
 from hkd.models.checkpoint import load_checkpoint
 from hkd.train.config import ConfigError, config_from_dict
 from hkd.train.engine import TrainingError, train
-from hkd.train.jobs import JobError, JobQueue, process_alive
+from hkd.jobs import JobError, JobQueue
+from hkd.train.jobs import process_alive  # identities as records before hkd.jobs hold them
 from hkd.train.run_folder import RunFolder, RunFolderError
 from tests.train.test_jobs import wait_for, write_config
 

@@ -16,7 +16,8 @@ import yaml
 from hkd.cli import main
 from hkd.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from hkd.models.presets import build_detector
-from hkd.train.jobs import JobError, JobQueue, process_alive
+from hkd.jobs import JobError, JobQueue
+from hkd.train.jobs import process_alive  # identities as records before hkd.jobs hold them
 from hkd.train.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
