@@ -25,6 +25,10 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--score-thresh", type=float, default=0.05,
                    help="keep detections with score ≥ this (default 0.05: MR-2/AP need the low scores)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image (default 100)")
+    p.add_argument("--suppress-contained", type=float, default=None, metavar="C",
+                   help="post-processing, off by default: remove a box whose area lies, by a share ≥ C (0 < C ≤ 1, "
+                        "e.g. 0.8), inside a higher-scoring kept box — a leg or torso box inside a full-body "
+                        "box (hkd.models.inference.suppress_contained; measured in docs/BENCHMARKS.md)")
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:N (default auto: a GPU when there is one); PyTorch checkpoints only")
     p.add_argument("--threads", type=int, default=0,
@@ -46,7 +50,7 @@ def run(args) -> int:
     from hkd.data.images import IMAGE_SUFFIXES, ImageError, load_image
     from hkd.models.meta import atomic_write
     from hkd.models.checkpoint import CheckpointError
-    from hkd.deploy.onnx import OnnxDetector, OnnxInputError
+    from hkd.deploy.runtime import OnnxDetector, OnnxInputError
     from hkd.models.inference import detect
 
     images_dir = Path(args.images)
@@ -61,6 +65,8 @@ def run(args) -> int:
         raise CLIError(f"--images {images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if args.limit is not None and args.limit <= 0:
         raise CLIError(f"--limit must be a positive number of images, got {args.limit}")
+    if args.suppress_contained is not None and not 0 < args.suppress_contained <= 1:
+        raise CLIError(f"--suppress-contained must be a share in (0, 1], got {args.suppress_contained:g}")
     out = Path(args.out)
     _check_output(out, args, files)
     ids: dict[str, int] = {}
@@ -82,6 +88,7 @@ def run(args) -> int:
     if args.status:
         write_status(args.status, "running", step=0, total=len(files))
     results, skipped = [], []
+    suppressed = 0
     last_report = time.monotonic()
     for n, path in enumerate(tqdm(files, desc="predict", unit="img",
                                       disable=args.no_progress or not sys.stderr.isatty())):
@@ -108,6 +115,10 @@ def run(args) -> int:
             if args.status:
                 write_status(args.status, "failed", message=f"{path}: {exc}")
             raise CLIError(f"{path}: {exc}") from None
+        if args.suppress_contained is not None:  # after either backend's detect(), so both apply it alike
+            kept = dets.suppress_contained(args.suppress_contained)
+            suppressed += len(dets) - len(kept)
+            dets = kept
         results.extend(dets.to_coco(image_id))
     text = json.dumps(results)
     try:  # to a temporary file, then renamed: an error (a full disk) leaves the previous file whole
@@ -119,6 +130,8 @@ def run(args) -> int:
                 write_status(args.status, "failed", message=message)
         raise CLIError(message) from None
     msg = f"predict: {len(results)} detections on {len(files) - len(skipped)} images → {out}"
+    if args.suppress_contained is not None:
+        msg += f" ({suppressed} contained boxes suppressed at --suppress-contained {args.suppress_contained:g})"
     if skipped:
         msg += f" ({len(skipped)} images not in --gt skipped, e.g. {skipped[0]})"
     print(msg)
@@ -178,9 +191,9 @@ def _gt_ids(path: Path) -> dict[str, int]:
 
 
 def _load_model(args):
-    """The PyTorch model (prepared for inference), or an :class:`~hkd.deploy.onnx.OnnxDetector` for a .onnx
+    """The PyTorch model (prepared for inference), or an :class:`~hkd.deploy.runtime.OnnxDetector` for a .onnx
     file: both run through :func:`hkd.models.inference.detect` and give the same COCO results."""
-    from hkd.deploy.onnx import OnnxDetector, is_onnx
+    from hkd.deploy.runtime import OnnxDetector, is_onnx
     from hkd.models.checkpoint import load_checkpoint
 
     if is_onnx(args.checkpoint):
