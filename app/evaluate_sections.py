@@ -100,7 +100,7 @@ def diagnosis_view(prepared, ready, fppi: float, reference: str, compared: str) 
                           f"{prepared.num_images} images each)", key="eval_diagnose"):
         try:
             states = [diagnosis.launch(s.candidate, prepared, fppi) if s in todo else d for s, d in zip(ready, states)]
-        except JobError as exc:
+        except (JobError, OSError) as exc:  # OSError: the cache folder cannot be written (a full disk)
             st.error(f"The diagnose job was refused: {exc}")
     pending = [d.job_id for d in states if d.pending]
     if pending:
@@ -140,10 +140,11 @@ def gallery(prepared, result, reference: str, compared: str, merged: dict) -> No
     cols = st.columns(4)
     page_state.valid("eval_height_bin", [None] + evaluation.bin_labels(result, "height"), None)
     page_state.valid("eval_visibility_bin", [None] + evaluation.bin_labels(result, "visibility"), None)
-    height_bin = cols[0].selectbox("Height (px)", [None] + evaluation.bin_labels(result, "height"),
+    height_bin = cols[0].selectbox("Height (px)", [None] + evaluation.bin_labels(result, "height"), placeholder="any",
                                    key="eval_height_bin", format_func=lambda b: "any" if b is None else b)
     visibility_bin = cols[1].selectbox("Visibility", [None] + evaluation.bin_labels(result, "visibility"),
-                                       key="eval_visibility_bin", format_func=lambda b: "any" if b is None else b)
+                                       placeholder="any", key="eval_visibility_bin",
+                                       format_func=lambda b: "any" if b is None else b)
     stages = ["any", "rpn", "roi_score", "nms", "localization", "dense_head"]
     page_state.valid("eval_stage", stages, "any")
     stage = cols[2].selectbox(f"Stage where {compared} lost it", stages, key="eval_stage")
@@ -180,7 +181,7 @@ def _card(prepared, result, record, reference, compared, merged, target: str, ke
     try:
         st.image(evaluation.case_crop(prepared, result, record, reference, compared), width="stretch",
                  caption=evaluation.case_caption(record, result))
-    except (ImageError, OSError) as exc:
+    except (ImageError, OSError, ValueError) as exc:  # ValueError: a file name that leaves the images folder
         st.warning(f"Cannot show this case: {exc}")
         return
     cases = diagnosis.case_stages(merged, record)

@@ -68,7 +68,7 @@ if todo and st.button(f"Run predictions for {len(todo)} checkpoint(s) on {prepar
                       key="eval_predict", type="primary"):
     try:
         states = [evaluation.launch(s, prepared) if s in todo else s for s in states]
-    except JobError as exc:
+    except (JobError, OSError) as exc:  # OSError: the cache folder cannot be written (a full disk)
         st.error(f"The prediction job was refused: {exc}")
 pending = [s for s in states if s.pending]
 if pending:

@@ -1,10 +1,11 @@
 """Dataset evaluation for the Evaluate page: cached predictions, the comparison, the gallery, divergence.
 
-* **Predictions** are ``hkd predict`` runs in background jobs (:mod:`hkd.train.jobs`), one per
-  (checkpoint, dataset, N). Each writes a COCO results list to
-  ``cache_dir()/predictions/<checkpoint sha256>/<dataset>-<N>-<GT digest>.json`` — the file
-  ``hkd eval --dets`` reads — and a ``….job`` marker beside it names the job, so every browser
-  session (and a later visit) finds the result or the run in progress instead of starting another.
+* **Predictions** are ``hkd predict`` runs in background jobs (:mod:`hkd.jobs`), one per
+  (checkpoint, dataset, N), kept in the result store (:mod:`hkd.results`): each writes a COCO
+  results list to ``cache_dir()/predictions/<checkpoint sha256>/<dataset>-<N>-<GT digest>.json`` —
+  the file ``hkd eval --dets`` reads, and the one ``hkd compare --data`` reuses — and a ``….job``
+  marker beside it names the job, so every browser session (and a later visit) finds the result
+  or the run in progress instead of starting another.
 * **The comparison** is :func:`hkd.eval.compare.compare_models` on those files, cached per
   (GT, files, operating point) for the process.
 * **Gallery** crops are drawn from the image files and the cached detections.
@@ -22,7 +23,6 @@ import io
 import json
 import logging
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,9 @@ from typing import Callable, Iterable
 import numpy as np
 import streamlit as st
 
+from hkd.evaluation import EvaluationError, check_gt, gt_digest, images_digest, read_predictions
 from hkd.models.meta import CheckpointError
+from hkd.results import STARTABLE, ResultStore, slug
 from hkd.viz.draw import COLORS
 
 from app.services import finetune, models, settings
@@ -53,10 +55,6 @@ GALLERY_VIEWS = {
 CASE_COLORS = {"reference": COLORS["teacher_only"], "compared": COLORS["student_only"]}
 BOOTSTRAP = {"resamples": 1000, "seed": 0}  # the Evaluate table's intervals (hkd compare --bootstrap 1000 --seed 0)
 PREDICT_THREADS = 1  # one thread per job: two spinning OpenMP pools on 2 cores run several times slower
-
-
-class EvaluationError(ValueError):
-    """An input the evaluation cannot go on without; the message names the file and the problem."""
 
 
 # -- checkpoints -----------------------------------------------------------------
@@ -196,26 +194,11 @@ def _prepare(key: str, label: str, path: str, images_dir: str, limit: int | None
     return prepared_from(key, label, limit, gt, gt_path, images_dir, notes)
 
 
-def check_gt(gt: dict, gt_path, source) -> None:
-    """:class:`EvaluationError` naming ``gt_path`` (and the dataset it came from) and the first bad
-    entry, if the evaluation code cannot read this GT, or if it has no image."""
-    from hkd.eval import parse_ground_truth
-
-    try:
-        parse_ground_truth(gt)
-    except ValueError as exc:
-        raise EvaluationError(f"ground truth {gt_path} (from {source}): {exc}") from None
-    if not gt.get("images"):
-        raise EvaluationError(f"ground truth {gt_path} (from {source}): no images to evaluate")
-
-
 def prepared_from(key: str, label: str, limit: int | None, gt: dict, gt_path, images_dir, notes=()) -> Prepared:
     """A :class:`Prepared` of a GT dict already written to ``gt_path``, with its cache digests."""
     # predictions depend on the images only; the comparison on the annotations too
-    listing = json.dumps([[im["id"], im["file_name"]] for im in gt["images"]])
-    digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
-    gt_hash = hashlib.sha256(json.dumps(gt, sort_keys=True).encode()).hexdigest()[:16]
-    return Prepared(key, label, limit or None, gt, Path(gt_path), Path(images_dir), digest, gt_hash, tuple(notes))
+    return Prepared(key, label, limit or None, gt, Path(gt_path), Path(images_dir), images_digest(gt), gt_digest(gt),
+                    tuple(notes))
 
 
 def prepare(choice, limit: int | None) -> Prepared:
@@ -224,8 +207,7 @@ def prepare(choice, limit: int | None) -> Prepared:
     return _prepare(choice.key, choice.label, str(path), str(choice.images_dir), limit or None, _stamp(path), choice)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:48] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+_slug = slug  # the file-name part of a dataset key (hkd.results.slug; divergence files use it too)
 
 
 # -- predictions -------------------------------------------------------------------
@@ -254,27 +236,24 @@ class PredictionState:
         return self.state in ("queued", "running")
 
 
+def store() -> ResultStore:
+    """The result store of the app's cache folder (``HKD_CACHE_DIR``), its jobs in the app's queue."""
+    return ResultStore(settings.cache_dir(), queue=queue)
+
+
+def _entry(sha256: str, prepared: Prepared):
+    return store().entry("predictions", {"sha256": sha256, "dataset": prepared.key, "n": prepared.limit,
+                                         "images": prepared.digest})
+
+
 def predictions_path(sha256: str, prepared: Prepared) -> Path:
     """The cache file of (checkpoint sha256, dataset, N)."""
-    n = prepared.limit or "all"
-    return settings.cache_dir() / "predictions" / sha256 / f"{_slug(prepared.key)}-{n}-{prepared.digest}.json"
-
-
-def _marker(path: Path) -> Path:
-    return path.with_suffix(".job")
-
-
-def read_predictions(path: Path) -> list | None:
-    """The COCO results list in ``path``; None while it does not exist or is half-written."""
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, list) else None
+    return _entry(sha256, prepared).path
 
 
 def prediction_state(candidate: Candidate, prepared: Prepared) -> PredictionState:
-    """Ready, in progress (this or another session's job), failed, missing or refused."""
+    """Ready, in progress (this or another session's job, or an ``hkd compare`` process), failed,
+    missing or refused."""
     try:
         info = models.info(candidate.ref)
     except (CheckpointError, settings.PathNotAllowed) as exc:
@@ -282,39 +261,16 @@ def prediction_state(candidate: Candidate, prepared: Prepared) -> PredictionStat
     problem = pedestrian_problem(info)
     if problem:
         return PredictionState(candidate, None, "refused", message=problem)
-    path = predictions_path(info.key.split(":")[0], prepared)
-    job = _job_of(path)
-    # `hkd predict` writes its file once, at the end: complete unless its job is still running
-    ready = path.is_file() and (job is None or job.finished)
-    if ready:  # what the job skipped (images the GT does not list, …) stays worth saying
-        note = job.message if job is not None and "skipped" in (job.message or "") else ""
-        return PredictionState(candidate, path, "ready", message=note, job_id=job.id if job else None)
-    if job is None:
-        return PredictionState(candidate, path, "missing")
-    if job.state == "succeeded":  # finished but nothing readable: say so, do not loop
-        return PredictionState(candidate, path, "failed", job_id=job.id,
-                               message=f"the predict job {job.id} succeeded but {path} is missing or not JSON")
-    message = job.message or ""
-    if job.state in ("failed", "cancelled"):
-        tail = _log_tail(job.id)
-        message = f"{message}\n{tail}".strip()
-    return PredictionState(candidate, path, job.state, int(job.step or 0), int(job.total or 0), message, job.id)
-
-
-def _job_of(path: Path):
-    """The predict job named by ``path``'s marker, or None (no marker, or a cleared queue)."""
-    from hkd.jobs import JobError
-
-    marker = _marker(path)
-    try:
-        job_id = marker.read_text().strip()
-    except OSError:
-        return None
-    try:
-        return queue().get(job_id)
-    except (JobError, KeyError, OSError, ValueError):  # the queue was cleared: start afresh
-        marker.unlink(missing_ok=True)
-        return None
+    now = _entry(info.key.split(":")[0], prepared).state()
+    if now.ready:  # what the job skipped (images the GT does not list, …) stays worth saying
+        return PredictionState(candidate, now.path, "ready", message=now.message if "skipped" in now.message else "",
+                               job_id=now.job_id)
+    message = now.message
+    if now.job_state == "succeeded":  # finished but nothing readable: say so, do not loop
+        message = f"the predict job {now.job_id} succeeded but {now.path} is missing or not JSON"
+    elif now.job_state in ("failed", "cancelled"):
+        message = f"{message}\n{_log_tail(now.job_id)}".strip()
+    return PredictionState(candidate, now.path, now.state, now.step, now.total, message, now.job_id)
 
 
 def _log_tail(job_id: str, lines: int = 6) -> str:
@@ -328,26 +284,21 @@ def _log_tail(job_id: str, lines: int = 6) -> str:
 def launch(state: PredictionState, prepared: Prepared) -> PredictionState:
     """Start the predict job of a missing (or failed) prediction; another session's job is left alone.
 
-    Under a lock file the state is read again and the marker is written atomically once the job
-    is queued: readers never see a half-written marker, and two sessions clicking at once start one job."""
-    import fcntl
-
-    from hkd.models.meta import atomic_write
-
-    if state.state not in ("missing", "failed", "cancelled") or state.path is None:
+    The store's claim reads the state again under the entry's lock and writes the marker atomically
+    once the job is queued: readers never see a half-written marker, and two sessions clicking at
+    once start one job."""
+    if state.state not in STARTABLE or state.path is None:
         return state
-    state.path.parent.mkdir(parents=True, exist_ok=True)
-    with open(state.path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        current = prediction_state(state.candidate, prepared)
-        if current.state in ("missing", "failed", "cancelled"):
-            ref = state.candidate.ref
-            first = f" (first {prepared.limit})" if prepared.limit else ""
-            job = queue().submit_predict(
-                checkpoint=ref["path"], preset=ref.get("preset"), images=str(prepared.images_dir),
-                gt=str(prepared.gt_path), out=str(state.path), limit=prepared.limit, threads=PREDICT_THREADS,
-                name=f"predict {state.label} on {prepared.label}{first}")
-            atomic_write(_marker(state.path), lambda tmp: Path(tmp).write_text(job.id))
+
+    def start() -> str:
+        ref = state.candidate.ref
+        first = f" (first {prepared.limit})" if prepared.limit else ""
+        return queue().submit_predict(
+            checkpoint=ref["path"], preset=ref.get("preset"), images=str(prepared.images_dir),
+            gt=str(prepared.gt_path), out=str(state.path), limit=prepared.limit, threads=PREDICT_THREADS,
+            name=f"predict {state.label} on {prepared.label}{first}").id
+
+    store().at("predictions", state.path).claim(start)
     return prediction_state(state.candidate, prepared)
 
 
@@ -356,18 +307,35 @@ def follow(job_ids: list[str], title: str) -> None:
     """Progress bars of background jobs, redrawn every 2 s; the whole page reruns once all have ended."""
     from hkd.jobs import JobError
 
-    jobs = []
-    for job_id in job_ids:
+    jobs, outside = [], sum(job_id is None for job_id in job_ids)
+    for job_id in filter(None, job_ids):
         try:
             jobs.append(queue().get(job_id))
         except JobError:
             continue  # deleted meanwhile: the page's rerun says what is left
-    if all(job.finished for job in jobs):
+    if all(job.finished for job in jobs) and (not outside or _outside_poll_due()):
         st.rerun()
     for job in jobs:
         count = f" · {job.step} of {job.total}" if job.total else ""
         st.progress(job.progress, text=f"{title} — {job.name}: {job.state}{count} {job.message or ''}".rstrip())
+    if outside:
+        st.caption(f"{outside} result(s) are being made by another process (`hkd compare --data`); "
+                   "this page looks again every few seconds.")
     st.caption("Other pages stay usable meanwhile; the results are cached on disk for every session.")
+
+
+def _outside_poll_due(every_s: float = 6.0) -> bool:
+    """Whether to rerun the page for results a process outside the queue is making (their end
+    cannot be followed as a job's): at most every ``every_s`` seconds, never at once."""
+    import time
+
+    now, last = time.monotonic(), st.session_state.get("_evaluate_outside_poll")
+    if last is None or now - last < every_s:
+        if last is None:
+            st.session_state["_evaluate_outside_poll"] = now
+        return False
+    st.session_state["_evaluate_outside_poll"] = now
+    return True
 
 
 # -- the comparison ----------------------------------------------------------------
@@ -464,7 +432,10 @@ def _compare(gt_hash: str, files: tuple[tuple[str, str, int], ...], fppi: float,
 
         text = json.dumps({"report": report, "curves": curves, "setup": result_setup, "skipped": list(result_skipped),
                            "bootstrap": boot})
-        atomic_write(cached, lambda tmp: Path(tmp).write_text(text))
+        try:  # the disk copy only spares a later visit the work: a full disk must not cost this one
+            atomic_write(cached, lambda tmp: Path(tmp).write_text(text))
+        except OSError as exc:
+            skipped.append(f"the comparison was not cached on disk ({cached.parent}: {exc.strerror or exc})")
     skipped += list(result_skipped)
     by_image: dict[str, dict[int, list[dict]]] = {}
     for label, rows in dets.items():
@@ -665,14 +636,19 @@ def _image_index(images_dir: str, stamp: int) -> dict[str, str]:
 
 
 def image_path(prepared: Prepared, file_name: str) -> Path:
-    """The file of a GT image (``images_dir/file_name``, else found by name below it)."""
+    """The file of a GT image (``images_dir/file_name``, else found by name below it); a name that
+    leaves the images folder (``..``, an absolute path, a symlink out) is refused like the dataset
+    readers refuse it (:func:`hkd.data.datasets.confine`, DatasetError, a ValueError)."""
+    from hkd.data.datasets import check_relative_name, confine
+
+    check_relative_name(file_name, prepared.images_dir, prepared.gt_path)
     direct = prepared.images_dir / file_name
     if direct.is_file():
-        return direct
+        return confine(direct, prepared.images_dir, prepared.gt_path)
     found = _image_index(str(prepared.images_dir), _stamp(prepared.images_dir)).get(Path(file_name).name)
     if found is None:
         raise FileNotFoundError(f"{direct}: image listed in {prepared.gt_path} not found")
-    return Path(found)
+    return confine(Path(found), prepared.images_dir, prepared.gt_path)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

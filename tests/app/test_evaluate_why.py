@@ -102,3 +102,48 @@ def test_a_case_opened_in_detections_is_drawn_named_and_has_a_way_back(world):  
     fresh.run()
     no_exceptions(fresh)
     assert fresh.session_state["focus"]["box"] == at.session_state["focus"]["box"]
+
+
+def test_an_image_name_that_leaves_the_dataset_is_refused_on_the_page(world, tmp_path):  # noqa: F811
+    from app.services import evaluation
+    from hkd.data.datasets import DatasetError
+    from tests.app.test_evaluate_page import dataset_choice
+
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not read")
+    prepared = evaluation.prepare(dataset_choice(world["dataset"]), LIMIT)
+    for name in ("../../outside.png", str(outside)):
+        try:
+            evaluation.image_path(prepared, name)
+        except DatasetError as exc:
+            assert "leaves the images folder" in str(exc)
+        else:
+            raise AssertionError(f"{name} was accepted")
+    link = world["dataset"] / "images" / "link.png"
+    link.symlink_to(outside)
+    try:
+        evaluation.image_path(prepared, "link.png")
+    except DatasetError as exc:
+        assert "outside the images folder" in str(exc)
+    else:
+        raise AssertionError("a symlink out of the images folder was accepted")
+
+
+def test_a_full_disk_does_not_cost_the_comparison(world, monkeypatch):  # noqa: F811
+    import errno
+
+    from app.services import evaluation
+    from hkd.models import meta
+
+    seed_teacher(world)
+    at = run_predictions(open_evaluate(world), world)
+    evaluation._compare.clear()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(meta, "atomic_write", full)
+    at.select_slider(key="eval_fppi").set_value(0.3).run()  # a comparison not cached yet
+    no_exceptions(at)
+    assert any("MR⁻² Reasonable" in df.value.columns for df in at.dataframe)
+    assert "not cached on disk" in _markdown(at) and "No space left on device" in _markdown(at)
