@@ -7,8 +7,6 @@ needs. Nothing here imports streamlit state: the pages pass keys in and get plai
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,30 +142,10 @@ def generate(choice: DatasetChoice) -> Job:
                                 name=f"generate {choice.key}")
 
 
-def dataset_id(choice: DatasetChoice) -> str:
-    """A short content-independent id of a dataset path, for cache file names."""
-    return hashlib.sha256(choice.path.encode()).hexdigest()[:12]
-
-
 def coco_gt(choice: DatasetChoice, limit: int | None = None) -> tuple[dict, Path]:
     """The ground truth of the first ``limit`` images (all if None) as a COCO dict with height,
-    vis_ratio and ignore, and the cached JSON file holding it (for ``hkd predict --gt``)."""
-    from hkd.data.datasets import open_dataset
+    vis_ratio and ignore, and the cached JSON file holding it (for ``hkd predict --gt``):
+    :func:`hkd.evaluation.dataset_gt`, the one ``hkd compare --data`` uses."""
+    from hkd.evaluation import dataset_gt
 
-    source = Path(choice.path)
-    annotations = source / "annotations.json" if source.is_dir() else source
-    stamp = annotations.stat().st_mtime_ns if annotations.exists() else 0
-    out = settings.cache_dir() / "gt" / f"{dataset_id(choice)}-{stamp}-{limit or 'all'}.json"
-    if out.is_file():
-        return json.loads(out.read_text()), out
-    gt = open_dataset(choice.path).coco_gt()
-    if limit:
-        keep = {im["id"] for im in gt["images"][:limit]}
-        gt = {**gt, "images": gt["images"][:limit],
-              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from hkd.models.meta import atomic_write
-
-    text = json.dumps(gt)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
-    return gt, out
+    return dataset_gt(choice.path, limit, settings.cache_dir())

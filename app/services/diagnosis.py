@@ -5,7 +5,8 @@
   only formatted.
 * **Diagnosis** is ``hkd diagnose`` run as a background job per (checkpoint, dataset, N, FPPI),
   writing ``diagnosis.json`` into ``cache_dir()/diagnosis/<checkpoint sha256>/<dataset>-<N>-<GT
-  digest>-fppi<F>/``; a ``.job`` marker beside the folder names the job, as for predictions.
+  digest>-fppi<F>/`` (a result store entry, :mod:`hkd.results`); a ``.job`` marker beside the
+  folder names the job, as for predictions.
   Cases are every non-ignored pedestrian >= 20 px (``--setup Analysis``, the gallery's cases) at
   each model's operating point on Reasonable (the table's). The pairs' extra misses and the
   figures come from :mod:`hkd.analysis.diagnose`.
@@ -21,6 +22,7 @@ import streamlit as st
 
 from hkd.analysis.diagnose import FOUND, describe, extra_misses, stages_of
 from hkd.models.meta import CheckpointError
+from hkd.results import STARTABLE
 
 from app.services import evaluation, models, settings
 from app.services.jobs import queue
@@ -97,27 +99,13 @@ class DiagnosisState:
         return self.state in ("queued", "running")
 
 
+def _entry(sha256: str, prepared, fppi: float):
+    return evaluation.store().entry("diagnosis", {"sha256": sha256, "dataset": prepared.key, "n": prepared.limit,
+                                                  "images": prepared.digest, "fppi": fppi})
+
+
 def diagnosis_path(sha256: str, prepared, fppi: float) -> Path:
-    n = prepared.limit or "all"
-    folder = f"{evaluation._slug(prepared.key)}-{n}-{prepared.digest}-fppi{fppi:g}"
-    return settings.cache_dir() / "diagnosis" / sha256 / folder / "diagnosis.json"
-
-
-def _marker(path: Path) -> Path:
-    return path.parent.with_suffix(".job")
-
-
-def _job(path: Path):
-    from hkd.jobs import JobError
-
-    try:
-        job_id = _marker(path).read_text().strip()
-        return queue().get(job_id)
-    except OSError:
-        return None
-    except (JobError, KeyError, ValueError):
-        _marker(path).unlink(missing_ok=True)
-        return None
+    return _entry(sha256, prepared, fppi).path
 
 
 def state(candidate, prepared, fppi: float) -> DiagnosisState:
@@ -131,37 +119,31 @@ def state(candidate, prepared, fppi: float) -> DiagnosisState:
     problem = evaluation.pedestrian_problem(info)
     if problem:
         return DiagnosisState(candidate.label, None, "refused", message=problem)
-    path = diagnosis_path(info.key.split(":")[0], prepared, fppi)
-    job = _job(path)
-    if path.is_file() and (job is None or job.finished):
-        return DiagnosisState(candidate.label, path, "ready", job_id=job.id if job else None)
-    if job is None:
-        return DiagnosisState(candidate.label, path, "missing")
-    message = job.message or ""
-    if job.state == "succeeded":
-        return DiagnosisState(candidate.label, path, "failed", message=f"job {job.id} succeeded but wrote no {path}")
-    return DiagnosisState(candidate.label, path, job.state, int(job.step or 0), int(job.total or 0), message, job.id)
+    entry = _entry(info.key.split(":")[0], prepared, fppi)
+    now = entry.state()
+    if now.ready:
+        return DiagnosisState(candidate.label, now.path, "ready", job_id=now.job_id)
+    if now.job_state == "succeeded":
+        return DiagnosisState(candidate.label, now.path, "failed", message=f"job {now.job_id} succeeded but wrote no "
+                                                                           f"{now.path}")
+    return DiagnosisState(candidate.label, now.path, now.state, now.step, now.total, now.message, now.job_id)
 
 
 def launch(candidate, prepared, fppi: float) -> DiagnosisState:
-    """Start the diagnose job of a missing (or failed) diagnosis; two sessions clicking at once start one."""
-    from filelock import FileLock
-
-    from hkd.models.meta import atomic_write
-
+    """Start the diagnose job of a missing (or failed) diagnosis; two sessions clicking at once start one
+    (the store's claim: the state read again under the entry's lock)."""
     current = state(candidate, prepared, fppi)
-    if current.state not in ("missing", "failed", "cancelled") or current.path is None:
+    if current.state not in STARTABLE or current.path is None:
         return current
-    current.path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(_marker(current.path).with_suffix(".lock"))):
-        current = state(candidate, prepared, fppi)
-        if current.state in ("missing", "failed", "cancelled"):
-            first = f" (first {prepared.limit})" if prepared.limit else ""
-            job = queue().submit_diagnose(
-                checkpoint=candidate.ref["path"], images=str(prepared.images_dir), gt=str(prepared.gt_path),
-                out=str(current.path.parent), name_in_report=candidate.label, limit=prepared.limit, fppi=fppi,
-                threads=evaluation.PREDICT_THREADS, name=f"diagnose {candidate.label} on {prepared.label}{first}")
-            atomic_write(_marker(current.path), lambda tmp: Path(tmp).write_text(job.id))
+
+    def start() -> str:
+        first = f" (first {prepared.limit})" if prepared.limit else ""
+        return queue().submit_diagnose(
+            checkpoint=candidate.ref["path"], images=str(prepared.images_dir), gt=str(prepared.gt_path),
+            out=str(current.path.parent), name_in_report=candidate.label, limit=prepared.limit, fppi=fppi,
+            threads=evaluation.PREDICT_THREADS, name=f"diagnose {candidate.label} on {prepared.label}{first}").id
+
+    _entry(models.info(candidate.ref).key.split(":")[0], prepared, fppi).claim(start)
     return state(candidate, prepared, fppi)
 
 

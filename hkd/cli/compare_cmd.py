@@ -4,6 +4,14 @@
                 [--score S] [--fppi 0.1] [--setup Reasonable] [--iou 0.5]
                 [--max-disagreements N] [--top 10] [--bootstrap N [--seed S]]
                 [--json] [--out DIR]
+    hkd compare --data DATASET --checkpoints teacher=T.safetensors student=S.safetensors [...]
+                [--images-limit N] [the options above]
+
+With ``--data`` the ground truth is the dataset's first N images (``--images-limit``, default
+all) and each checkpoint's predictions are made by ``hkd predict`` (up to two at once) and kept
+in the result store (``HKD_CACHE_DIR``, :mod:`hkd.results`): a second run, or the Evaluate page
+on the same dataset, reuses them. Then it prints what ``--gt/--dets`` prints on those files
+(:mod:`hkd.evaluation.workflow`); what it predicts or reuses goes to stderr.
 
 ``GT.json`` is CityPersons-style COCO (as for ``hkd eval``); each
 ``NAME=DETS.json`` is a COCO results list (as ``hkd predict`` writes). Each
@@ -35,10 +43,18 @@ _HELP = "compare detectors on one ground truth: MR-2, miss rate by height/visibi
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=_HELP, description=_HELP)
-    parser.add_argument("--gt", required=True, type=Path, metavar="GT.json",
-                        help="ground truth, CityPersons-style COCO JSON")
-    parser.add_argument("--dets", required=True, nargs="+", metavar="NAME=DETS.json",
-                        help="two or more models: a name and its COCO results JSON list")
+    parser.add_argument("--gt", type=Path, metavar="GT.json",
+                        help="ground truth, CityPersons-style COCO JSON (with --dets)")
+    parser.add_argument("--dets", nargs="+", metavar="NAME=DETS.json",
+                        help="two or more models: a name and its COCO results JSON list (with --gt)")
+    parser.add_argument("--data", type=Path, metavar="DATASET",
+                        help="instead of --gt/--dets: an annotated dataset (a folder with annotations.json and "
+                             "images/, a COCO-style .json or a CrowdHuman .odgt) to predict on (with --checkpoints)")
+    parser.add_argument("--checkpoints", nargs="+", metavar="NAME=CKPT",
+                        help="with --data: two or more models, a name and its HKD .safetensors checkpoint "
+                             "(or exported .onnx); predictions are cached in HKD_CACHE_DIR")
+    parser.add_argument("--images-limit", type=int, default=None, metavar="N",
+                        help="with --data: only the dataset's first N images (default all)")
     parser.add_argument("--score", type=float, default=None,
                         help="one score threshold for every model (default: each model's score at --fppi)")
     parser.add_argument("--fppi", type=float, default=0.1,
@@ -63,27 +79,66 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     return parser
 
 
-def _model_files(specs: list[str]) -> dict[str, Path]:
+def _model_files(specs: list[str], option: str = "--dets", example: str = "DETS.json",
+                 e_g: str = "teacher=teacher_dets.json") -> dict[str, Path]:
     files: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         name = name.strip()
         if not sep or not name or not path:
-            raise CLIError(f"--dets {spec!r}: expected NAME=DETS.json, e.g. teacher=teacher_dets.json")
+            raise CLIError(f"{option} {spec!r}: expected NAME={example}, e.g. {e_g}")
         if name in files:
-            raise CLIError(f"--dets: model name {name!r} is given twice")
+            raise CLIError(f"{option}: model name {name!r} is given twice")
         files[name] = Path(path)
     if len(files) < 2:
-        raise CLIError("--dets: give at least two models to compare, e.g. teacher=T.json student=S.json")
+        short = "T.json student=S.json" if option == "--dets" else "T.safetensors student=S.safetensors"
+        raise CLIError(f"{option}: give at least two models to compare, e.g. teacher={short}")
     return files
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
+    """(GT file, {name: detections file}): as given (--gt/--dets), or made from --data/--checkpoints."""
+    given = [flag for flag, value in (("--gt", args.gt), ("--dets", args.dets)) if value is not None]
+    data = [flag for flag, value in (("--data", args.data), ("--checkpoints", args.checkpoints),
+                                     ("--images-limit", args.images_limit)) if value is not None]
+    if given and data:
+        raise CLIError(f"{' '.join(given)} and {' '.join(data)} are two ways of giving the inputs: use --gt with "
+                       "--dets, or --data with --checkpoints")
+    if data:
+        if args.data is None or args.checkpoints is None:
+            raise CLIError("--data and --checkpoints go together: the dataset and the checkpoints to predict on it")
+        if args.images_limit is not None and args.images_limit < 1:
+            raise CLIError(f"--images-limit must be a positive number of images, got {args.images_limit}")
+        return _predicted(args)
+    if args.gt is None or args.dets is None:
+        raise CLIError("give --gt GT.json with --dets NAME=DETS.json ..., or --data DATASET with "
+                       "--checkpoints NAME=CKPT ...")
+    return args.gt, _model_files(args.dets)
+
+
+def _predicted(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
+    from hkd.evaluation import EvaluationError, checkpoint, ground_truth, predict_all
+
+    specs = _model_files(args.checkpoints, "--checkpoints", "CKPT", "teacher=teacher.safetensors")
+
+    def say(line: str) -> None:
+        print(f"hkd compare: {line}", file=sys.stderr, flush=True)
+
+    try:
+        checkpoints = {name: checkpoint(name, path) for name, path in specs.items()}
+        gt = ground_truth(args.data, args.images_limit)
+        say(f"ground truth of {gt.num_images} images of {args.data}: {gt.gt_path}")
+        made = predict_all(checkpoints, gt, say=say)
+    except EvaluationError as exc:
+        raise CLIError(str(exc)) from None
+    return gt.gt_path, made.files
 
 
 def run(args: argparse.Namespace) -> int:
     # imported here so that `hkd --help` stays cheap
-    from hkd.eval.bootstrap import bootstrap_intervals
-    from hkd.eval.compare import ComparisonInputError, compare_models
+    from hkd.eval.compare import ComparisonInputError
+    from hkd.evaluation import compare
 
-    files = _model_files(args.dets)
     if args.top < 0:
         raise CLIError(f"--top must be >= 0, got {args.top}")
     if args.bootstrap is not None and args.bootstrap < 1:
@@ -94,16 +149,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {args.out} exists and is not a directory")
-    gt = _load_json(args.gt, "ground-truth")
+    gt_path, files = _inputs(args)
+    gt = _load_json(gt_path, "ground-truth")
     dets = {name: _load_json(path, f"detections ({name})") for name, path in files.items()}
     try:
-        report = compare_models(gt, dets, score=args.score, fppi=args.fppi, setup=args.setup, iou=args.iou,
-                                max_disagreements=args.max_disagreements)
-        boot = None
-        if args.bootstrap is not None:  # the inputs were validated by compare_models
-            boot = bootstrap_intervals(gt, dets, resamples=args.bootstrap, seed=args.seed or 0)
+        report, boot = compare(gt, dets, score=args.score, fppi=args.fppi, setup=args.setup, iou=args.iou,
+                               max_disagreements=args.max_disagreements, bootstrap=args.bootstrap,
+                               seed=args.seed or 0)
     except ComparisonInputError as exc:
-        path = args.gt if exc.source == "gt" else files[exc.source]
+        path = gt_path if exc.source == "gt" else files[exc.source]
         raise CLIError(f"{'ground-truth' if exc.source == 'gt' else 'detections'} file {path}: {exc}") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None

@@ -1,0 +1,11 @@
+"""The evaluation workflow: a dataset and checkpoints → cached predictions → the comparison
+(:mod:`hkd.evaluation.workflow`; what ``hkd compare --data`` runs and the Evaluate page shows)."""
+from __future__ import annotations
+
+from hkd.evaluation.workflow import (Checkpoint, EvaluationError, GroundTruth, PredictionsReport, check_gt,
+                                     checkpoint, compare, dataset_gt, dataset_key, evaluate, ground_truth,
+                                     gt_digest, images_digest, predict_all, prediction_entry, read_predictions)
+
+__all__ = ["Checkpoint", "EvaluationError", "GroundTruth", "PredictionsReport", "check_gt", "checkpoint", "compare",
+           "dataset_gt", "dataset_key", "evaluate", "ground_truth", "gt_digest", "images_digest", "predict_all",
+           "prediction_entry", "read_predictions"]
