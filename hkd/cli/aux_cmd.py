@@ -4,10 +4,10 @@
                   [--seed S] [--threads T] [--crop 64] [--boxes 8] [--batch-size 4] [--lr 0.001]
 
 The teacher is frozen; only the heads learn the joint (class × rotation) label of
-region crops of the dataset (:mod:`hkd.distill.aux`). The output is a safetensors
-file whose metadata names the teacher checkpoint (file, sha256, preset, step), the
-levels, the crop size and the heads' accuracy; a distill config points at it with
-``distill.aux.checkpoint``.
+region crops of the dataset (the loop: :mod:`hkd.train.aux_heads`; the heads and their
+checkpoint: :mod:`hkd.distill.aux`). The output is a safetensors file whose metadata
+names the teacher checkpoint (file, sha256, preset, step), the levels, the crop size
+and the heads' accuracy; a distill config points at it with ``distill.aux.checkpoint``.
 """
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ def run(args) -> int:
     import torch
 
     from hkd.data.datasets import DatasetError, open_dataset
-    from hkd.distill.aux import AuxMeta, check_levels, default_levels, save_aux_heads, train_teacher_aux
+    from hkd.distill.aux import AuxMeta, check_levels, default_levels, save_aux_heads
     from hkd.distill.config import ConfigError
     from hkd.models.checkpoint import CheckpointError, load_checkpoint
     from hkd.models.presets import get_preset
+    from hkd.train.aux_heads import train_teacher_aux
 
     for name, value, low in (("--steps", args.steps, 1), ("--threads", args.threads, 1), ("--crop", args.crop, 8),
                              ("--boxes", args.boxes, 1), ("--batch-size", args.batch_size, 1),

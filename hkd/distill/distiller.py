@@ -49,25 +49,25 @@ batches. The losses are those of the uncached step.
 from __future__ import annotations
 
 import inspect
-import math
 from collections import OrderedDict
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import permute_and_flatten
-from torchvision.ops import box_iou
 
 from hkd.distill.adapters import adapter_key, build_adapters
 from hkd.distill.config import ConfigError, DistillConfig, LossTerm, load_config
 from hkd.distill.losses import LOSSES, level_role
 from hkd.distill.losses.roi import class_deltas
+from hkd.distill.step_inputs import StepInputs
 from hkd.distill.teacher_cache import TeacherCache
 from hkd.models.hierarchy import HierarchySpec
 from hkd.models.taps import Tap
+
+_StepInputs = StepInputs  # its name before it had a module of its own (tests patch it here)
 
 # inputs the distiller provides, by level role
 PROVIDES: dict[str, set[str]] = {
@@ -367,18 +367,8 @@ class Distiller(nn.Module):
         student, teacher = self.student, self.teacher
         levels = list(dict.fromkeys(term.level for term in terms))
         with Tap(student, self.student_spec, levels) as s_tap:
-            features = student.backbone(batch.tensors)
-            proposals, rpn_losses = student.rpn(batch, features, targets)
-            proposals, _, labels, regression_targets = student.roi_heads.select_training_samples(proposals, targets)
-            regions = student.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
-            embedding = student.roi_heads.box_head(regions)
-            class_logits, box_regression = student.roi_heads.box_predictor(embedding)
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        out = {
-            "det/loss_classifier": loss_classifier,
-            "det/loss_box_reg": loss_box_reg,
-            **{f"det/{key}": value for key, value in rpn_losses.items()},
-        }
+            own = _two_stage_training(student, batch, targets)
+        out = dict(own.losses)
         hierarchies = {term.hierarchy for term in terms}
         roi_head_levels = {"roi.embedding", "roi.logits", "roi.deltas"} & set(levels)
         roi_levels = [name for name in levels if name.startswith("roi.")]
@@ -387,13 +377,13 @@ class Distiller(nn.Module):
             # KD terms read its tensors detached (the tap stores them so)
             image_levels = [name for name in levels if name not in roi_levels]
             with Tap(teacher, self.teacher_spec, image_levels, detach=True) as own_tap:
-                t_features, teacher_losses = _two_stage_losses(teacher, batch, targets)
-            out.update({f"teacher/{key}": value for key, value in teacher_losses.items()})
+                t_own = _two_stage_training(teacher, batch, targets)
+            out.update({f"teacher/{key}": value for key, value in t_own.losses.items()})
             if not terms:
                 return out
-            t_features = OrderedDict((name, value.detach()) for name, value in t_features.items())
+            t_features = OrderedDict((name, value.detach()) for name, value in t_own.features.items())
             with torch.no_grad(), Tap(teacher, self.teacher_spec, roi_levels) as roi_tap:
-                self._teacher_regions(t_features, proposals, batch, hierarchies, roi_head_levels)
+                self._teacher_regions(t_features, own.proposals, batch, hierarchies, roi_head_levels)
             t_tap = _Levels({name: (roi_tap if name in roi_levels else own_tap)[name] for name in levels})
         elif not terms:
             return out
@@ -407,12 +397,13 @@ class Distiller(nn.Module):
                 else:  # every image-level output from the cache (computed in full and stored on a miss)
                     cached = cache.image_outputs(teacher, self.teacher_spec, batch)
                     t_features = cached.features
-                self._teacher_regions(t_features, proposals, batch, hierarchies, roi_head_levels)
+                self._teacher_regions(t_features, own.proposals, batch, hierarchies, roi_head_levels)
             if cache is not None:
                 t_tap = _Levels({name: (t_tap if name in roi_levels else cached.levels)[name] for name in levels})
 
-        context = _StepInputs(batch, targets, list(features.values()), student.rpn.anchor_generator,
-                              student.rpn, torch.cat(labels), torch.cat(regression_targets), proposals=proposals)
+        context = StepInputs(batch, targets, list(own.features.values()), student.rpn.anchor_generator,
+                             student.rpn, torch.cat(own.labels), torch.cat(own.regression_targets),
+                             proposals=own.proposals)
         for term in terms:
             out[term.key] = term.weight * self._term_loss(term, s_tap[term.level], t_tap[term.level], context)
         return out
@@ -451,13 +442,13 @@ class Distiller(nn.Module):
                 t_features = list(teacher.backbone(batch.tensors).values())
                 if "head" in {term.hierarchy for term in terms}:
                     teacher.head(t_features)
-        context = _StepInputs(batch, targets, features, student.anchor_generator,
-                              matcher=getattr(student, "proposal_matcher", None))
+        context = StepInputs(batch, targets, features, student.anchor_generator,
+                             matcher=getattr(student, "proposal_matcher", None))
         for term in terms:
             out[term.key] = term.weight * self._term_loss(term, s_tap[term.level], t_tap[term.level], context)
         return out
 
-    def _term_loss(self, term: LossTerm, student: Any, teacher: Any, context: "_StepInputs") -> Tensor:
+    def _term_loss(self, term: LossTerm, student: Any, teacher: Any, context: "StepInputs") -> Tensor:
         """The term's loss in float32, also under mixed precision (``train.amp``).
 
         Half-precision level tensors are cast up and autocast is off here: a ridge
@@ -470,7 +461,7 @@ class Distiller(nn.Module):
         with torch.autocast(context.batch.tensors.device.type, enabled=False):
             return self._term_loss_fp32(term, student, teacher, context)
 
-    def _term_loss_fp32(self, term: LossTerm, student: Any, teacher: Any, context: "_StepInputs") -> Tensor:
+    def _term_loss_fp32(self, term: LossTerm, student: Any, teacher: Any, context: "StepInputs") -> Tensor:
         """Prepare the level's tensors for its role, then call the loss."""
         spec = LOSSES[term.loss]
         role = level_role(self.student_spec[term.level])
@@ -504,9 +495,18 @@ class Distiller(nn.Module):
         return spec.fn(student, teacher, **{k: v for k, v in inputs.items() if k in needed}, **term.params)
 
 
-def _two_stage_losses(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]]
-                      ) -> tuple["OrderedDict[str, Tensor]", dict[str, Tensor]]:
-    """(features, ``det/`` losses) of a Faster R-CNN's own training forward on a transformed batch."""
+class _TwoStageTraining(NamedTuple):
+    features: "OrderedDict[str, Tensor]"
+    losses: dict[str, Tensor]  # det/loss_classifier, det/loss_box_reg, det/<RPN loss>
+    proposals: list[Tensor]  # per image, the sampled proposals the box head saw
+    labels: list[Tensor]
+    regression_targets: list[Tensor]
+
+
+def _two_stage_training(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]]) -> _TwoStageTraining:
+    """A Faster R-CNN's own training forward on a transformed batch: torchvision's ``RoIHeads``
+    training path written out, so that the sampled proposals are known (the student's and an
+    online teacher's step; a tap around the call captures the levels)."""
     features = model.backbone(batch.tensors)
     proposals, rpn_losses = model.rpn(batch, features, targets)
     proposals, _, labels, regression_targets = model.roi_heads.select_training_samples(proposals, targets)
@@ -515,7 +515,7 @@ def _two_stage_losses(model: nn.Module, batch: ImageList, targets: list[dict[str
     loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
     losses = {"det/loss_classifier": loss_classifier, "det/loss_box_reg": loss_box_reg,
               **{f"det/{key}": value for key, value in rpn_losses.items()}}
-    return features, losses
+    return _TwoStageTraining(features, losses, proposals, labels, regression_targets)
 
 
 def _dense_losses(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]], features: list[Tensor],
@@ -549,123 +549,9 @@ def _per_anchor(maps: list[Tensor], values: int) -> Tensor:
     return torch.cat(flat, dim=1).reshape(-1, values)
 
 
-def _best_iou(rows: Tensor, gt_boxes: Tensor) -> Tensor:
-    """(R,) IoU of each row box with its best-overlapping GT box; 0 without GT boxes."""
-    if gt_boxes.numel() == 0:
-        return rows.new_zeros(rows.shape[0])
-    return box_iou(gt_boxes, rows).amax(dim=0)
-
-
 def _check_boxes(targets: list[dict[str, Tensor]]) -> None:
     for index, target in enumerate(targets):
         boxes = target["boxes"]
         bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
         if bad.any():
             raise ValueError(f"target {index}: boxes need positive width and height, got {boxes[bad][0].tolist()}")
-
-
-class _StepInputs:
-    """What the losses need besides the level tensors, computed once per step on demand."""
-
-    def __init__(self, batch: ImageList, targets: list[dict[str, Tensor]], student_features: list[Tensor],
-                 anchor_generator: nn.Module, rpn: nn.Module | None = None,
-                 roi_labels: Tensor | None = None, roi_targets: Tensor | None = None, *,
-                 proposals: list[Tensor] | None = None, matcher: Matcher | None = None) -> None:
-        self.batch = batch
-        self.targets = targets
-        self.student_features = student_features
-        self.anchor_generator = anchor_generator
-        self.rpn = rpn
-        self.roi_labels = roi_labels
-        self.roi_targets = roi_targets
-        self.proposals = proposals  # per image, the student's sampled proposals (K_i, 4)
-        self.matcher = matcher  # a single-stage student's anchor matcher (RetinaNet's proposal_matcher)
-        self._anchors: list[Tensor] | None = None
-        self._rpn_targets: tuple[Tensor, Tensor] | None = None
-        self._rpn_labels: Tensor | None = None
-        self._dense_truth: Tensor | None = None
-        self._iou: dict[str, Tensor] = {}
-        self.fitted: set[str] = set()  # levels whose least-squares adapter was updated this step
-
-    def imitation_inputs(self, size: tuple[int, int]) -> dict[str, Any]:
-        """GT boxes, stride and the cell anchors of the anchor level whose stride is closest to the map's."""
-        height, width = self.batch.tensors.shape[-2:]
-        stride = (height // size[0], width // size[1])
-        anchor_strides = [height // f.shape[-2] for f in self.student_features]
-        nearest = min(range(len(anchor_strides)), key=lambda i: abs(math.log2(anchor_strides[i] / stride[0])))
-        cell = self.anchor_generator.cell_anchors[nearest].to(self.batch.tensors.device)
-        return {"gt_boxes": [t["boxes"] for t in self.targets], "cell_anchors": cell, "stride": stride}
-
-    def rpn_samples(self) -> int:
-        """Anchors torchvision's RPN samples for its losses in this batch (its box-loss normaliser)."""
-        return self.rpn.fg_bg_sampler.batch_size_per_image * len(self.targets)
-
-    def anchors(self) -> list[Tensor]:
-        """The student's anchors, per image (A, 4) in the batch's coordinates."""
-        if self._anchors is None:
-            self._anchors = self.anchor_generator(self.batch, self.student_features)
-        return self._anchors
-
-    def rpn_targets(self) -> tuple[Tensor, Tensor]:
-        """(positive mask (M,), regression targets (M, 4)) over all anchors of the batch.
-
-        Keeps the anchors' labels (1 object, 0 background, -1 between the matcher's
-        thresholds) for :meth:`row_truth`.
-        """
-        if self._rpn_targets is None:
-            anchors = self.anchors()
-            labels, matched = self.rpn.assign_targets_to_anchors(anchors, self.targets)
-            encoded = self.rpn.box_coder.encode(matched, anchors)
-            self._rpn_labels = torch.cat(labels).to(torch.int64)
-            self._rpn_targets = (self._rpn_labels == 1, torch.cat(encoded))
-        return self._rpn_targets
-
-    @torch.no_grad()
-    def row_truth(self, role: str, names: list[str]) -> dict[str, Tensor]:
-        """``row_labels`` and/or ``row_iou`` (see :data:`~hkd.distill.losses.INPUTS`) of the rows a loss on a
-        ``role`` level sees: the sampled proposals (``class_logits``, (K,)), every anchor of the batch
-        (``objectness``, (M,)), or every anchor per image (``dense_logits``, (N, A)).
-
-        Labels: torchvision's own assignments: ``select_training_samples`` for proposals,
-        ``rpn.assign_targets_to_anchors`` for RPN anchors, the student's ``proposal_matcher``
-        (as in RetinaNet's loss) for dense anchors. IoU: with the best-overlapping GT box of
-        the row's image (the box the matchers assign), 0 where the image has none.
-        """
-        if role == "class_logits":
-            labels, boxes = self.roi_labels, self.proposals
-        elif role == "objectness":
-            self.rpn_targets()
-            labels, boxes = self._rpn_labels, self.anchors()
-        elif role == "dense_logits":
-            labels, boxes = self._dense_labels(), self.anchors()
-        else:
-            raise ValueError(f"no per-row ground truth for {role} levels")
-        out = {"row_labels": labels} if "row_labels" in names else {}
-        if "row_iou" in names:
-            if role not in self._iou:
-                self._iou[role] = torch.cat([_best_iou(b, t["boxes"]) for b, t in zip(boxes, self.targets)])
-            out["row_iou"] = self._iou[role].reshape(labels.shape)
-        return out
-
-    def _dense_labels(self) -> Tensor:
-        """(N, A) int64 per-anchor labels by the student's matcher: the matched GT box's class, 0 below
-        the background threshold (and in images without boxes), -1 between the thresholds."""
-        if self.matcher is None:
-            raise ValueError("per-anchor labels of a dense head need the student's proposal_matcher (RetinaNet)")
-        if self._dense_truth is None:
-            labels, best = [], []
-            for anchors, target in zip(self.anchors(), self.targets):
-                boxes = target["boxes"]
-                if boxes.numel() == 0:
-                    labels.append(torch.zeros(anchors.shape[0], dtype=torch.int64, device=anchors.device))
-                    best.append(anchors.new_zeros(anchors.shape[0]))
-                    continue
-                iou = box_iou(boxes, anchors)
-                best.append(iou.amax(dim=0))  # what row_truth's row_iou is (_best_iou): computed once
-                matched = self.matcher(iou)
-                label = target["labels"].to(torch.int64)[matched.clamp(min=0)]
-                label = torch.where(matched >= 0, label, torch.zeros_like(label))
-                labels.append(torch.where(matched == self.matcher.BETWEEN_THRESHOLDS, -1, label))
-            self._dense_truth = torch.stack(labels)
-            self._iou.setdefault("dense_logits", torch.cat(best))
-        return self._dense_truth

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API predates hkd.models.meta)
@@ -35,6 +34,7 @@ from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API pred
     preset_or_error as _preset_or_error,
     read_meta,
     read_safetensors_tensors,
+    write_safetensors,
 )
 from hkd.models.presets import adapt_coco_state_dict, get_preset
 
@@ -70,7 +70,7 @@ def save_checkpoint(
         state[key] = tensor.contiguous()
     meta.dtype = str(dtype).replace("torch.", "")
     meta.created = meta.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: meta.to_json()}))
+    return write_safetensors(path, state, meta.to_json())
 
 
 def update_metadata(path: str | os.PathLike, out: str | os.PathLike | None = None, **changes: Any) -> Path:
@@ -87,7 +87,7 @@ def update_metadata(path: str | os.PathLike, out: str | os.PathLike | None = Non
     for key, value in changes.items():
         setattr(meta, key, value)
     state = read_safetensors_tensors(path)
-    return atomic_write(out or path, lambda tmp: save_file(state, tmp, metadata={META_KEY: meta.to_json()}))
+    return write_safetensors(out or path, state, meta.to_json())
 
 
 def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, inference: bool = False) -> LoadedCheckpoint:

@@ -169,6 +169,14 @@ def read_safetensors_tensors(path: str | os.PathLike, keys: Iterable[str] | None
             raise CheckpointError(f"{path}: damaged weights ({exc})") from None
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict, meta_json: str) -> Path:
+    """Write ``tensors`` (torch, contiguous) with ``meta_json`` under :data:`META_KEY` in the header,
+    atomically (:func:`atomic_write`); the writer of every HKD safetensors file."""
+    from safetensors.torch import save_file
+
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: meta_json}))
+
+
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     """Metadata of an HKD checkpoint, read from the header only (no weights loaded)."""
     path = existing(path)
