@@ -37,8 +37,9 @@ STAGE_TEXT = {"rpn": "no proposal covered it (RPN)", "roi_score": "proposed, but
 
 
 # -- intervals ---------------------------------------------------------------------------
-def _cell(interval: dict | None, digits: int = 2) -> str:
-    if not interval or interval.get("point") is None or interval["point"] < 0:
+def _cell(interval: dict | None, digits: int = 2, *, difference: bool = False) -> str:
+    """``12.79 (10.00–15.60)``; "—" for no value (MR⁻² -100 means none, unless a ``difference``)."""
+    if not interval or interval.get("point") is None or (interval["point"] < 0 and not difference):
         return "—"
     low, high = interval.get("low"), interval.get("high")
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
@@ -72,9 +73,9 @@ def difference_rows(result: evaluation.Evaluation, setup: str = "Reasonable") ->
             continue
         rows.append({
             "pair (a − b)": f"{diff['a']} − {diff['b']}",
-            f"Δ MR⁻² {setup} (95 %)": _cell(mr),
+            f"Δ MR⁻² {setup} (95 %)": _cell(mr, difference=True),
             "MR⁻² verdict": "within noise" if mr["within_noise"] else ("a better" if mr["point"] < 0 else "b better"),
-            "Δ AP50 (95 %)": _cell(ap, 3) if ap else "—",
+            "Δ AP50 (95 %)": _cell(ap, 3, difference=True) if ap else "—",
             "AP50 verdict": "—" if not ap else ("within noise" if ap["within_noise"] else
                                         ("a better" if ap["point"] > 0 else "b better")),
         })
@@ -209,11 +210,12 @@ def stage_caption(cases: dict[str, dict]) -> str:
             continue
         text = f"{label}: lost at {case['stage']}"
         near = case.get("nearby")
-        if near and near["score"] >= 0.3:
-            text += f" (its {near['score']:.2f} box here {near['why']})"
-        elif case.get("suppressor"):
+        if case["stage"] == "nms" and case.get("suppressor"):
             other = " that matched another pedestrian" if case["suppressor"].get("matched_other") else ""
-            text += f" (removed by a {case['suppressor']['score']:.2f} box{other})"
+            text += (f" (its {case['best_score_before_nms']:.2f} box removed by a "
+                     f"{case['suppressor']['score']:.2f} box{other})")
+        elif near and near["score"] >= 0.3:
+            text += f" (its {near['score']:.2f} box here {near['why']})"
         parts.append(text)
     return " · ".join(parts)
 
@@ -235,7 +237,7 @@ def stages_figure(diagnosis: dict, labels: list[str]):
         fig.add_bar(name=stage, x=present, y=counts, marker_color=STAGE_COLORS.get(stage),
                     hovertemplate=f"%{{x}}: %{{y}} missed at {stage}<extra>{STAGE_TEXT.get(stage, '')}</extra>")
     fig.update_layout(barmode="stack", height=320, margin=dict(l=10, r=10, t=40, b=10),
-                      title="Where the misses are lost (pedestrians ≥ 20 px at each model's operating point)",
+                      title="Missed pedestrians (≥ 20 px) by the stage that lost them",
                       yaxis_title="missed pedestrians", legend=dict(orientation="h", y=-0.2))
     return fig
 

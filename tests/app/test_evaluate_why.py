@@ -147,3 +147,10 @@ def test_a_full_disk_does_not_cost_the_comparison(world, monkeypatch):  # noqa: 
     no_exceptions(at)
     assert any("MR⁻² Reasonable" in df.value.columns for df in at.dataframe)
     assert "not cached on disk" in _markdown(at) and "No space left on device" in _markdown(at)
+
+
+def test_a_negative_difference_is_shown_with_its_interval():
+    from app.services.diagnosis import _cell
+
+    assert _cell({"point": -3.49, "low": -6.1, "high": -1.2}, difference=True) == "-3.49 (-6.10–-1.20)"
+    assert _cell({"point": -100.0, "low": -100.0, "high": -100.0}) == "—"  # MR⁻² -100: no value
