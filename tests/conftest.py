@@ -64,3 +64,16 @@ def make_studio_world(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def studio_world(tmp_path_factory) -> dict[str, Path]:
     return make_studio_world(tmp_path_factory.mktemp("studio"))
+
+
+# Whole folders whose tests share expensive fixtures (AppTest runs of the app, the shipped
+# checkpoints on SynthPed images, a real browser): slow as a group, so that
+# `bash scripts/test.sh -m "not slow"` (the contributors' quick run) never pays for their set-up.
+# Single slow tests elsewhere carry @pytest.mark.slow themselves.
+SLOW_FOLDERS = ("tests/app/", "tests/analysis/", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)

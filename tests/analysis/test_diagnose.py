@@ -64,6 +64,7 @@ def _pair(result, model):
     return next(p for p in result["pairs"] if p["reference"] == "intact" and p["model"] == model)
 
 
+@pytest.mark.slow
 def test_the_intact_student_finds_most_pedestrians(diagnosis):
     summary = diagnosis["summary"]["intact"]
     assert summary["cases"] > 20 and summary["found"] > summary["cases"] / 2

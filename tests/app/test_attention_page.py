@@ -1,12 +1,15 @@
 """Attention page: Grad-CAM / EigenCAM for both models and attention-transfer maps per level."""
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import torch
 
 from tests.app.studio import captions, images, no_exceptions
 
 
+@pytest.mark.slow
 def test_cams_and_attention_transfer_maps_render(open_page):
     at = open_page("attention")
     no_exceptions(at)
@@ -75,6 +78,7 @@ def _teacher_detections(studio_env, path, score: float):
     return compute.detections(teacher, picture).filter(score), picture.loaded.scale
 
 
+@pytest.mark.slow
 def test_the_detection_matching_a_box_from_evaluate_is_explained(studio_env, tmp_path, monkeypatch):
     from tests.app.test_features_page import open_focused
     from tests.app.test_services import dataset_image

@@ -173,6 +173,7 @@ def _webp() -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_the_student_can_run_through_onnxruntime(open_page):
     at = open_page("detections")
     at.slider(key="det_score").set_value(0.05).run()

@@ -40,6 +40,7 @@ def wait_done(queue: JobQueue, timeout: float = 300) -> list:
     raise AssertionError("jobs still running: " + "\n".join(queue.log_tail(j.id) for j in queue.list()))
 
 
+@pytest.mark.slow
 def test_quick_demo_launches_a_job_whose_checkpoint_joins_the_pickers(distill_env):
     at = open_distill()
     no_exceptions(at)
@@ -98,6 +99,7 @@ def test_a_missing_dataset_offers_to_generate_it(distill_env, tmp_path, monkeypa
     assert at.button(key="distill_generate_synthped:train_small")
 
 
+@pytest.mark.slow
 def test_generating_the_data_keeps_the_form_open_and_then_enables_launch(distill_env, tmp_path, monkeypatch):
     monkeypatch.setenv("HKD_SYNTHPED_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("HKD_SYNTHPED_SIZES", "train_small=3,val=3")

@@ -85,6 +85,7 @@ def table(at: AppTest):
     return shown
 
 
+@pytest.mark.slow
 def test_predictions_run_as_jobs_and_the_table_equals_hkd_eval(world, capsys):
     at = open_evaluate(world)
     assert set(at.multiselect(key="eval_models").value) == {"teacher", "student_hkd"}
@@ -121,6 +122,7 @@ def test_predictions_run_as_jobs_and_the_table_equals_hkd_eval(world, capsys):
     assert len(table(again)) == 2 and len(wait_for_jobs(world["root"] / "jobs")) == 2
 
 
+@pytest.mark.slow
 def test_a_gallery_click_opens_features_on_that_image_with_the_box(world):
     seed_teacher(world)
     at = open_evaluate(world)
@@ -144,6 +146,7 @@ def test_a_gallery_click_opens_features_on_that_image_with_the_box(world):
     assert any("box from Evaluate" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_bins_filter_the_gallery_and_divergence_is_cached(world):
     seed_teacher(world)
     at = run_predictions(open_evaluate(world), world)
@@ -211,6 +214,7 @@ def test_bad_inputs_are_named_and_the_rest_goes_on(world):
     assert "teacher" in table(at).index
 
 
+@pytest.mark.slow
 def test_a_broken_box_and_an_unreadable_image_are_named(world):
     folder = make_dataset(world["root"] / "data" / "broken", num=3, seed=11)
     annotations = json.loads((folder / "annotations.json").read_text())

@@ -2,6 +2,8 @@
 and every choice back after another page or a reload (session state and query parameters)."""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from streamlit.testing.v1 import AppTest
@@ -15,6 +17,7 @@ def _markdown(at: AppTest) -> str:
     return "\n".join(m.value for m in at.markdown)
 
 
+@pytest.mark.slow
 def test_intervals_diagnosis_and_stages_on_the_cards(world):  # noqa: F811
     seed_teacher(world)
     at = run_predictions(open_evaluate(world), world)
@@ -49,6 +52,7 @@ def test_intervals_diagnosis_and_stages_on_the_cards(world):  # noqa: F811
         json.loads(diagnosis[0].read_text()))
 
 
+@pytest.mark.slow
 def test_the_page_keeps_its_place_across_pages_and_a_reload(world):  # noqa: F811
     seed_teacher(world)
     at = run_predictions(open_evaluate(world), world)
@@ -76,6 +80,7 @@ def test_the_page_keeps_its_place_across_pages_and_a_reload(world):  # noqa: F81
     assert fresh.number_input(key="eval_limit").value == LIMIT and fresh.radio(key="eval_view").value == "found"
 
 
+@pytest.mark.slow
 def test_a_case_opened_in_detections_is_drawn_named_and_has_a_way_back(world):  # noqa: F811
     seed_teacher(world)
     at = run_predictions(open_evaluate(world), world)
@@ -129,6 +134,7 @@ def test_an_image_name_that_leaves_the_dataset_is_refused_on_the_page(world, tmp
         raise AssertionError("a symlink out of the images folder was accepted")
 
 
+@pytest.mark.slow
 def test_a_full_disk_does_not_cost_the_comparison(world, monkeypatch):  # noqa: F811
     import errno
 

@@ -229,6 +229,7 @@ def test_predictions_are_cached_per_checkpoint_dataset_and_n(eval_env, prepared)
     assert evaluation.predictions_path(sha, prepared) == path  # stable
 
 
+@pytest.mark.slow
 def test_one_predict_job_per_entry_and_every_session_finds_its_result(eval_env, prepared):
     candidate = evaluation.Candidate("teacher", {"path": str(eval_env["models"] / "teacher.safetensors"),
                                                  "preset": None}, "models folder")
@@ -251,6 +252,7 @@ def test_one_predict_job_per_entry_and_every_session_finds_its_result(eval_env, 
     assert len(wait_for_jobs(eval_env["root"] / "jobs")) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_job_reports_why_and_can_be_started_again(eval_env, prepared):
     candidate = evaluation.Candidate("teacher", {"path": str(eval_env["models"] / "teacher.safetensors"),
                                                  "preset": None}, "models folder")

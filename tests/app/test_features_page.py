@@ -1,6 +1,8 @@
 """Features page: maps side by side in every display mode, ROI features, difference, similarity, caching."""
 from __future__ import annotations
 
+import pytest
+
 import hkd.viz.featmaps as featmaps
 from tests.app.studio import captions, images, no_exceptions, png_bytes
 
@@ -26,6 +28,7 @@ def test_levels_views_difference_and_similarity_render(open_page):
     assert len(images(at)) == 3 and "|teacher energy − student energy|" in captions(at)
 
 
+@pytest.mark.slow
 def test_rpn_objectness_and_roi_features_of_a_detection(open_page):
     at = open_page("features")
     at.selectbox(key="feat_level").set_value("rpn.objectness").run()
@@ -70,6 +73,7 @@ def open_focused(page: str, path, box, monkeypatch, *, image_key=None):
     return at.switch_page(f"app_pages/{page}.py").run()
 
 
+@pytest.mark.slow
 def test_a_box_from_evaluate_is_the_preselected_roi_region(studio_env, tmp_path, monkeypatch):
     from tests.app.test_services import dataset_image
 

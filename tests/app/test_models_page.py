@@ -1,6 +1,8 @@
 """Models page: both models side by side, costs, latency, adapters, and every bad-checkpoint path."""
 from __future__ import annotations
 
+import pytest
+
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -28,6 +30,7 @@ def test_models_page_shows_both_models_costs_and_adapters(app):
     assert "mr_reasonable" in metrics
 
 
+@pytest.mark.slow
 def test_latency_compares_teacher_and_student_in_the_same_runtime_with_the_spread(app, monkeypatch):
     from types import SimpleNamespace
 
@@ -73,6 +76,7 @@ def test_corrupt_checkpoint_is_reported_and_the_others_still_load(studio_world, 
     assert len(at.get("plotly_chart")) == 2  # the good pair still loads and is compared
 
 
+@pytest.mark.slow
 def test_foreign_weights_need_a_preset_and_the_wrong_one_is_a_clear_error(studio_world, monkeypatch, tmp_path):
     folder = copy_models(studio_world, tmp_path / "models")
     from hkd.models.checkpoint import load_checkpoint
@@ -127,6 +131,7 @@ def test_models_folder_outside_the_allowed_roots_is_refused(app):
     assert any("outside the folders" in e.value for e in app.error)
 
 
+@pytest.mark.slow
 def test_models_page_is_drawn_from_checkpoint_headers_without_torch(tmp_path):
     """The first page must not wait for torch (~8 s to import on a small CPU): it reads headers only."""
     import json

@@ -27,6 +27,7 @@ def open_retina_page(studio_env, retina_models, monkeypatch):
     return open_
 
 
+@pytest.mark.slow
 def test_features_page_shows_every_map_level_of_both_models(open_retina_page):
     at = open_retina_page("features")
     no_exceptions(at)
@@ -47,6 +48,7 @@ def test_features_page_shows_every_map_level_of_both_models(open_retina_page):
     assert len(images(at)) == 4 + 4 + 1
 
 
+@pytest.mark.slow
 def test_attention_page_explains_retinanet_detections(open_retina_page):
     at = open_retina_page("attention")
     no_exceptions(at)

@@ -23,6 +23,7 @@ def world(studio_world):
             open_dataset(studio_world["samples"] / "synthped"))
 
 
+@pytest.mark.slow
 def test_own_proposals_reproduce_the_models_forward(stage_swap, world):
     from hkd.models.inference import detect
 
@@ -41,6 +42,7 @@ def test_own_proposals_reproduce_the_models_forward(stage_swap, world):
             assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_model_swapped_with_itself_is_unchanged(stage_swap, world):
     teacher, _, data = world
     results = stage_swap.swap(teacher, {"same": teacher}, data, images=2)
@@ -49,6 +51,7 @@ def test_a_model_swapped_with_itself_is_unchanged(stage_swap, world):
     assert results["teacher head on same proposals"] == results["teacher"]
 
 
+@pytest.mark.slow
 def test_swapped_proposals_change_the_detections(stage_swap, world):
     teacher, student, data = world
     results = stage_swap.swap(teacher, {"s": student}, data, images=2)

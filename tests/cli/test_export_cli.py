@@ -44,6 +44,7 @@ def exported(world):
     return out
 
 
+@pytest.mark.slow
 def test_export_prints_the_check(world, capsys):
     out = world["root"] / "fixed.onnx"
     assert main(["export", "--checkpoint", str(world["ckpt"]), "--out", str(out), "--size", "128", "96",
@@ -56,6 +57,7 @@ def test_export_prints_the_check(world, capsys):
         main(["export", "--checkpoint", str(world["ckpt"]), "--out", str(out), "--size", "128", "96", "--dynamic"])
 
 
+@pytest.mark.slow
 def test_predict_through_onnxruntime_writes_the_pytorch_results(world, exported, capsys):
     outs = {}
     for name, model in (("pytorch", world["ckpt"]), ("onnxruntime", exported)):
@@ -74,6 +76,7 @@ def test_predict_through_onnxruntime_writes_the_pytorch_results(world, exported,
     assert set(json.loads(capsys.readouterr().out)["mr"]) == {"Reasonable", "Small", "Heavy", "All"}
 
 
+@pytest.mark.slow
 def test_predict_with_a_fixed_size_model_names_the_odd_image(world, capsys):
     fixed = world["root"] / "fixed_for_predict.onnx"
     assert main(["export", "--checkpoint", str(world["ckpt"]), "--out", str(fixed), "--size", "128", "96"]) == 0
@@ -84,6 +87,7 @@ def test_predict_with_a_fixed_size_model_names_the_odd_image(world, capsys):
     assert code == 2 and "b.jpg" in err and "exported for 128x96 images only" in err
 
 
+@pytest.mark.slow
 def test_info_on_onnx_has_the_pytorch_keys(world, exported, capsys):
     assert main(["info", str(world["ckpt"]), "--json", "--size", "128x96"]) == 0
     plain = json.loads(capsys.readouterr().out)
@@ -100,6 +104,7 @@ def test_info_on_onnx_has_the_pytorch_keys(world, exported, capsys):
     assert "ms median at 128x96 (onnxruntime" in text
 
 
+@pytest.mark.slow
 def test_mismatch_exits_1_with_the_report(world, monkeypatch, capsys):
     from hkd.deploy.runtime import OnnxDetector
 

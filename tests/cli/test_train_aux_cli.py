@@ -64,6 +64,7 @@ def test_bad_arguments_exit_non_zero_with_the_message(world, extra, message, cap
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_or_corrupt_teacher_and_empty_dataset(world, tmp_path, capsys):
     root, teacher = world
     assert main(_args(root, tmp_path / "nope.safetensors")) == 2

@@ -95,6 +95,7 @@ def test_cutout_bank_reads_only_training_frames(tmp_path, monkeypatch):
     assert max(_RecordingCapture.reads) == 430
 
 
+@pytest.mark.slow
 def test_real_bank_holds_training_frames_only(dataset40):
     bank = sources.load_bank()
     assert bank is not None and len(bank.cutouts) >= 100

@@ -38,6 +38,7 @@ def _dets(boxes, scores) -> Detections:
     return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32))
 
 
+@pytest.mark.slow
 def test_metadata_round_trip(tiny):
     meta, export = read_onnx_meta(tiny["dynamic"].path)
     original = load_checkpoint(tiny["ckpt"]).meta
@@ -73,6 +74,7 @@ def test_onnxruntime_matches_pytorch_on_images_not_used_by_the_check(tiny):
     assert set(pred) == {"boxes", "scores", "labels"} and pred["labels"].dtype == torch.int64
 
 
+@pytest.mark.slow
 def test_mr_equal_on_the_shipped_synthped_samples(tiny):
     from hkd.train.evaluate import evaluate_detections
 
@@ -111,6 +113,7 @@ def test_detector_is_inference_only(tiny):
         detector([torch.zeros(1, 3, 32, 32)])
 
 
+@pytest.mark.slow
 def test_mismatch_is_reported_and_nothing_is_written(tiny, monkeypatch):
     real_call = OnnxDetector.__call__
 
@@ -192,6 +195,7 @@ def test_backend_agreement_tolerances_and_borderline():
     assert isinstance(Agreement().to_dict()["ok"], bool)
 
 
+@pytest.mark.slow
 def test_int8_quantises_the_backbone_and_keeps_the_metadata(tiny):
     import onnx
 
@@ -215,6 +219,7 @@ def test_int8_quantises_the_backbone_and_keeps_the_metadata(tiny):
         quantize_int8(tiny["dynamic"].path, tiny["root"] / "none.onnx", [])
 
 
+@pytest.mark.slow
 def test_cached_export_and_backend_latency_for_the_app(tiny, tmp_path):
     from hkd.deploy.cache import backend_latency, cached_export
 
@@ -229,6 +234,7 @@ def test_cached_export_and_backend_latency_for_the_app(tiny, tmp_path):
     assert result["speedup"] == pytest.approx(result["pytorch"]["median_s"] / result["onnxruntime"]["median_s"])
 
 
+@pytest.mark.slow
 def test_graph_rewrites_are_exact_and_remove_the_slow_ops(tiny):
     import onnx
 

@@ -178,6 +178,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_least_squares_moments_are_summed_over_distributed_ranks(tmp_path):
     import subprocess
     import sys

@@ -116,6 +116,7 @@ def test_gradients_reach_the_student_and_its_heads_only(models, aux_file):
     assert not any(id(p) in trainable for p in distiller.aux_teacher.parameters())
 
 
+@pytest.mark.slow
 def test_zero_aux_weights_leave_the_detection_task_as_without_aux(models, aux_file):
     teacher, t_spec, student, s_spec = models
     with_aux = Distiller.build(teacher, t_spec, copy.deepcopy(student), s_spec,
@@ -274,6 +275,7 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_engine_saves_no_aux_in_the_student_and_resumes_them_exactly(tiny_data, tmp_path):
     from hkd.data.datasets import open_dataset
     from hkd.models.checkpoint import load_checkpoint

@@ -70,6 +70,7 @@ def test_every_kd_loss_responds_when_the_student_differs(twin, batch):
         assert out[key].item() > 0, key  # masked_mse > 0 also shows the imitation mask is not empty
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fit", ["least_squares", "gradient"])
 def test_default_pair_forward_backward_reaches_only_student_and_adapters(fit, batch):
     pair = _pair(fit)
@@ -242,6 +243,7 @@ def test_single_stage_retinanet_distils_dense_logits(batch):
     assert all(math.isfinite(v.item()) for v in out.values())
 
 
+@pytest.mark.slow
 def test_images_without_pedestrians_are_fine(pair):
     images, targets = make_batch(seed=3)
     targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}

@@ -39,6 +39,7 @@ def pair():
     return tiny(TEACHER, 0), tiny(STUDENT, 1)
 
 
+@pytest.mark.slow
 def test_a_few_steps_give_finite_detection_and_kd_losses(pair):
     teacher, student = copy.deepcopy(pair[0]), copy.deepcopy(pair[1])
     distiller = Distiller.build(teacher, get_preset(TEACHER).hierarchy, student, get_preset(STUDENT).hierarchy,

@@ -87,6 +87,7 @@ def test_cached_outputs_equal_a_fresh_teacher_forward_exactly(models, tmp_path):
         assert len(list(fh.keys())) == 4 + 4 + 2 * 4  # c2..c5, p3..p6, two heads × four FPN levels
 
 
+@pytest.mark.slow
 def test_distill_step_with_cold_and_warm_cache_equals_the_uncached_step(models, tmp_path):
     batch = make_batch()
     expected_losses, expected_grads = _step(_distiller(models, ALL_TERMS), batch)
@@ -243,6 +244,7 @@ def test_run_config_teacher_cache_keys(tmp_path):
         load_run_config(path, ["teacher=null", "online.kd_after=0"])
 
 
+@pytest.mark.slow
 def test_distill_run_twice_with_a_cache_gives_the_same_losses_and_reports_hits(tmp_path, capsys):
     from hkd.cli import main
     from hkd.models.checkpoint import CheckpointMeta, save_checkpoint

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.e2e.server import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 WAIT_MS = 240_000  # first forwards of both models on a busy 2-core CPU
 

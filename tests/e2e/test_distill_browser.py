@@ -9,7 +9,7 @@ from tests.e2e.server import start_server, stop_server, wait_healthy
 from tests.e2e.test_browser import WAIT_MS, go_to, wait_idle
 from tests.train.conftest import write_tiny_dataset
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 24
 

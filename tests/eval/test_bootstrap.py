@@ -117,6 +117,7 @@ def chunking(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 def test_weighted_resamples_equal_re_evaluating_duplicated_images(chunking):
     report = bootstrap_intervals(GT, DETS, resamples=50, seed=7)
     assert report.metrics == (*SETUP_NAMES, AP50) and report.num_images == NUM_IMAGES

@@ -55,6 +55,7 @@ def test_every_kind_is_declared_beside_its_command():
         kinds.kind("nope")
 
 
+@pytest.mark.slow
 def test_a_registered_kind_is_submitted_through_the_queue(tmp_path):
     from hkd.jobs import JobQueue
 

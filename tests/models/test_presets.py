@@ -56,6 +56,7 @@ def test_random_init_differs_from_pretrained():
     assert not torch.equal(a.conv_stem.weight, b.conv_stem.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds_and_detects_in_eval_mode(name):
     model = build_detector(name).eval()
@@ -80,6 +81,7 @@ def test_unknown_preset_names_the_choices():
         get_preset("hkd_frcnn_lite9.student")
 
 
+@pytest.mark.slow
 def test_presets_cli_json(capsys):
     assert main(["presets", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -70,6 +70,7 @@ def test_spec_channels_and_strides_match_the_model(student, spec):
             assert first.shape[-2] == -(-batch_h // level.stride), level.name
 
 
+@pytest.mark.slow
 def test_no_hooks_remain_after_exit_even_on_error(student, spec):
     before = count_hooks(student)
     with pytest.raises(RuntimeError, match="boom"):

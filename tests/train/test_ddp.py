@@ -27,6 +27,7 @@ def _torchrun(command, path, out):
     return RunFolder(out)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny_dataset, tiny_config, tmp_path):
     cfg = tiny_config(tiny_dataset, steps=2, batch_size=1, checkpoint_every=0, device="cpu")  # gloo
     cfg["data"]["val"] = None
@@ -41,6 +42,7 @@ def test_torchrun_two_processes(tiny_dataset, tiny_config, tmp_path):
     assert load_checkpoint(run.checkpoint("final")).meta.step == 2
 
 
+@pytest.mark.slow
 def test_torchrun_distillation_matches_one_process_with_the_same_global_batch(tiny_dataset, tiny_config, tmp_path):
     torch.manual_seed(0)
     teacher = build_detector("hkd_frcnn_lite2.teacher", min_size=96, max_size=128).eval()

@@ -36,6 +36,7 @@ def test_run_folder_has_status_metrics_log_and_checkpoints(tiny_dataset, tiny_co
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_exact_resume(tiny_dataset, tiny_config, tmp_path):
     cfg = tiny_config(tiny_dataset, device="cpu")  # bit-exact on the CPU (CUDA kernels may use atomics)
     cfg["data"]["val"] = None

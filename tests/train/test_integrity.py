@@ -103,6 +103,7 @@ def test_a_full_disk_fails_the_run_with_one_message_and_keeps_the_last_files(tmp
 # ---------------------------------------------------------------------------
 # 2. a killed supervisor: the training dies with it; the queue manages it until then
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_sigkilled_supervisor_leaves_no_unmanaged_training(tmp_path, tiny_dataset, tiny_config):
     queue = JobQueue(tmp_path / "jobs", max_running=1)
     out = tmp_path / "runA"

@@ -53,6 +53,7 @@ def wait_for(queue: JobQueue, job_id: str, states, timeout: float = TIMEOUT, ste
     raise AssertionError(f"job {job_id} still {queue.get(job_id).state} after {timeout} s:\n{queue.log_tail(job_id)}")
 
 
+@pytest.mark.slow
 def test_lifecycle_queue_limit_and_a_new_process_sees_the_same_jobs(tmp_path, tiny_dataset, tiny_config, teacher_ckpt):
     queue = JobQueue(tmp_path / "jobs", max_running=1)
     config = write_config(tmp_path, tiny_dataset, tiny_config, teacher_ckpt, steps=3)
@@ -80,6 +81,7 @@ def test_lifecycle_queue_limit_and_a_new_process_sees_the_same_jobs(tmp_path, ti
     assert set(listed[first.id]) >= {"id", "state", "step", "total", "run", "created", "updated", "message"}
 
 
+@pytest.mark.slow
 def test_cancel_running_keeps_a_loadable_checkpoint_and_resume_finishes(tmp_path, tiny_dataset, tiny_config):
     queue = JobQueue(tmp_path / "jobs")
     config = write_config(tmp_path, tiny_dataset, tiny_config, steps=400, checkpoint_every=2)
@@ -102,6 +104,7 @@ def test_cancel_running_keeps_a_loadable_checkpoint_and_resume_finishes(tmp_path
     assert wait_for(queue, job.id, ("succeeded", "failed")).state == "succeeded", queue.log_tail(job.id)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_is_failed_with_log_tail_and_last_checkpoint_loads(tmp_path, tiny_dataset, tiny_config):
     queue = JobQueue(tmp_path / "jobs")
     job = queue.submit_run("train", write_config(tmp_path, tiny_dataset, tiny_config, steps=400), threads=1)
@@ -200,6 +203,7 @@ def test_aux_heads_that_cannot_fit_the_teacher_are_refused_before_launch(tmp_pat
     assert queue.ids() == []
 
 
+@pytest.mark.slow
 def test_jobs_cli_submit_show_cancel(tmp_path, tiny_dataset, tiny_config, capsys, monkeypatch):
     monkeypatch.setenv("HKD_JOBS_DIR", str(tmp_path / "jobs"))
     config = write_config(tmp_path, tiny_dataset, tiny_config, steps=400)
@@ -236,6 +240,7 @@ def test_readme_set_paths_are_relative_to_the_working_directory(tmp_path, monkey
     assert cfg.distill == str(REPO / "assets/configs/distill_full.yaml")
 
 
+@pytest.mark.slow
 def test_a_job_outlives_the_process_that_submitted_it(tmp_path, tiny_dataset, tiny_config):
     """`hkd jobs submit` returns at once and exits; the job runs on, and this (another) process sees it end."""
     jobs = tmp_path / "jobs"

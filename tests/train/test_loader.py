@@ -66,6 +66,7 @@ def test_one_process_with_batch_2b_sees_the_images_of_two_ranks_with_batch_b(tin
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_training_with_two_workers_gives_the_same_losses(tiny_dataset, tiny_config, tmp_path):
     losses = {}
     for workers in (0, 2):

@@ -70,6 +70,7 @@ def test_kd_after_is_only_for_online():
                         kd_after=3)
 
 
+@pytest.mark.slow
 def test_online_run_writes_both_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path, capsys):
     path = tmp_path / "online.yaml"
     path.write_text(yaml.safe_dump(_online_config(tiny_dataset)))
