@@ -1,9 +1,13 @@
 """Which process a job is: its pid *and* its start time, so a reused pid is never taken for the job.
 
 A job records the identity of its supervisor (``job.json``'s ``launch``) and of the command the
-supervisor started (``command.json``) as ``{"pid", "create_time", "boot_id"}``: ``create_time`` is
-psutil's start time of the process (seconds since the epoch), ``boot_id`` the kernel's boot id
-where there is one (Linux). Records written before 2026-12-07 hold ``start_ticks`` (the start in
+supervisor started (``command.json``) as ``{"pid", "create_time", "since_boot", "boot_id"}``:
+``create_time`` is psutil's start time of the process (seconds since the epoch), ``since_boot`` the
+same start counted from the boot (psutil's start time less psutil's boot time, read together), and
+``boot_id`` the kernel's boot id where there is one (Linux). ``since_boot`` is what is compared:
+psutil's epoch start time is the start since boot *plus the boot time as the wall clock puts it
+now*, so a clock step (NTP, a resumed VM or laptop) between two processes' reads moves it by the
+step, and a live job would read as dead; the difference of the two does not move. Records written before 2026-12-07 hold ``start_ticks`` (the start in
 clock ticks since boot, read from ``/proc``) instead of ``create_time``; they are still read.
 """
 from __future__ import annotations
@@ -32,8 +36,17 @@ def boot_id() -> str | None:
 
 
 def identify(pid: int) -> dict[str, Any]:
-    """``{"pid", "create_time", "boot_id"}`` of a live process, for a job's records."""
-    return {"pid": pid, "create_time": create_time(pid), "boot_id": boot_id()}
+    """``{"pid", "create_time", "since_boot", "boot_id"}`` of a live process, for a job's records."""
+    return {"pid": pid, "create_time": create_time(pid), "since_boot": since_boot(pid), "boot_id": boot_id()}
+
+
+def since_boot(pid: int) -> float | None:
+    """Seconds from the boot to the start of process ``pid`` (unmoved by wall-clock steps), or None."""
+    try:
+        started = psutil.Process(pid).create_time()
+        return started - psutil.boot_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def create_time(pid: int) -> float | None:
@@ -72,7 +85,9 @@ def is_alive(identity: dict[str, Any] | None) -> bool | None:
         return False
     except psutil.AccessDenied:
         return None
-    if isinstance(identity.get("create_time"), (int, float)):
+    if isinstance(identity.get("since_boot"), (int, float)):
+        return abs(started - psutil.boot_time() - identity["since_boot"]) <= START_SLACK_S
+    if isinstance(identity.get("create_time"), (int, float)):  # a record of earlier today: epoch seconds
         return abs(started - identity["create_time"]) <= START_SLACK_S
     if isinstance(identity.get("start_ticks"), int) and hasattr(os, "sysconf"):  # a record before 2026-12-07
         ticks = round((started - psutil.boot_time()) * os.sysconf("SC_CLK_TCK"))

@@ -20,7 +20,7 @@ from typing import Iterator
 from filelock import FileLock
 
 from hkd.jobs import kinds
-from hkd.jobs.process import boot_id, create_time
+from hkd.jobs.process import identify
 from hkd.jobs.record import (COMMAND_NAME, EXIT_NAME, HEARTBEAT_DEAD_S, HEARTBEAT_NAME, LOG_NAME, RECORD_NAME,
                              CorruptJobError, Job, JobError, default_threads, heartbeat_age, jobs_dir, log_tail,
                              max_jobs, new_job_id, read_record)
@@ -313,6 +313,5 @@ class JobQueue:
                                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
         _children[proc.pid] = proc
-        record["launch"] = {"pid": proc.pid, "pgid": proc.pid, "create_time": create_time(proc.pid),
-                            "boot_id": boot_id(), "started": time.time()}
+        record["launch"] = {**identify(proc.pid), "pgid": proc.pid, "started": time.time()}
         self._write(record)

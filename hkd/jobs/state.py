@@ -16,6 +16,7 @@ a later run in the same folder cannot rewrite its history; a frozen state is ret
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from hkd.jobs.process import is_alive
@@ -84,11 +85,29 @@ def job_of(record: dict, folder: Path) -> Job:
 
 
 def launched_alive(record: dict, folder: Path) -> bool:
-    """Whether the supervisor of a launched job is alive (its identity, else a fresh heartbeat)."""
-    alive = is_alive(record.get("launch"))
+    """Whether the supervisor of a launched job is alive (its identity, else a fresh heartbeat).
+
+    Where the identity cannot be checked, a fresh heartbeat counts; and a supervisor whose pid
+    still runs while it has not yet written its first heartbeat (launched moments ago) is not
+    declared dead on a start time read by another process: a job is never frozen ``failed``
+    while its process may run."""
+    launch = record.get("launch") or {}
+    alive = is_alive(launch)
     if alive is None:  # cannot tell from the pid: trust a fresh heartbeat
-        alive = heartbeat_age(folder) < HEARTBEAT_DEAD_S
+        return heartbeat_age(folder) < HEARTBEAT_DEAD_S
+    if not alive and heartbeat_age(folder) == float("inf") and _pid_runs(launch.get("pid")):
+        started = launch.get("started")
+        return isinstance(started, (int, float)) and abs(time.time() - started) < HEARTBEAT_DEAD_S
     return alive
+
+
+def _pid_runs(pid) -> bool:
+    import psutil
+
+    try:
+        return isinstance(pid, int) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def corrupt_job(folder: Path, reason: str, record: dict | None = None) -> Job:

@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_process_is_its_pid_and_start_time():
     me = identify(os.getpid())
     assert is_alive(me) is True
-    assert is_alive({**me, "create_time": me["create_time"] + 30}) is False  # a reused pid: another start
+    # a reused pid: another start, counted from the boot as from the epoch
+    assert is_alive({**me, "create_time": me["create_time"] + 30, "since_boot": me["since_boot"] + 30}) is False
+    # a wall-clock step between two readers moves the epoch start time, not the start since boot: same process
+    assert is_alive({**me, "create_time": me["create_time"] + 300}) is True
+    assert is_alive({k: v for k, v in me.items() if k != "since_boot"}) is True  # a record of earlier today
     assert is_alive({**me, "boot_id": "another-boot"}) is (boot_id() is None)
     assert is_alive({"pid": 4_000_000, "create_time": 1.0}) is False
     assert is_alive(None) is False and is_alive({"pid": True}) is False
@@ -119,3 +123,20 @@ def test_a_job_folder_written_before_the_move_still_reads_running_then_cancelled
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+def test_a_job_launched_moments_ago_is_never_frozen_failed_by_a_misread_start(tmp_path):
+    """A supervisor that runs, checked before its first heartbeat with a start time read wrongly (another
+    process's clock view): running, not a final "gone without a trace"."""
+    from hkd.jobs.state import launched_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        wrong = {"pid": child.pid, "create_time": time.time() - 3600, "boot_id": boot_id(), "started": time.time()}
+        assert is_alive(wrong) is False  # the identity alone says dead …
+        assert launched_alive({"launch": wrong}, tmp_path) is True  # … but it runs and was launched just now
+        old = {**wrong, "started": time.time() - 3600}
+        assert launched_alive({"launch": old}, tmp_path) is False  # launched long ago, no heartbeat: dead
+    finally:
+        child.kill()
+        child.wait()
