@@ -125,9 +125,10 @@ def chart(result: dict) -> go.Figure:
         customdata=[[result["distances"][level], forms.get(result["forms"].get(level), "")] for level in levels],
         hovertemplate="%{x}: farther than %{y:.0f} % of the successes<br>distance %{customdata[0]:.3f} "
                       "(%{customdata[1]})<extra></extra>"))
+    # the label sits right of the last bar, in the margin, where no bar can hide it
     figure.add_hline(y=50, line_dash="dash", line_color="#333333", annotation_text="a typical success",
-                     annotation_position="top left")
-    figure.update_layout(height=360, margin=dict(t=40, b=40), showlegend=False,
+                     annotation_position="right", annotation_xanchor="left")
+    figure.update_layout(height=360, margin=dict(t=40, b=40, r=120), showlegend=False,
                          title="This case's teacher–student distance per level, as a percentile of the successes",
                          xaxis_title="level (computation order)",
                          yaxis=dict(title="percentile among the successes", range=[0, 110]))
