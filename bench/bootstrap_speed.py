@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_speed import generate, machine  # noqa: E402
+from eval_speed import detections_on, generate, machine  # noqa: E402
 
 from hkd.eval.bootstrap import bootstrap_intervals  # noqa: E402
 
@@ -46,7 +46,7 @@ def main() -> None:
 
 
 def _on(gt: dict, dets_per_image: int, seed: int) -> list[dict]:
-    """Detections of another model on ``gt``: jittered copies of its boxes plus clutter."""
+    """Another model's detections on ``gt``: :func:`eval_speed.detections_on` image by image."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -56,15 +56,7 @@ def _on(gt: dict, dets_per_image: int, seed: int) -> list[dict]:
     out = []
     for image in gt["images"]:
         boxes = np.asarray(by_image.get(image["id"], []), dtype=float).reshape(-1, 4)
-        hits = boxes[rng.integers(0, len(boxes), dets_per_image // 2)] if len(boxes) else np.zeros((0, 4))
-        hits = hits + rng.normal(0, 1, hits.shape) * hits[:, 3:4] * 0.05
-        clutter_h = rng.uniform(20, 300, dets_per_image - len(hits))
-        clutter = np.column_stack([rng.uniform(0, 2000, len(clutter_h)), rng.uniform(0, 700, len(clutter_h)),
-                                   0.41 * clutter_h, clutter_h])
-        for box in np.concatenate([hits, clutter]):
-            box[2:] = np.abs(box[2:])
-            out.append({"image_id": image["id"], "category_id": 1, "bbox": box.tolist(),
-                        "score": float(rng.random())})
+        out += detections_on(rng, image["id"], boxes, dets_per_image)
     return out
 
 

@@ -34,17 +34,25 @@ def generate(num_images: int, gts_per_image: int, dets_per_image: int, seed: int
                 "id": len(annotations) + 1, "image_id": img, "category_id": 1, "bbox": box.tolist(),
                 "height": float(box[3]), "vis_ratio": float(vis), "ignore": int(rng.random() < 0.1),
             })
-        hits = boxes[rng.integers(0, n_gt, dets_per_image // 2)] if n_gt else np.zeros((0, 4))
-        hits = hits + rng.normal(0, 1, hits.shape) * hits[:, 3:4] * 0.05
-        clutter_h = rng.uniform(20, 300, dets_per_image - len(hits))
-        clutter = np.column_stack([rng.uniform(0, 2000, len(clutter_h)), rng.uniform(0, 700, len(clutter_h)),
-                                   0.41 * clutter_h, clutter_h])
-        for box in np.concatenate([hits, clutter]):
-            box[2:] = np.abs(box[2:])
-            dets.append({"image_id": img, "category_id": 1, "bbox": box.tolist(), "score": float(rng.random())})
+        dets += detections_on(rng, img, boxes, dets_per_image)
     gt = {"images": [{"id": i} for i in range(1, num_images + 1)], "categories": [{"id": 1}],
           "annotations": annotations}
     return gt, dets
+
+
+def detections_on(rng: np.random.Generator, image_id: int, boxes: np.ndarray, dets_per_image: int) -> list[dict]:
+    """One image's random detections on its (G, 4) xywh GT ``boxes``: half jittered hits, the rest
+    clutter, random scores (COCO results)."""
+    hits = boxes[rng.integers(0, len(boxes), dets_per_image // 2)] if len(boxes) else np.zeros((0, 4))
+    hits = hits + rng.normal(0, 1, hits.shape) * hits[:, 3:4] * 0.05
+    clutter_h = rng.uniform(20, 300, dets_per_image - len(hits))
+    clutter = np.column_stack([rng.uniform(0, 2000, len(clutter_h)), rng.uniform(0, 700, len(clutter_h)),
+                               0.41 * clutter_h, clutter_h])
+    out = []
+    for box in np.concatenate([hits, clutter]):
+        box[2:] = np.abs(box[2:])
+        out.append({"image_id": image_id, "category_id": 1, "bbox": box.tolist(), "score": float(rng.random())})
+    return out
 
 
 def machine() -> str:
