@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -83,21 +82,8 @@ def difference_rows(result: evaluation.Evaluation, setup: str = "Reasonable") ->
 
 
 # -- diagnosis jobs ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DiagnosisState:
-    """Where one checkpoint's diagnosis on the prepared dataset stands (states as predictions')."""
-
-    label: str
-    path: Path | None  # diagnosis.json
-    state: str
-    step: int = 0
-    total: int = 0
-    message: str = ""
-    job_id: str | None = None
-
-    @property
-    def pending(self) -> bool:
-        return self.state in ("queued", "running")
+# a diagnosis stands where a prediction can: the same states, so the same record serves both
+DiagnosisState = evaluation.PredictionState
 
 
 def _entry(sha256: str, prepared, fppi: float):
@@ -114,20 +100,20 @@ def state(candidate, prepared, fppi: float) -> DiagnosisState:
     try:
         info = models.info(candidate.ref)
     except (CheckpointError, settings.PathNotAllowed) as exc:
-        return DiagnosisState(candidate.label, None, "refused", message=str(exc))
+        return DiagnosisState(candidate, None, "refused", message=str(exc))
     if candidate.ref.get("preset") or not str(candidate.ref["path"]).endswith(".safetensors"):
-        return DiagnosisState(candidate.label, None, "refused", message="diagnosis needs an HKD .safetensors checkpoint")
+        return DiagnosisState(candidate, None, "refused", message="diagnosis needs an HKD .safetensors checkpoint")
     problem = evaluation.pedestrian_problem(info)
     if problem:
-        return DiagnosisState(candidate.label, None, "refused", message=problem)
+        return DiagnosisState(candidate, None, "refused", message=problem)
     entry = _entry(info.key.split(":")[0], prepared, fppi)
     now = entry.state()
     if now.ready:
-        return DiagnosisState(candidate.label, now.path, "ready", job_id=now.job_id)
+        return DiagnosisState(candidate, now.path, "ready", job_id=now.job_id)
     if now.job_state == "succeeded":
-        return DiagnosisState(candidate.label, now.path, "failed", message=f"job {now.job_id} succeeded but wrote no "
+        return DiagnosisState(candidate, now.path, "failed", message=f"job {now.job_id} succeeded but wrote no "
                                                                            f"{now.path}")
-    return DiagnosisState(candidate.label, now.path, now.state, now.step, now.total, now.message, now.job_id)
+    return DiagnosisState(candidate, now.path, now.state, now.step, now.total, now.message, now.job_id)
 
 
 def launch(candidate, prepared, fppi: float) -> DiagnosisState:
