@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from hkd.models.hierarchy import HierarchySpec
 from hkd.models.inference import image_tensor
-from hkd.viz.divergence import Case, _check_boxes, _regions, region_similarity
+from hkd.viz.divergence import Case, _check_boxes, _regions, chosen_levels, region_similarity
 from hkd.viz.featmaps import Geometry, fit_adapter, require_eval, resize_map
 from hkd.viz.similarity import _aligned_forward
 
@@ -78,18 +78,9 @@ def distance_levels(t_spec: HierarchySpec, s_spec: HierarchySpec) -> list[str]:
 
 
 def _check_levels(t_spec: HierarchySpec, s_spec: HierarchySpec, levels: Sequence[str] | None) -> list[str]:
-    valid = distance_levels(t_spec, s_spec)
-    if levels is None:
-        if not valid:
-            raise ValueError("the two detectors share no backbone/FPN map, rpn.objectness or roi.features level")
-        return valid
-    if isinstance(levels, str):
-        raise TypeError(f"levels must be a list of level names, got the string {levels!r}")
-    unknown = [name for name in levels if name not in valid]
-    if unknown or not levels:
-        raise ValueError(f"levels {list(unknown or levels)} cannot be measured on a box; choose from {valid}")
-    chosen = set(levels)
-    return [name for name in valid if name in chosen]
+    return chosen_levels(distance_levels(t_spec, s_spec), levels, action="measured on a box",
+                         none_shared="the two detectors share no backbone/FPN map, rpn.objectness or roi.features "
+                                     "level")
 
 
 def _fits(cells: int, student_channels: int) -> bool:

@@ -55,21 +55,28 @@ def comparable_levels(t_spec: HierarchySpec, s_spec: HierarchySpec) -> list[str]
     return t_spec.shared_with(s_spec, kinds=("map", "regions"))
 
 
-def _check_levels(t_spec: HierarchySpec, s_spec: HierarchySpec, levels: Sequence[str] | None) -> list[str]:
-    valid = comparable_levels(t_spec, s_spec)
+def chosen_levels(valid: list[str], levels: Sequence[str] | None, *, none_shared: str, action: str) -> list[str]:
+    """``levels`` (None: every one of ``valid``) checked against ``valid`` and put in its order,
+    without repeats. ``none_shared`` is the error when ``valid`` is empty; ``action`` completes
+    "levels [...] cannot be …" for a level not in ``valid``. Raises ValueError / TypeError."""
     if levels is None:
         if not valid:
-            raise ValueError("the two detectors share no backbone/FPN map level and no roi.features level")
+            raise ValueError(none_shared)
         return valid
     if isinstance(levels, str):
         raise TypeError(f"levels must be a list of level names, got the string {levels!r}")
     unknown = [name for name in levels if name not in valid]
     if unknown:
-        raise ValueError(f"levels {unknown} cannot be compared on a box region; choose from {valid}")
+        raise ValueError(f"levels {unknown} cannot be {action}; choose from {valid}")
     if not levels:
-        raise ValueError(f"levels is empty; choose from {valid}")
+        raise ValueError(f"levels is empty, and an empty choice cannot be {action}; choose from {valid}")
     chosen = set(levels)
     return [name for name in valid if name in chosen]  # computation order, no repeats
+
+
+def _check_levels(t_spec: HierarchySpec, s_spec: HierarchySpec, levels: Sequence[str] | None) -> list[str]:
+    return chosen_levels(comparable_levels(t_spec, s_spec), levels, action="compared on a box region",
+                         none_shared="the two detectors share no backbone/FPN map level and no roi.features level")
 
 
 def _check_measure(measure: str) -> str:
