@@ -52,7 +52,7 @@ import numpy as np
 from hkd.analysis.stages import SINGLE_STAGE, TWO_STAGE, StagedOutput
 from hkd.eval.compare import HEIGHT_BINS, VISIBILITY_BINS, operating_point
 from hkd.eval.matching import DET_TP, Setup, box_overlaps, get_setup, match_image_arrays
-from hkd.eval.mr import PEDESTRIAN_CATEGORY, evaluate_mr, parse_detections, parse_ground_truth
+from hkd.eval.mr import PEDESTRIAN_CATEGORY, _group_by_image, evaluate_mr, parse_detections, parse_ground_truth
 
 FOUND = "found"
 RPN = "rpn"
@@ -158,6 +158,7 @@ def diagnose(
                                   "'categories', so there is no pedestrian to diagnose")
     names = {int(im["id"]): im.get("file_name") for im in gt["images"]}
     result: dict = {"setup": spec.name, "operating_point": {}, "cases": {}, "summary": {}, "pairs": []}
+    pedestrians = pedestrians_by_image(truth)  # once, for every model
     for name, records in runs.items():
         by_image = {r.image_id: r for r in records}
         unknown = sorted(set(by_image) - set(names))
@@ -169,11 +170,9 @@ def diagnose(
         op = operating_point(curve, score, fppi, point.name)
         family = records[0].stages.family if records else TWO_STAGE
         cases = []
-        for image_id in truth.image_ids:
-            image_id = int(image_id)
+        for image_id, gts in zip(truth.image_ids.tolist(), pedestrians):
             if image_id in by_image:
-                cases.extend(_image_cases(gt_arrays(truth, image_id), by_image[image_id], op["score"], spec,
-                                          names.get(image_id)))
+                cases.extend(_image_cases(gts, by_image[image_id], op["score"], spec, names.get(image_id)))
         result["operating_point"][name] = {**op, "family": family}
         result["cases"][name] = cases
         result["summary"][name] = summarise(cases, family)
@@ -188,17 +187,22 @@ def diagnose(
 # ---------------------------------------------------------------------------
 
 
-def gt_arrays(truth, image_id: int) -> dict[str, np.ndarray]:
-    """The pedestrian GTs of one image in file order: ``xyxy`` (G, 4), ``area``, ``height``,
-    ``visibility``, ``ignore`` (G,), ``ann_id`` (G,)."""
-    k = int(np.searchsorted(truth.image_ids, image_id))
-    rows = np.flatnonzero((truth.ann_image == k) & (truth.ann_category == PEDESTRIAN_CATEGORY))
-    box = truth.bbox[rows]
-    return {
-        "xyxy": np.concatenate([box[:, :2], box[:, :2] + box[:, 2:]], axis=1).reshape(-1, 4),
-        "area": box[:, 2] * box[:, 3], "height": truth.height[rows], "visibility": truth.visibility[rows],
-        "ignore": truth.ignore[rows], "ann_id": truth.ann_id[rows],
-    }
+def pedestrians_by_image(truth) -> list[dict[str, np.ndarray]]:
+    """The pedestrian GTs of every image of ``truth`` (in ``image_ids`` order), each in file order:
+    ``xyxy`` (G, 4), ``area``, ``height``, ``visibility``, ``ignore`` (G,), ``ann_id`` (G,)."""
+    keep = np.flatnonzero(truth.ann_category == PEDESTRIAN_CATEGORY)
+    order, bounds = _group_by_image(truth.ann_image[keep], len(truth.image_ids))
+    grouped = keep[order]
+    out = []
+    for k in range(len(truth.image_ids)):
+        rows = grouped[bounds[k]:bounds[k + 1]]
+        box = truth.bbox[rows]
+        out.append({
+            "xyxy": np.concatenate([box[:, :2], box[:, :2] + box[:, 2:]], axis=1).reshape(-1, 4),
+            "area": box[:, 2] * box[:, 3], "height": truth.height[rows], "visibility": truth.visibility[rows],
+            "ignore": truth.ignore[rows], "ann_id": truth.ann_id[rows],
+        })
+    return out
 
 
 def _iou(boxes: np.ndarray, gts: np.ndarray) -> np.ndarray:
