@@ -42,13 +42,14 @@ def scores(result, prepared, refs: dict) -> None:
                    "contains 0 is **within noise** on this many images — not a finding.")
 
 
-def curves(result) -> None:
+def curves(result, refs: dict) -> None:
     figure = evaluation.curves_figure(result)
     st.plotly_chart(figure, width="stretch", key="eval_curves")
     for column, by in zip(st.columns(2), ("height", "visibility")):
         column.plotly_chart(evaluation.breakdown_figure(result, by), width="stretch", key=f"eval_{by}_bars")
     downloads = st.columns(4)
-    downloads[0].download_button("Scores (CSV)", evaluation.to_csv(_plain_rows(result)), "scores.csv", "text/csv", key="eval_csv_table")
+    downloads[0].download_button("Scores (CSV)", evaluation.to_csv(_plain_rows(result, refs)), "scores.csv",
+                                 "text/csv", key="eval_csv_table")
     downloads[1].download_button("Breakdowns (CSV)", evaluation.to_csv(evaluation.breakdown_rows(result)),
                                  "breakdowns.csv", "text/csv", key="eval_csv_breakdown")
     downloads[2].download_button("Curves (HTML)", lambda: evaluation.figure_html(figure), "fppi_curves.html",
@@ -57,21 +58,21 @@ def curves(result) -> None:
                                  "image/png", key="eval_png_curves", on_click="ignore")
 
 
-def _plain_rows(result) -> list[dict]:
-    """The Scores table as numbers (CSV), with each interval's bounds in columns of their own."""
-    rows = []
+def _plain_rows(result, refs: dict) -> list[dict]:
+    """The Scores table as numbers (CSV): :func:`evaluation.table_rows`, with each interval's bounds
+    in columns of their own beside its value."""
     boot = (result.bootstrap or {}).get("models", {})
-    for label, model in result.report["models"].items():
-        row = {"model": label}
-        for setup in evaluation.SETUPS:
-            mr = model["mr"][setup]
-            row[f"MR-2 {setup}"] = None if mr < 0 else mr
-            interval = boot.get(label, {}).get(setup)
-            row[f"MR-2 {setup} low"], row[f"MR-2 {setup} high"] = ((interval["low"], interval["high"]) if interval
-                                                                   else (None, None))
-        row["AP50"] = model["ap50"] if model["ap50"] >= 0 else None
-        row["operating score"] = model["operating_point"]["score"]
-        rows.append(row)
+    rows = []
+    for row in evaluation.table_rows(result, refs, st.session_state.get("eval_latency", {})):
+        intervals = boot.get(row["model"], {})
+        out = {}
+        for key, value in row.items():
+            out[key] = value
+            metric = "ap50" if key == "AP50" else key.removeprefix("MR⁻² ") if key.startswith("MR⁻² ") else None
+            if metric is not None:
+                interval = intervals.get(metric) or {}
+                out[f"{key} low"], out[f"{key} high"] = interval.get("low"), interval.get("high")
+        rows.append(out)
     return rows
 
 

@@ -88,7 +88,7 @@ if result.skipped:
 refs = {s.label: s.candidate.ref for s in ready}
 
 sections.scores(result, prepared, refs)
-sections.curves(result)
+sections.curves(result, refs)
 sections.errors_view(result)
 if len(result.labels) < 2:
     st.info("Pick a second checkpoint to compare failures and divergence.")

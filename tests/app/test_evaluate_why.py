@@ -160,3 +160,23 @@ def test_a_negative_difference_is_shown_with_its_interval():
 
     assert _cell({"point": -3.49, "low": -6.1, "high": -1.2}, difference=True) == "-3.49 (-6.10–-1.20)"
     assert _cell({"point": -100.0, "low": -100.0, "high": -100.0}) == "—"  # MR⁻² -100: no value
+
+
+def test_the_scores_csv_keeps_every_column_and_adds_the_interval_bounds(world):  # noqa: F811
+    from app import evaluate_sections
+    from app.services import evaluation
+    from tests.app.test_evaluate_page import dataset_choice
+
+    seed_teacher(world)
+    run_predictions(open_evaluate(world), world)
+    prepared = evaluation.prepare(dataset_choice(world["dataset"]), LIMIT)
+    ready = [s for s in (evaluation.prediction_state(c, prepared) for c in evaluation.candidates()
+                         if c.label in ("teacher", "student_hkd")) if s.state == "ready"]
+    result = evaluation.compare(prepared, ready)
+    refs = {s.label: s.candidate.ref for s in ready}
+    plain = evaluation.table_rows(result, refs, {})
+    rows = evaluate_sections._plain_rows(result, refs)
+    assert [{k: v for k, v in r.items() if not k.endswith((" low", " high"))} for r in rows] == plain
+    row = rows[0]
+    assert row["MR⁻² Reasonable low"] <= row["MR⁻² Reasonable"] <= row["MR⁻² Reasonable high"]
+    assert row["AP50 low"] <= row["AP50"] <= row["AP50 high"]
