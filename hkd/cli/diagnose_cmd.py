@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
               "annotations": [a for a in gt["annotations"] if a.get("image_id") in keep]}
     if args.threads:
         torch.set_num_threads(args.threads)
-    loader = image_loader(args.images)
+    loader = image_loader(args.images, args.gt)
     total = len(gt["images"]) * len(models)
     report = _status_writer(args.status, total)
     try:
@@ -170,19 +170,22 @@ def _stage_runs(models: dict, gt: dict, loader, args, report) -> dict:
     return runs
 
 
-def image_loader(root: Path):
-    """``image record -> pixels`` for files under ``root``; a file_name that leaves ``root`` is refused."""
+def image_loader(root: Path, source: Path):
+    """``image record -> pixels`` for files under ``root``: a file_name that leaves it (``..``, an
+    absolute path, a symlink out) is refused by the rule every dataset reader follows
+    (:func:`hkd.data.datasets.check_relative_name`, :func:`~hkd.data.datasets.confine`)."""
+    from hkd.data.datasets import DatasetError, check_relative_name, confine
     from hkd.data.images import load_image
-
-    base = root.resolve()
 
     def load(record: dict):
         name = record.get("file_name")
         if not isinstance(name, str) or not name:
             raise CLIError(f"--gt: image id {record.get('id')!r} has no file_name")
-        path = (base / name).resolve()
-        if not path.is_relative_to(base):
-            raise CLIError(f"--gt: file_name {name[:200]!r} leaves the images folder {root}")
+        try:
+            check_relative_name(name, root, source)
+            path = confine(root / name, root, source)
+        except DatasetError as exc:
+            raise CLIError(str(exc)) from None
         if not path.is_file():
             raise CLIError(f"--images {root}: {name[:200]} (image id {record.get('id')}) is not there; "
                            "is --images the folder the ground truth's file_name entries are relative to?")
@@ -193,8 +196,11 @@ def image_loader(root: Path):
 
 def write_outputs(result: dict, out: Path) -> None:
     """``diagnosis.json`` and ``cases.csv`` (one row per model and case), each written whole then renamed."""
+    from hkd.models.meta import atomic_write
+
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "diagnosis.json", json.dumps(result))
+    text = json.dumps(result)
+    atomic_write(out / "diagnosis.json", lambda tmp: Path(tmp).write_text(text))
     buf = io.StringIO()
     fields = ["model", "image_id", "file_name", "annotation_id", "stage", "height", "visibility", "x1", "y1", "x2",
               "y2", "best_proposal_iou", "best_proposal_objectness", "best_proposal_rank", "best_score_before_nms",
@@ -213,13 +219,7 @@ def write_outputs(result: dict, out: Path) -> None:
                 "suppressor_score": sup.get("score"), "suppressor_matched_other": sup.get("matched_other"),
                 "detection_score": det.get("score"), "nearby_score": near.get("score"), "nearby_why": near.get("why"),
             })
-    _atomic(out / "cases.csv", buf.getvalue())
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(out / "cases.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
 def render_text(result: dict, describe) -> str:

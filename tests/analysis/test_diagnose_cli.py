@@ -72,3 +72,15 @@ def test_checkpoint_names_must_be_whole(spec, synth_split, capsys):
     code, _, err = run(capsys, "--checkpoint", spec, "--gt", synth_split["gt_path"], "--images",
                        synth_split["images"])
     assert code == 2 and "NAME=CK" in err
+
+
+def test_a_symlink_out_of_the_images_folder_is_refused(synth_split, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    first = synth_split["gt"]["images"][0]
+    (images / first["file_name"]).symlink_to(synth_split["images"] / first["file_name"])  # points outside
+    gt = tmp_path / "gt.json"
+    keep = [a for a in synth_split["gt"]["annotations"] if a["image_id"] == first["id"]]
+    gt.write_text(json.dumps({**synth_split["gt"], "images": [first], "annotations": keep}))
+    code, _, err = run(capsys, "--checkpoint", CHECKPOINTS / "student_hkd.safetensors", "--gt", gt, "--images", images)
+    assert code == 2 and "outside the images folder" in err and "HKD_ALLOW_SYMLINKS" in err
