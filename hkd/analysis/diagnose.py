@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from hkd.analysis.stages import SINGLE_STAGE, TWO_STAGE, StagedOutput
-from hkd.eval.compare import HEIGHT_BINS, VISIBILITY_BINS, operating_point
+from hkd.eval.compare import HEIGHT_BINS, VISIBILITY_BINS, bin_label, operating_point
 from hkd.eval.matching import DET_TP, Setup, box_overlaps, get_setup, match_image_arrays
 from hkd.eval.mr import PEDESTRIAN_CATEGORY, _group_by_image, evaluate_mr, parse_detections, parse_ground_truth
 
@@ -341,10 +341,6 @@ def stages_of(family: str) -> tuple[str, ...]:
     return SINGLE_STAGE_STAGES if family == SINGLE_STAGE else TWO_STAGE_STAGES
 
 
-def _bin_label(lo: float, hi: float) -> str:
-    return f"{lo:g}+" if math.isinf(hi) else (f"<{hi:g}" if lo == 0 else f"{lo:g}-{hi:g}")
-
-
 def _count_stages(cases: Iterable[dict], stages: Sequence[str]) -> dict:
     cases = list(cases)
     missed = [c for c in cases if c["stage"] != FOUND]
@@ -360,7 +356,7 @@ def summarise(cases: Sequence[dict], family: str, key: str = "stage") -> dict:
     stages = stages_of(family)
     out = _count_stages(cases, stages)
     for field, bins in (("height", HEIGHT_BINS), ("visibility", VISIBILITY_BINS)):
-        out[field] = [{"bin": _bin_label(lo, hi), **_count_stages((c for c in cases if lo <= c[field] < hi), stages)}
+        out[field] = [{"bin": bin_label(lo, hi), **_count_stages((c for c in cases if lo <= c[field] < hi), stages)}
                       for lo, hi in bins]
     return out
 

@@ -87,6 +87,7 @@ __all__ = [
     "VISIBILITY_BINS",
     "ComparisonInputError",
     "ComparisonReport",
+    "bin_label",
     "compare_models",
     "operating_point",
 ]
@@ -316,7 +317,8 @@ def _check_bins(bins: Sequence[tuple[float, float]], name: str) -> list[tuple[fl
     return sorted(pairs)
 
 
-def _bin_label(lo: float, hi: float) -> str:
+def bin_label(lo: float, hi: float) -> str:
+    """``20-30``, ``<0.2``, ``120+``: how a ``[low, high)`` bin is named in reports."""
     if math.isinf(hi):
         return f"{lo:g}+"
     if lo == 0:
@@ -423,7 +425,7 @@ def _breakdown(images: list[_Image], counted: list[np.ndarray], matches: list[_M
         for lo, hi in bins:
             inside = (values >= lo) & (values < hi)
             n, m = int(np.count_nonzero(inside)), int(np.count_nonzero(missed & inside))
-            out.append({"bin": _bin_label(lo, hi), "low": lo, "high": None if math.isinf(hi) else hi,
+            out.append({"bin": bin_label(lo, hi), "low": lo, "high": None if math.isinf(hi) else hi,
                         "gt": n, "missed": m, "miss_rate": m / n if n else None})
         return out
 
