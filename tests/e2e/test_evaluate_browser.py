@@ -161,10 +161,20 @@ def gallery_state(page) -> dict:
     }""")
 
 
-def table_cells(page) -> list[str]:
-    """The text of every cell of the page's tables (the grid's accessible copy of its canvas)."""
-    return page.evaluate("() => [...document.querySelectorAll('[data-testid=\"stDataFrame\"] [role=gridcell]')]"
-                         ".map(c => c.textContent.trim())")
+CELLS_JS = ("() => [...document.querySelectorAll('[data-testid=\"stDataFrame\"] [role=gridcell]')]"
+            ".map(c => c.textContent.trim())")
+
+
+def table_cells(page, pattern: re.Pattern | None = None) -> list[str]:
+    """The text of every cell of the page's tables (the grid's accessible copy of its canvas).
+
+    The grid fills that copy a moment after the page goes idle, so with ``pattern`` this first waits (up to
+    WAIT_MS) until some cell matches it, then reads the cells; the caller's assert still decides."""
+    if pattern is not None:
+        page.wait_for_function(
+            "re => [...document.querySelectorAll('[data-testid=\"stDataFrame\"] [role=gridcell]')]"
+            ".some(c => new RegExp(re).test(c.textContent.trim()))", arg=pattern.pattern, polling=250)
+    return page.evaluate(CELLS_JS)
 
 
 def has_case_profile() -> bool:
@@ -195,8 +205,9 @@ def test_a_case_stages_features_and_back_to_the_same_gallery_page(why_server, wh
     # the Scores table's values come with their 95 % interval, and the page says on how many images
     page.get_by_text(f"{WHY_LIMIT} images").first.wait_for()
     page.get_by_text("the 95 % interval over").first.wait_for()
-    cells = table_cells(page)
+    cells = table_cells(page, INTERVAL)
     assert any(INTERVAL.fullmatch(c) for c in cells), cells  # e.g. 82.55 (70.00–95.12)
+    cells = table_cells(page, re.compile(r"^(within noise|a better|b better)$"))
     assert {"within noise", "a better", "b better"} & set(cells), cells  # the paired differences' verdicts
 
     # where the misses are lost: the three models diagnosed by background jobs, then a headline and stacked bars
