@@ -41,7 +41,9 @@ class DatasetChoice:
 
     @property
     def annotated(self) -> bool:
-        return self.path.endswith((".json", ".odgt")) or (Path(self.path) / "annotations.json").is_file()
+        from hkd.data.datasets import is_annotated
+
+        return is_annotated(self.path)
 
 
 def _synthped(name: str) -> DatasetChoice:
@@ -53,9 +55,29 @@ def _synthped(name: str) -> DatasetChoice:
                          str(folder / "images"), ready, {"num": num, "seed": seed})
 
 
+def _official(here: Path) -> list[DatasetChoice]:
+    """The datasets of ``here`` as they are distributed: one per COCO split
+    (``annotations/instances_<split>.json``), per CityPersons split (``anno_<split>.mat``), and
+    Caltech's test split. Their images folder is found when one is evaluated (``images_dir`` "":
+    :func:`hkd.evaluation.images_folder`; Caltech's frames are written once from the videos)."""
+    from hkd.data.caltech import is_caltech_root
+    from hkd.data.citypersons import citypersons_splits
+    from hkd.data.coco import coco_splits
+
+    out = [DatasetChoice(f"path:{file}", f"{here.name} {split} (COCO, {file})", str(file), "", True)
+           for split, file in coco_splits(here).items()]
+    out += [DatasetChoice(f"path:{file}", f"{here.name} {split} (CityPersons, {file})", str(file), "", True)
+            for split, file in citypersons_splits(here).items()]
+    if is_caltech_root(here):
+        out.append(DatasetChoice(f"path:{here}", f"{here.name} test, every 30th frame (Caltech, {here})", str(here),
+                                 "", True))
+    return out
+
+
 def _found_under(root: Path) -> list[DatasetChoice]:
     """Annotated datasets under ``root``: folders with annotations.json + images/, COCO .json files
-    with an images/ folder beside them, CrowdHuman .odgt files."""
+    with an images/ folder beside them, CrowdHuman .odgt files, and COCO, CityPersons and Caltech
+    as they are distributed (:func:`_official`)."""
     found: list[DatasetChoice] = []
     if not root.is_dir():
         return found
@@ -68,6 +90,11 @@ def _found_under(root: Path) -> list[DatasetChoice]:
         if "annotations.json" in filenames and (here / "images").is_dir():
             found.append(DatasetChoice(f"path:{here}", f"{here.name} ({here})", str(here), str(here / "images"), True))
             dirnames[:] = []
+            continue
+        official = _official(here)
+        if official:
+            found += official
+            dirnames[:] = []  # its image tree (leftImg8bit/, val2017/, set06/ …) holds no other dataset
             continue
         for name in sorted(filenames):
             file = here / name

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from hkd.evaluation.workflow import (Checkpoint, EvaluationError, GroundTruth, PredictionsReport, check_gt,
                                      checkpoint, compare, dataset_gt, dataset_key, evaluate, ground_truth,
-                                     gt_digest, images_digest, predict_all, prediction_entry, read_predictions)
+                                     gt_digest, images_digest, images_folder, predict_all, prediction_entry,
+                                     read_predictions)
 
 __all__ = ["Checkpoint", "EvaluationError", "GroundTruth", "PredictionsReport", "check_gt", "checkpoint", "compare",
-           "dataset_gt", "dataset_key", "evaluate", "ground_truth", "gt_digest", "images_digest", "predict_all",
+           "dataset_gt", "dataset_key", "evaluate", "ground_truth", "gt_digest", "images_digest", "images_folder", "predict_all",
            "prediction_entry", "read_predictions"]

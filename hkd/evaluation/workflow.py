@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from hkd.results import Entry, ResultStore, write_atomic
@@ -44,14 +44,82 @@ def dataset_key(path: str | os.PathLike) -> str:
     return f"path:{Path(path).expanduser().resolve()}"
 
 
-def images_folder(path: str | os.PathLike) -> Path:
-    """The images folder :func:`hkd.data.open_dataset` reads for the annotated dataset ``path``."""
+def images_folder(path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+    """The folder the GT's ``file_name`` entries of the annotated dataset ``path`` are relative to.
+
+    hkd's own layouts name it without reading anything (``images/``, CrowdHuman's ``Images/``);
+    COCO (``<split>/``) and CityPersons (``leftImg8bit/<split>/``) are opened to find it; the frames
+    of a Caltech video are written once, as the JPEGs the ``.seq`` holds, under
+    ``cache_root/frames/`` (:func:`video_frames`), so that ``hkd predict`` and the app read files."""
+    from hkd.data.coco import is_coco_instances
+    from hkd.data.datasets import is_annotated, open_dataset
+
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and (path / "annotations.json").is_file():
         return path / "images"
-    if path.suffix.lower() == ".odgt" and (path.parent / "Images").is_dir():
-        return path.parent / "Images"
-    return path.parent / "images"
+    if path.suffix.lower() == ".odgt":
+        return path.parent / "Images" if (path.parent / "Images").is_dir() else path.parent / "images"
+    if path.suffix.lower() == ".json" and not is_coco_instances(path):
+        return path.parent / "images"
+    if path.is_dir() and not is_annotated(path):
+        return path / "images"
+    return dataset_images(open_dataset(path), path, cache_root)
+
+
+def dataset_images(dataset, source: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+    """The folder below which ``dataset``'s images lie under their ``file_name`` (the one folder
+    every image file is ``<folder>/<file_name>``); for frames of a video, :func:`video_frames`.
+    Raises :class:`hkd.data.DatasetError` when the images share no such folder."""
+    from hkd.data.datasets import DatasetError
+
+    roots = set()
+    for index, name in enumerate(dataset.file_names):
+        file = dataset.image_file(index)
+        if file is None:
+            return video_frames(dataset, source, cache_root)
+        depth = len(PurePosixPath(name).parts)
+        roots.add(Path(file).parents[depth - 1])
+    if len(roots) != 1:
+        raise DatasetError(f"{source}: its images lie in {len(roots)} folders, not below one folder by their "
+                           "file names; convert it with `hkd data convert`")
+    return roots.pop()
+
+
+def video_frames(dataset, source: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+    """A folder holding every frame of ``dataset`` (a :class:`hkd.data.caltech.CaltechDataset`, whose
+    images are frames of ``.seq`` videos) as a file under its ``file_name``: the JPEG bytes the
+    video holds, else PNG. Written once per (dataset path, videos' sizes and times) in the result
+    store (``frames/<digest>/``, its ``.json`` written last says it is complete), under its lock."""
+    from PIL import Image
+
+    store = ResultStore(cache_root) if cache_root is not None else ResultStore()
+    videos = sorted({str(dataset.annotations(i).path) for i in range(len(dataset))})
+    stamps = [[v, Path(v).stat().st_size, Path(v).stat().st_mtime_ns] for v in videos]
+    entry = store.entry("frames", {"source": str(Path(source).resolve()), "videos": stamps,
+                                   "images": dataset.file_names})
+    folder = entry.path.with_suffix("")
+
+    def write() -> dict:
+        for index, name in enumerate(dataset.file_names):
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if hasattr(dataset, "video_frame"):
+                video, frame = dataset.video_frame(index)
+                write_bytes_atomic(target, video.frame_bytes(frame))
+            else:
+                Image.fromarray(dataset.load_pixels(index)).save(target, format="PNG")
+        return {"source": str(source), "images": len(dataset)}
+
+    _, problem = entry.computed(write, valid=lambda d: isinstance(d, dict) and d.get("images") == len(dataset))
+    if problem:
+        raise OSError(f"the frames of {source} could not be written: {problem}")
+    return folder
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.PathLike) -> tuple[dict, Path]:
@@ -125,7 +193,7 @@ def ground_truth(dataset: str | os.PathLike, limit: int | None = None, *,
                  store: ResultStore | None = None) -> GroundTruth:
     """The checked GT of ``dataset``'s first ``limit`` images (all for None); one sentence
     (:class:`EvaluationError`) for a dataset that cannot be read or has no annotations."""
-    from hkd.data.datasets import ACCEPTED_LAYOUTS, DatasetError
+    from hkd.data.datasets import ACCEPTED_LAYOUTS, DatasetError, is_annotated
 
     store = store or ResultStore()
     path = Path(dataset).expanduser().resolve()
@@ -133,17 +201,16 @@ def ground_truth(dataset: str | os.PathLike, limit: int | None = None, *,
         raise EvaluationError(f"images limit must be a positive number of images, got {limit}")
     if not path.exists():
         raise EvaluationError(f"dataset {dataset}: no such file or folder; {ACCEPTED_LAYOUTS}")
-    if path.is_dir() and not (path / "annotations.json").is_file():
-        raise EvaluationError(f"dataset {dataset}: a folder without annotations.json, so there is no ground truth "
-                              "to compare against; give a folder with annotations.json and images/, a COCO-style "
-                              ".json or a CrowdHuman .odgt")
+    if path.is_dir() and not is_annotated(path):
+        raise EvaluationError(f"dataset {dataset}: a folder without annotations, so there is no ground truth "
+                              f"to compare against; {ACCEPTED_LAYOUTS}")
     try:
         gt, gt_path = dataset_gt(str(path), limit, store.root)
+        images_dir = images_folder(path, store.root)
     except (DatasetError, OSError, ValueError) as exc:
         raise EvaluationError(f"dataset {dataset}: {exc}") from None
     check_gt(gt, gt_path, dataset)
-    return GroundTruth(dataset_key(path), limit or None, gt, gt_path, images_folder(path), images_digest(gt),
-                       gt_digest(gt))
+    return GroundTruth(dataset_key(path), limit or None, gt, gt_path, images_dir, images_digest(gt), gt_digest(gt))
 
 
 # -- the checkpoints ------------------------------------------------------------------
