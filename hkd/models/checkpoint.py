@@ -5,14 +5,14 @@ parent checkpoint and library version, so ``load_checkpoint(path)`` rebuilds
 the model without being told its architecture. Foreign ``.pth``/``.pt`` files
 (e.g. torchvision's COCO weights) load only through
 ``torch.load(weights_only=True)`` with an explicit preset: nothing in an
-untrusted file is ever unpickled into code.
+untrusted file is ever unpickled into code. ``import_checkpoint`` (``hkd import``)
+wraps such a file into an HKD checkpoint once (:mod:`hkd.models.foreign`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from hkd.models.meta import (  # noqa: F401  (re-exported: the metadata API pred
     read_safetensors_tensors,
     write_safetensors,
 )
-from hkd.models.presets import adapt_coco_state_dict, get_preset
+from hkd.models.foreign import compare_keys, counters_like, fit_state_dict, head_hint, read_state_dict
+from hkd.models.presets import get_preset
 
 @dataclass
 class LoadedCheckpoint:
@@ -125,33 +126,88 @@ def _load_checkpoint(path: str | os.PathLike, preset: str | None) -> LoadedCheck
     return LoadedCheckpoint(model.eval(), meta, path, file_sha256(path))
 
 
-def load_foreign_weights(path: str | os.PathLike, preset: str) -> nn.Module:
-    """Build ``preset`` and load a foreign state dict from ``path`` safely.
+def load_foreign_weights(path: str | os.PathLike, preset: str, *, head: str = "coco_person") -> nn.Module:
+    """Build ``preset`` and load a foreign state dict from ``path`` safely (:mod:`hkd.models.foreign`).
 
     Accepts a bare state dict or one nested under ``state_dict``/``model``;
-    strips DDP's ``module.`` prefix; shrinks torchvision's 91-class COCO heads
-    to (background, person).
+    strips DDP's ``module.`` prefix; by default shrinks torchvision's 91-class COCO
+    heads to (background, person) (``head``: see :func:`~hkd.models.foreign.fit_state_dict`).
+    Returns the model in eval mode.
     """
+    return _foreign_model(path, preset, head)[0].eval()
+
+
+@dataclass
+class ImportedCheckpoint(LoadedCheckpoint):
+    """An imported checkpoint (:func:`import_checkpoint`): the written file and what the import changed."""
+
+    changes: list[str] = field(default_factory=list)
+
+
+def import_checkpoint(
+    source: str | os.PathLike,
+    preset: str,
+    out: str | os.PathLike,
+    *,
+    head: str = "strict",
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> ImportedCheckpoint:
+    """Wrap the foreign weights ``source`` into a self-describing HKD checkpoint ``out`` (``hkd import``).
+
+    ``source``: a torchvision detection checkpoint, a torchvision-trained model, a ``.pth``
+    with a ``state_dict`` / ``model`` entry, a DDP checkpoint or a bare ``.safetensors``
+    (:func:`~hkd.models.foreign.read_state_dict`; nothing is unpickled). Every tensor must fit
+    ``preset``'s model by key and shape; ``head`` (``"strict"``, ``"coco_person"``, ``"reset"``)
+    says what happens to class layers of another number of classes
+    (:func:`~hkd.models.foreign.fit_state_dict`). ``min_size`` / ``max_size``: the inference
+    size recorded in the metadata (default: the preset's).
+
+    Returns:
+        the model as loaded (eval mode), its metadata, the written path and its sha256, and
+        what the import changed.
+
+    Raises:
+        CheckpointError: an unreadable or unsafe file, an unknown preset, or weights that do
+            not fit (counts and first names of missing, unexpected and mis-shaped tensors, and
+            for class layers the options that would fit them).
+    """
+    from hkd.models.profile import params_by_hierarchy
+
+    source = _existing(source)
+    out = Path(out)
+    if out.suffix.lower() not in SAFE_SUFFIXES:
+        raise CheckpointError(f"{out}: HKD checkpoints are .safetensors files; name the output e.g. "
+                              f"{out.with_suffix('.safetensors').name}")
+    if out.resolve() == source.resolve():
+        raise CheckpointError(f"{out} is the source file itself; writing it would destroy that input")
+    p = _preset_or_error(preset, source)
+    sizes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
+    model, changes = _foreign_model(source, preset, head, **sizes)
+    digest = file_sha256(source)
+    meta = CheckpointMeta(
+        preset=preset, classes=list(p.classes),
+        min_size=min_size or p.min_size, max_size=max_size or p.max_size,
+        parent=source.name,
+        notes="; ".join([f"imported from {source.name} (sha256 {digest[:12]})", *changes]),
+        cost={"params": params_by_hierarchy(model)},
+    )
+    problem = meta.problem()
+    if problem:
+        raise CheckpointError(f"{out}: {problem}")
+    path = save_checkpoint(out, model, meta)
+    return ImportedCheckpoint(model.eval(), meta, path, file_sha256(path), changes)
+
+
+def _foreign_model(path: str | os.PathLike, preset: str, head: str, **sizes: int) -> tuple[nn.Module, list[str]]:
+    """``preset`` built (random init) with the weights of ``path`` fitted and loaded strictly."""
     path = _existing(path)
     p = _preset_or_error(preset, path)
-    if path.suffix.lower() in SAFE_SUFFIXES:
-        state = read_safetensors_tensors(path)
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"{path}: refused to load — the file holds pickled objects other than tensors "
-                f"(weights_only loading rejected it: {str(exc).splitlines()[0]})"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0]})") from None
-        state = _find_state_dict(obj, path)
-    model = p.build(pretrained_backbone=False)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = adapt_coco_state_dict(state, model)
+    state = read_state_dict(path)
+    model = p.build(pretrained_backbone=False, **sizes)
+    state, changes = fit_state_dict(state, model, head=head)
     _load_state(model, state, path, preset)
-    return model.eval()
+    return model, changes
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str = "backbone.") -> int:
@@ -168,25 +224,13 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, prefix: str
     target = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
     if not target:
         raise CheckpointError(f"the model has no {prefix}* tensors to initialise from {path}")
-    state = read_safetensors_tensors(path, keys=target)
-    missing = sorted(set(target) - set(state))
-    parts = _shape_mismatches(target, state)
-    if missing:
-        parts.append(f"{len(missing)} of the model's {len(target)} {prefix}* tensors missing (e.g. {missing[0]})")
-    if parts:
-        raise CheckpointError(f"{path} ({meta.preset}): its backbone does not fit this model: " + "; ".join(parts))
+    state = counters_like(read_safetensors_tensors(path, keys=target), target)
+    report = compare_keys(target, state)
+    if not report.ok:
+        raise CheckpointError(f"{path} ({meta.preset}): its backbone does not fit this model: " + report.text()
+                              + f" (of the model's {len(target)} {prefix}* tensors)")
     model.load_state_dict(_cast_like(state, target), strict=False)
     return len(state)
-
-
-def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                return _find_state_dict(obj[key], path)
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return obj
-    raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, or one under 'state_dict'/'model')")
 
 
 def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -201,23 +245,12 @@ def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, preset: str) -> None:
     _check_finite(state, path)
     target = model.state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    parts = _shape_mismatches(target, state)
-    if missing:
-        parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
-    if parts:
-        raise CheckpointError(f"{path}: weights do not fit preset {preset!r}: " + "; ".join(parts))
-    model.load_state_dict(_cast_like(state, target), strict=True)
-
-
-def _shape_mismatches(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
-    """``["N shape mismatches (e.g. key: file (…) vs model (…))"]`` over the keys both hold, or ``[]``."""
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in target.items() if k in state and state[k].shape != v.shape]
-    return [f"{len(wrong)} shape mismatches (e.g. {wrong[0]})"] if wrong else []
+    report = compare_keys(target, state)
+    if not report.ok:
+        hint = head_hint(report, state, model)
+        raise CheckpointError(f"{path}: weights do not fit preset {preset!r}: " + report.text()
+                              + (f". {hint[0].upper()}{hint[1:]}" if hint else ""))
+    model.load_state_dict(_cast_like(counters_like(state, target), target), strict=True)
 
 
 def _cast_like(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

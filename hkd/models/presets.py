@@ -8,6 +8,12 @@
   (6.2× fewer parameters than the teacher instead of 7.1×).
 * ``hkd_retina_lite2.teacher`` / ``hkd_retina_lite0.student`` — the single-stage pair:
   RetinaNet (backbone → FPN → dense head) on the same backbones, anchors and class.
+* ``hkd_frcnn_r50.teacher`` / ``hkd_frcnn_r18.student`` — the seed paper's pair
+  (Chen et al., ICIP 2019): Faster R-CNN ResNet-50-FPN, key for key torchvision's
+  ``fasterrcnn_resnet50_fpn`` (so ``hkd import`` takes torchvision's checkpoints), and a
+  ResNet-18 with a slim FPN and box head, both on torchvision's anchors. ImageNet
+  weights are torchvision's files, read locally (``model.backbone_weights`` or torch's
+  hub cache), never downloaded.
 * torchvision's standard detectors (``*.coco_person``), loadable with COCO
   weights from a local file; only the COCO ``person`` class is kept.
 
@@ -18,6 +24,7 @@ float tensors in [0, 1]. Label 1 is *pedestrian*.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -29,7 +36,13 @@ if TYPE_CHECKING:  # the registry is plain data: torch, torchvision and timm loa
     from torchvision.models.detection import FasterRCNN, RetinaNet
     from torchvision.models.detection.retinanet import RetinaNetHead
 
+log = logging.getLogger("hkd.models")
+
 CLASSES = ("background", "pedestrian")
+# the normalisation of every HKD preset's transform, (x - 0.5) / 0.5 (timm's tf_efficientnet_lite
+# expects [-1, 1]): a teacher and a student share one batch (the ResNets convert it, ResNetFPN)
+HKD_MEAN = (0.5, 0.5, 0.5)
+HKD_STD = (0.5, 0.5, 0.5)
 # COCO category index of "person" in torchvision's 91-way heads
 COCO_PERSON = 1
 
@@ -49,6 +62,9 @@ class Preset:
     min_size: int = 480
     max_size: int = 640
     defaults: dict = field(default_factory=dict)
+    # the torchvision ImageNet weights file the backbone takes when pretrained (looked for in
+    # torch's hub cache; ``backbone_weights=PATH`` names another copy); None: not a file option
+    backbone_file: str | None = None
 
     def build(self, *, pretrained_backbone: bool = False, **overrides) -> nn.Module:
         kwargs = {"min_size": self.min_size, "max_size": self.max_size, **self.defaults, **overrides}
@@ -132,9 +148,8 @@ def _lite_frcnn(
         box_roi_pool=pooler,
         box_head=box_head,
         box_predictor=FastRCNNPredictor(representation, num_classes),
-        # timm's tf_efficientnet_lite expects [-1, 1]: (x - 0.5) / 0.5
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        image_mean=list(HKD_MEAN),
+        image_std=list(HKD_STD),
         min_size=min_size,
         max_size=max_size,
         rpn_pre_nms_top_n_test=1000,
@@ -273,9 +288,8 @@ def _lite_retina(
         num_classes,
         anchor_generator=anchors,
         head=head,
-        # timm's tf_efficientnet_lite expects [-1, 1]: (x - 0.5) / 0.5
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        image_mean=list(HKD_MEAN),
+        image_std=list(HKD_STD),
         min_size=min_size,
         max_size=max_size,
         score_thresh=score_thresh,
@@ -339,6 +353,112 @@ _register_lite_retina(
     {"c3": 2, "c4": 4, "c5": 5}, {"c3": 40, "c4": 112, "c5": 192},
     fpn_channels=64, head_convs=2, last_stage_blocks=2,
     description="RetinaNet, EfficientNet-Lite0 (to stage 5, its first 2 blocks) + FPN-64 (P3-P6), 2-conv 64-d head",
+)
+
+
+# ---------------------------------------------------------------------------
+# The seed paper's pair: ResNet-50-FPN teacher, ResNet-18 student
+# ---------------------------------------------------------------------------
+# torchvision's ImageNet weights files (torchvision.models.ResNet*_Weights.IMAGENET1K_V1)
+RESNET_WEIGHT_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
+SEED_TEACHER = "hkd_frcnn_r50.teacher"
+SEED_STUDENT = "hkd_frcnn_r18.student"
+_R18_LAYER4 = 256
+
+
+def _resnet_frcnn(
+    *,
+    arch: str,
+    fpn_channels: int,
+    representation: int,
+    pretrained_backbone: bool,
+    min_size: int,
+    max_size: int,
+    backbone_weights: str | None = None,
+    layer4_channels: int | None = None,
+    num_classes: int = len(CLASSES),
+    rpn_post_nms_top_n_test: int = 1000,
+    box_detections_per_img: int = 100,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+) -> FasterRCNN:
+    """torchvision's Faster R-CNN on a ResNet + FPN (P2-P6): its anchors (32-512 px, h/w 0.5, 1, 2,
+    3 per location), RoI pooler, RPN and ROI settings, and its state-dict keys; HKD's input
+    normalisation (:class:`~hkd.models.backbones.ResNetFPN` converts it for the ResNet).
+
+    ``backbone_weights``: a local torchvision ImageNet file (implies ``pretrained_backbone``);
+    ``layer4_channels``: a narrower ``layer4`` (ResNet-18 only, random init).
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    from hkd.models.backbones import ResNetFPN, resnet_body, torch_hub_file
+
+    if backbone_weights is None and pretrained_backbone:
+        cached = torch_hub_file(RESNET_WEIGHT_FILES[arch])
+        if cached.is_file():
+            backbone_weights = str(cached)
+        else:
+            log.warning("%s: no ImageNet weights at %s (torchvision's file; hkd never downloads it): the backbone "
+                        "starts from random init. Name a local copy with model.backbone_weights=PATH", arch, cached)
+    body = resnet_body(arch, weights=backbone_weights, layer4_channels=layer4_channels)
+    backbone = ResNetFPN(body, fpn_channels, input_mean=HKD_MEAN, input_std=HKD_STD)
+    return FasterRCNN(
+        backbone,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        image_mean=list(HKD_MEAN),
+        image_std=list(HKD_STD),
+        min_size=min_size,
+        max_size=max_size,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_detections_per_img=box_detections_per_img,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+    )
+
+
+def seed_pair() -> tuple[str, str]:
+    """The seed paper's pair: ResNet-50-FPN teacher → ResNet-18 student."""
+    return SEED_TEACHER, SEED_STUDENT
+
+
+def _resnet_c_levels(channels: tuple[int, int, int, int]) -> dict[str, tuple[str, int, int]]:
+    return {f"c{i + 2}": (f"backbone.body.layer{i + 1}", c, 4 * 2 ** i) for i, c in enumerate(channels)}
+
+
+def _register_resnet(name, role, arch, channels, fpn_channels, representation, description, *, imagenet="",
+                     **defaults):
+    register(Preset(
+        name=name, role=role, family="two_stage", description=description,
+        backbone_weights=f"ImageNet{imagenet} (torchvision's {RESNET_WEIGHT_FILES[arch]}: "
+                         "model.backbone_weights=PATH, or torch's hub cache; never downloaded)",
+        builder=_resnet_frcnn,
+        hierarchy=_frcnn_levels(_resnet_c_levels(channels), _resnet_p_levels(), fpn_channels, representation),
+        defaults=dict(arch=arch, fpn_channels=fpn_channels, representation=representation, **defaults),
+        backbone_file=RESNET_WEIGHT_FILES[arch],
+    ))
+
+
+def _resnet_p_levels() -> dict[str, tuple[str, object, int]]:
+    """torchvision's FPN over layer1-layer4: P2-P5 (``"0"``-``"3"``), P6 max-pooled (``"pool"``)."""
+    p = {f"p{i + 2}": (f"backbone.fpn.layer_blocks.{i}", None, 4 * 2 ** i) for i in range(4)}
+    return p | {"p6": ("backbone", "pool", 64)}
+
+
+_register_resnet(
+    SEED_TEACHER, "teacher", "resnet50", (256, 512, 1024, 2048), fpn_channels=256, representation=1024,
+    description="Faster R-CNN, ResNet-50 + FPN-256 (P2-P6), 2-layer 1024-d box head: torchvision's "
+                "fasterrcnn_resnet50_fpn (its checkpoints import with `hkd import`)",
+)
+_register_resnet(
+    SEED_STUDENT, "student", "resnet18", (64, 128, 256, _R18_LAYER4), fpn_channels=64, representation=256,
+    # ResNet-18's own 512-channel layer4 holds 8.4 M of its 11.2 M parameters: at full width
+    # the student could not be 6x smaller than the teacher, so layer4 has half the width
+    # (256, random init; the stem and layer1-layer3 take ImageNet's weights)
+    layer4_channels=_R18_LAYER4, rpn_post_nms_top_n_test=300, imagenet=" to layer3",
+    description="Faster R-CNN, ResNet-18 (layer4 at 256 channels) + FPN-64 (P2-P6), 2-layer 256-d box head, "
+                "torchvision's anchors",
 )
 
 

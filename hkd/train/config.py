@@ -4,7 +4,7 @@ A run config has these sections (every key optional except ``model.preset``
 and ``data.train``)::
 
     model:   {preset: hkd_frcnn_lite0.student, pretrained_backbone: true, init: null, init_backbone: null,
-              min_size: 480, max_size: 640, train_min_sizes: [352, 384, 416, 448, 480]}
+              backbone_weights: null, min_size: 480, max_size: 640, train_min_sizes: [352, 384, 416, 448, 480]}
     teacher: assets/checkpoints/teacher.safetensors      # `hkd distill` only
     online:  {teacher_preset: hkd_frcnn_lite2.teacher,    # `hkd distill` without a teacher checkpoint:
               pretrained_backbone: true, init: null,      #   teacher and student learn together
@@ -91,6 +91,8 @@ class ModelConfig:
     # the backbone + FPN (its backbone.* tensors) of another HKD checkpoint on the same body,
     # e.g. the single-stage teacher from the two-stage teacher; the heads start fresh
     init_backbone: str | None = None
+    # the ResNet presets' ImageNet weights: a local torchvision file (default: torch's hub cache, if there)
+    backbone_weights: str | None = None
     min_size: int | None = None  # inference resize of the shorter side (default: the preset's)
     max_size: int | None = None
     # multi-scale training: the shorter side is resized to one of these per batch
@@ -257,6 +259,15 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
         get_preset(cfg.model.preset)
     except KeyError as exc:
         raise ConfigError(f"model.preset: {exc.args[0]}") from None
+    if cfg.model.backbone_weights and not get_preset(cfg.model.preset).backbone_file:
+        from hkd.models.presets import PRESETS
+
+        raise ConfigError(f"model.backbone_weights: {cfg.model.preset} does not take a backbone weights file "
+                          f"(its ImageNet weights: {get_preset(cfg.model.preset).backbone_weights}); presets that "
+                          f"do: {', '.join(n for n, p in PRESETS.items() if p.backbone_file)}")
+    if cfg.model.backbone_weights and (cfg.model.init or cfg.model.pretrained_backbone is False):
+        raise ConfigError("model.backbone_weights is set, but " + ("model.init already holds the whole model"
+                          if cfg.model.init else "model.pretrained_backbone is false") + "; remove one of them")
     if cfg.model.init and cfg.model.init_backbone:
         raise ConfigError("model.init and model.init_backbone are both set: init already holds the whole "
                           "model (backbone included); remove one of them")
@@ -392,7 +403,8 @@ def check_placement(t: TrainConfig) -> None:
 
 
 # the keys that hold paths, as (section, key) or (key,)
-PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("model", "init_backbone"), ("teacher",), ("distill",), ("online", "init"),
+PATH_KEYS = (("data", "train"), ("data", "val"), ("model", "init"), ("model", "init_backbone"),
+             ("model", "backbone_weights"), ("teacher",), ("distill",), ("online", "init"),
              ("train", "teacher_cache"), ("distill", "aux", "checkpoint"))
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hkd.models.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
+from hkd.models.checkpoint import PICKLE_SUFFIXES, CheckpointError, load_backbone_weights, load_checkpoint
 from hkd.models.device import DeviceError, check_device_spec, resolve_device
 from hkd.models.presets import build_detector, get_preset
 from hkd.train.config import ConfigError, RunConfig, check_placement
@@ -106,14 +106,21 @@ def open_data(path: str):
 def build_student(cfg: RunConfig) -> tuple[nn.Module, str | None]:
     """The model to train and its parent checkpoint (if it starts from one)."""
     if cfg.model.init:
-        loaded = load_checkpoint(cfg.model.init)
+        # foreign weights (a torchvision .pth) are for model.preset; `hkd import` makes them an HKD checkpoint
+        foreign = Path(cfg.model.init).suffix.lower() in PICKLE_SUFFIXES
+        loaded = load_checkpoint(cfg.model.init, preset=cfg.model.preset if foreign else None)
         if loaded.meta.preset != cfg.model.preset:
             raise ConfigError(f"model.init {cfg.model.init} holds {loaded.meta.preset}, not {cfg.model.preset}")
         if cfg.model.train_min_sizes:
             set_train_sizes(loaded.model, cfg.model.train_min_sizes)
         return loaded.model, Path(cfg.model.init).name
     sizes = {k: v for k, v in (("min_size", cfg.model.min_size), ("max_size", cfg.model.max_size)) if v}
-    model = build_detector(cfg.model.preset, pretrained_backbone=cfg.model.pretrained_backbone, **sizes)
+    if cfg.model.backbone_weights:  # the ResNet presets' ImageNet file (config validation checked the preset)
+        sizes["backbone_weights"] = cfg.model.backbone_weights
+    try:
+        model = build_detector(cfg.model.preset, pretrained_backbone=cfg.model.pretrained_backbone, **sizes)
+    except CheckpointError as exc:
+        raise ConfigError(f"model.backbone_weights: {exc}") from None
     if cfg.model.init_backbone:
         try:
             load_backbone_weights(model, cfg.model.init_backbone)
@@ -154,6 +161,9 @@ def build_step(cfg: RunConfig, student: nn.Module, device: torch.device | None =
         teacher_dtype = torch.float32
         options = {"online": True, "kd_after": cfg.online.kd_after}
     else:
+        if Path(cfg.teacher).suffix.lower() in PICKLE_SUFFIXES:
+            raise ConfigError(f"teacher: {cfg.teacher} does not say which architecture it holds; make it an HKD "
+                              f"checkpoint first: hkd import {cfg.teacher} --preset NAME --out teacher.safetensors")
         # the teacher only runs forward (eval, no grad): prepared for inference, ~1.2× faster on CPU
         teacher = load_checkpoint(cfg.teacher, inference=True)
         teacher_model, teacher_preset = teacher.model, teacher.meta.preset
