@@ -49,10 +49,8 @@ import torch
 from torch import Tensor, nn
 
 from hkd.models.hierarchy import HierarchySpec
-from hkd.models.inference import image_tensor
-from hkd.viz.divergence import Case, _check_boxes, _regions, chosen_levels, region_similarity
-from hkd.viz.featmaps import Geometry, fit_adapter, require_eval, resize_map
-from hkd.viz.similarity import _aligned_forward
+from hkd.viz.divergence import Case, _check_boxes, _regions, chosen_levels, paired_forward, region_similarity
+from hkd.viz.featmaps import Geometry, fit_adapter, resize_map
 
 OBJECTNESS = "rpn.objectness"
 ROI_FEATURES = "roi.features"
@@ -134,18 +132,14 @@ def case_distances(
     is not ``[x1, y1, x2, y2]`` with x2 > x1 and y2 > y1.
     """
     names = _check_levels(t_spec, s_spec, levels)
-    require_eval(teacher, "case_distances")
-    require_eval(student, "case_distances")
-    box_tensor = _check_boxes(boxes)
-    if len(box_tensor) == 0:
-        return {name: np.zeros(0, dtype=np.float64) for name in names}
     tapped = list(names)
     if ROI_FEATURES in names:  # the FPN maps its pooler reads, for the roi.features adapter
         tapped += [lv.name for lv in t_spec if lv.hierarchy == "neck" and lv.kind == "map"
                    and lv.name in s_spec and lv.name not in tapped]
-    tensor = image_tensor(image)
-    t_values, t_geometry, _ = _aligned_forward(teacher, t_spec, tapped, tensor, box_tensor)
-    s_values, s_geometry, _ = _aligned_forward(student, s_spec, tapped, tensor, box_tensor)
+    pair = paired_forward(teacher, t_spec, student, s_spec, image, boxes, tapped, who="case_distances")
+    if pair is None:
+        return {name: np.zeros(0, dtype=np.float64) for name in names}
+    box_tensor, tensor, (t_values, t_geometry), (s_values, s_geometry) = pair
     measures = level_measures(teacher, t_spec, s_spec, tensor.shape[-2:], names)
     out = {}
     for name in names:

@@ -9,41 +9,12 @@ cache). ``compare_detections`` is the old name of
 """
 from __future__ import annotations
 
-from hkd.deploy.agreement import BOX_TOL_PX, SCORE_TOL, Agreement, backend_agreement, check_backends
-from hkd.deploy.cache import backend_latency, cached_export
-from hkd.deploy.export import (
-    DEFAULT_OPSET,
-    OPSET_RANGE,
-    ExportResult,
-    OnnxCheckError,
-    OnnxExportError,
-    export_onnx,
-    sample_images,
-)
-from hkd.deploy.quantize import INT8_OPS, INT8_SCOPE, quantize_int8
-from hkd.deploy.runtime import (
-    EXPORT_FORMAT,
-    EXPORT_KEY,
-    INPUT_NAME,
-    META_KEY,
-    ONNX_SUFFIX,
-    OUTPUT_NAMES,
-    OnnxDetector,
-    OnnxInputError,
-    OnnxModelError,
-    default_providers,
-    is_onnx,
-    onnx_latency,
-    read_onnx_meta,
-)
+from hkd.deploy import *  # noqa: F401,F403  (the wing's public names, compare_detections included)
+from hkd.deploy import __all__ as _PUBLIC
+from hkd.deploy.agreement import BOX_TOL_PX, SCORE_TOL  # noqa: F401
+from hkd.deploy.export import OPSET_RANGE  # noqa: F401
+from hkd.deploy.quantize import INT8_OPS, INT8_SCOPE  # noqa: F401
+from hkd.deploy.runtime import EXPORT_FORMAT, EXPORT_KEY, INPUT_NAME, META_KEY, ONNX_SUFFIX, OUTPUT_NAMES  # noqa: F401
 
-compare_detections = backend_agreement  # the old, misleading name (hkd.viz.draw has another compare)
-
-__all__ = [
-    "EXPORT_FORMAT", "META_KEY", "EXPORT_KEY", "DEFAULT_OPSET", "OPSET_RANGE", "ONNX_SUFFIX",
-    "OnnxExportError", "OnnxCheckError", "OnnxInputError", "OnnxModelError", "Agreement", "ExportResult",
-    "OnnxDetector",
-    "is_onnx", "export_onnx", "read_onnx_meta", "compare_detections", "backend_agreement", "check_backends",
-    "sample_images", "default_providers", "onnx_latency", "quantize_int8", "cached_export", "backend_latency",
-    "BOX_TOL_PX", "SCORE_TOL", "INPUT_NAME", "OUTPUT_NAMES", "INT8_OPS", "INT8_SCOPE",
-]
+__all__ = [*_PUBLIC, "EXPORT_FORMAT", "META_KEY", "EXPORT_KEY", "OPSET_RANGE", "ONNX_SUFFIX", "BOX_TOL_PX",
+           "SCORE_TOL", "INPUT_NAME", "OUTPUT_NAMES", "INT8_OPS", "INT8_SCOPE"]

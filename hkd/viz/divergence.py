@@ -144,20 +144,33 @@ def case_similarities(
     """
     measure = _check_measure(measure)
     names = _check_levels(t_spec, s_spec, levels)
-    require_eval(teacher, "case_similarities")
-    require_eval(student, "case_similarities")
-    box_tensor = _check_boxes(boxes)
-    if len(box_tensor) == 0:
+    pair = paired_forward(teacher, t_spec, student, s_spec, image, boxes, names, who="case_similarities")
+    if pair is None:
         return {name: np.zeros(0, dtype=np.float64) for name in names}
-    tensor = image_tensor(image)
-    t_values, t_geometry, _ = _aligned_forward(teacher, t_spec, names, tensor, box_tensor)
-    s_values, s_geometry, _ = _aligned_forward(student, s_spec, names, tensor, box_tensor)
+    box_tensor, _, (t_values, t_geometry), (s_values, s_geometry) = pair
     out = {}
     for name in names:
         t_regions = _regions(t_values[name], t_spec[name].kind, t_spec[name].stride, t_geometry, box_tensor)
         s_regions = _regions(s_values[name], s_spec[name].kind, s_spec[name].stride, s_geometry, box_tensor)
         out[name] = region_similarity(t_regions, s_regions, measure)
     return out
+
+
+def paired_forward(teacher: nn.Module, t_spec: HierarchySpec, student: nn.Module, s_spec: HierarchySpec,
+                   image: np.ndarray, boxes, tapped: Sequence[str], *, who: str):
+    """Both models (each in eval mode, else ValueError naming ``who``) run once on ``image`` with
+    ``tapped`` levels read and ``boxes`` (checked: K × [x1, y1, x2, y2]) in their ROI poolers.
+    Returns ``(boxes tensor, image tensor, (teacher values, geometry), (student values, geometry))``,
+    or None for K = 0 (nothing runs)."""
+    require_eval(teacher, who)
+    require_eval(student, who)
+    box_tensor = _check_boxes(boxes)
+    if len(box_tensor) == 0:
+        return None
+    tensor = image_tensor(image)
+    t_values, t_geometry, _ = _aligned_forward(teacher, t_spec, list(tapped), tensor, box_tensor)
+    s_values, s_geometry, _ = _aligned_forward(student, s_spec, list(tapped), tensor, box_tensor)
+    return box_tensor, tensor, (t_values, t_geometry), (s_values, s_geometry)
 
 
 def _regions(value: Tensor, kind: str, stride: int | None, geometry: Geometry, boxes: Tensor) -> Tensor:
