@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny HKD Studio world (checkpoints and sample images) for app and e2e tests."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,21 @@ TEACHER = "hkd_frcnn_lite2.teacher"
 STUDENT = "hkd_frcnn_lite0.student"
 # small input sizes keep random-init models fast on a 2-core CPU
 TINY = dict(min_size=96, max_size=128)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One intra-op torch thread inside the block, the previous count after it: on a shared 2-core
+    machine, OpenMP workers of several processes oversubscribe the cores and make small forwards
+    many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, list[list[float]]]:

@@ -14,6 +14,7 @@ from hkd.analysis import divergence as dv
 from hkd.models.presets import DEFAULT_STUDENT, DEFAULT_TEACHER, get_preset
 from hkd.models.taps import resolve_module
 from hkd.viz.divergence import Case
+from tests.conftest import one_torch_thread
 
 H, W = 128, 160
 SUCCESS_IMAGES = (1, 2, 3, 4)  # 8 boxes each: 32 successes
@@ -44,10 +45,8 @@ def scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

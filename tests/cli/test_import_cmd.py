@@ -13,6 +13,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from hkd.cli import main
 from hkd.models.checkpoint import CheckpointError, import_checkpoint, load_checkpoint, read_meta
 from hkd.models.presets import build_detector
+from tests.conftest import one_torch_thread
 
 TEACHER = "hkd_frcnn_r50.teacher"
 STUDENT = "hkd_frcnn_r18.student"
@@ -20,10 +21,8 @@ STUDENT = "hkd_frcnn_r18.student"
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

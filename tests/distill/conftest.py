@@ -4,6 +4,7 @@ import torch
 
 from hkd.distill.losses import level_role, losses_for
 from hkd.models.hierarchy import HierarchySpec
+from tests.conftest import one_torch_thread
 
 TEACHER = "hkd_frcnn_lite2.teacher"
 STUDENT = "hkd_frcnn_lite0.student"
@@ -54,7 +55,5 @@ def batch():
 def one_intra_op_thread():
     """One torch thread: on a shared 2-core machine, OpenMP threads waiting for a busy
     core make these small forwards ~10× slower than running them on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield

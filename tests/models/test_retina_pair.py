@@ -13,6 +13,7 @@ from hkd.models.optimize import count_fusable
 from hkd.models.presets import ANCHOR_RATIOS, ANCHOR_SIZES, build_detector, get_preset
 from hkd.models.profile import params_by_hierarchy
 from hkd.models.taps import Tap, count_hooks
+from tests.conftest import one_torch_thread
 
 TEACHER = "hkd_retina_lite2.teacher"
 STUDENT = "hkd_retina_lite0.student"
@@ -30,10 +31,8 @@ def lively(model: RetinaNet, seed: int = 0) -> RetinaNet:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,15 @@ from hkd.models.backbones import torch_hub_file
 from hkd.models.presets import RESNET_WEIGHT_FILES, build_detector, get_preset, seed_pair
 from hkd.models.profile import params_by_hierarchy
 from hkd.models.taps import Tap
+from tests.conftest import one_torch_thread
 
 TEACHER, STUDENT = seed_pair()
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

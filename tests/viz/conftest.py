@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hkd.models.presets import DEFAULT_STUDENT, DEFAULT_TEACHER, get_preset
+from tests.conftest import one_torch_thread
 
 H, W = 128, 160
 
@@ -104,7 +105,5 @@ def one_intra_op_thread():
     """One intra-op thread: on a shared 2-core machine, OpenMP workers of several
     processes oversubscribe the cores and make every forward many times slower.
     (The threading tests still run two Python threads on one model.)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
