@@ -12,7 +12,7 @@ from hkd.models.meta import CheckpointError
 from hkd.jobs import JobError
 
 from app import widgets
-from app.services import diagnosis, evaluation, models, page_state
+from app.services import diagnosis, eval_divergence, eval_gallery, eval_scores, evaluation, models, page_state
 
 GALLERY_KEYS = ("eval_reference", "eval_compared", "eval_height_bin", "eval_visibility_bin", "eval_view",
                 "eval_target", "eval_page", "eval_stage", "eval_error_type")
@@ -23,7 +23,7 @@ def scores(result, prepared, refs: dict) -> None:
     measured = st.session_state.setdefault("eval_latency", {})
     if st.button("Measure CPU latency", key="eval_measure_latency", help="640×480 input, 2 threads, 1 warm-up, 3 runs"):
         with st.spinner("Loading the models and timing them on the CPU…"):
-            for problem in evaluation.measure_latency({label: refs[label] for label in result.labels}, measured):
+            for problem in eval_scores.measure_latency({label: refs[label] for label in result.labels}, measured):
                 st.error(problem)
     st.dataframe(diagnosis.score_rows(result, refs, measured), hide_index=True, width="stretch", key="eval_table",
                  column_config={"operating score": st.column_config.NumberColumn(format="%.3f"),
@@ -43,27 +43,27 @@ def scores(result, prepared, refs: dict) -> None:
 
 
 def curves(result, refs: dict) -> None:
-    figure = evaluation.curves_figure(result)
+    figure = eval_scores.curves_figure(result)
     st.plotly_chart(figure, width="stretch", key="eval_curves")
     for column, by in zip(st.columns(2), ("height", "visibility")):
-        column.plotly_chart(evaluation.breakdown_figure(result, by), width="stretch", key=f"eval_{by}_bars")
+        column.plotly_chart(eval_scores.breakdown_figure(result, by), width="stretch", key=f"eval_{by}_bars")
     downloads = st.columns(4)
-    downloads[0].download_button("Scores (CSV)", evaluation.to_csv(_plain_rows(result, refs)), "scores.csv",
+    downloads[0].download_button("Scores (CSV)", eval_scores.to_csv(_plain_rows(result, refs)), "eval_scores.csv",
                                  "text/csv", key="eval_csv_table")
-    downloads[1].download_button("Breakdowns (CSV)", evaluation.to_csv(evaluation.breakdown_rows(result)),
+    downloads[1].download_button("Breakdowns (CSV)", eval_scores.to_csv(eval_scores.breakdown_rows(result)),
                                  "breakdowns.csv", "text/csv", key="eval_csv_breakdown")
-    downloads[2].download_button("Curves (HTML)", lambda: evaluation.figure_html(figure), "fppi_curves.html",
+    downloads[2].download_button("Curves (HTML)", lambda: eval_scores.figure_html(figure), "fppi_curves.html",
                                  "text/html", key="eval_html_curves", on_click="ignore")
-    downloads[3].download_button("Curves (PNG)", lambda: evaluation.curves_png(result), "fppi_curves.png",
+    downloads[3].download_button("Curves (PNG)", lambda: eval_scores.curves_png(result), "fppi_curves.png",
                                  "image/png", key="eval_png_curves", on_click="ignore")
 
 
 def _plain_rows(result, refs: dict) -> list[dict]:
-    """The Scores table as numbers (CSV): :func:`evaluation.table_rows`, with each interval's bounds
+    """The Scores table as numbers (CSV): :func:`eval_scores.table_rows`, with each interval's bounds
     in columns of their own beside its value."""
     boot = (result.bootstrap or {}).get("models", {})
     rows = []
-    for row in evaluation.table_rows(result, refs, st.session_state.get("eval_latency", {})):
+    for row in eval_scores.table_rows(result, refs, st.session_state.get("eval_latency", {})):
         intervals = boot.get(row["model"], {})
         out = {}
         for key, value in row.items():
@@ -78,7 +78,7 @@ def _plain_rows(result, refs: dict) -> list[dict]:
 
 def pair_pickers(result, refs: dict) -> tuple[str, str]:
     """The (reference, compared) pair the diagnosis headline and the gallery look at."""
-    pair = evaluation.default_pair(result.labels, refs)
+    pair = eval_gallery.default_pair(result.labels, refs)
     page_state.valid("eval_reference", result.labels, pair[0])
     others = [label for label in result.labels if label != st.session_state["eval_reference"]]
     page_state.valid("eval_compared", others, pair[1] if pair[1] in others else others[0])
@@ -139,11 +139,11 @@ def errors_view(result) -> None:
 def gallery(prepared, result, reference: str, compared: str, merged: dict) -> None:
     st.header("Failure gallery")
     cols = st.columns(4)
-    page_state.valid("eval_height_bin", [None] + evaluation.bin_labels(result, "height"), None)
-    page_state.valid("eval_visibility_bin", [None] + evaluation.bin_labels(result, "visibility"), None)
-    height_bin = cols[0].selectbox("Height (px)", [None] + evaluation.bin_labels(result, "height"), placeholder="any",
+    page_state.valid("eval_height_bin", [None] + eval_gallery.bin_labels(result, "height"), None)
+    page_state.valid("eval_visibility_bin", [None] + eval_gallery.bin_labels(result, "visibility"), None)
+    height_bin = cols[0].selectbox("Height (px)", [None] + eval_gallery.bin_labels(result, "height"), placeholder="any",
                                    key="eval_height_bin", format_func=lambda b: "any" if b is None else b)
-    visibility_bin = cols[1].selectbox("Visibility", [None] + evaluation.bin_labels(result, "visibility"),
+    visibility_bin = cols[1].selectbox("Visibility", [None] + eval_gallery.bin_labels(result, "visibility"),
                                        placeholder="any", key="eval_visibility_bin",
                                        format_func=lambda b: "any" if b is None else b)
     stages = ["any", "rpn", "roi_score", "nms", "localization", "dense_head"]
@@ -152,26 +152,26 @@ def gallery(prepared, result, reference: str, compared: str, merged: dict) -> No
     types = ["any", *diagnosis.error_types(result)]
     page_state.valid("eval_error_type", types, "any")
     error_type = cols[3].selectbox("False alarm type", types, key="eval_error_type")
-    views = evaluation.view_titles(reference, compared)
+    views = eval_gallery.view_titles(reference, compared)
     page_state.valid("eval_view", list(views), "missed")
     view = st.radio("Show", list(views), format_func=views.get, horizontal=True, key="eval_view")
     page_state.valid("eval_target", ["Detections", "Features", "Attention"], "Features")
     target = st.segmented_control("A click opens", ["Detections", "Features", "Attention"], key="eval_target") \
         or "Features"
-    items = evaluation.gallery(result, reference, compared, view, height_bin=height_bin, visibility_bin=visibility_bin)
+    items = eval_gallery.gallery(result, reference, compared, view, height_bin=height_bin, visibility_bin=visibility_bin)
     if stage != "any":
         items = [r for r in items if diagnosis.case_stages(merged, r).get(compared, {}).get("stage") == stage]
     if error_type != "any":
         items = [r for r in items if diagnosis.fp_type(result, r) == error_type]
-    widgets.legend(evaluation.case_legend(reference, compared))
-    pages = max(1, math.ceil(len(items) / evaluation.PAGE_SIZE))
+    widgets.legend(eval_gallery.case_legend(reference, compared))
+    pages = max(1, math.ceil(len(items) / eval_gallery.PAGE_SIZE))
     page_state.valid("eval_page", list(range(1, pages + 1)), 1)
     page = int(st.number_input(f"Page (of {pages}; {len(items)} cases)", 1, pages, key="eval_page")) \
         if pages > 1 else 1
     page_state.keep(GALLERY_KEYS)
-    first = (page - 1) * evaluation.PAGE_SIZE
+    first = (page - 1) * eval_gallery.PAGE_SIZE
     grid = st.columns(4)
-    for i, record in enumerate(items[first:first + evaluation.PAGE_SIZE]):
+    for i, record in enumerate(items[first:first + eval_gallery.PAGE_SIZE]):
         with grid[i % 4]:
             _card(prepared, result, record, reference, compared, merged, target, f"{first + i}")
     if not items:
@@ -180,8 +180,8 @@ def gallery(prepared, result, reference: str, compared: str, merged: dict) -> No
 
 def _card(prepared, result, record, reference, compared, merged, target: str, key: str) -> None:
     try:
-        st.image(evaluation.case_crop(prepared, result, record, reference, compared), width="stretch",
-                 caption=evaluation.case_caption(record, result))
+        st.image(eval_gallery.case_crop(prepared, result, record, reference, compared), width="stretch",
+                 caption=eval_gallery.case_caption(record, result))
     except (ImageError, OSError, ValueError) as exc:  # ValueError: a file name that leaves the images folder
         st.warning(f"Cannot show this case: {exc}")
         return
@@ -191,11 +191,11 @@ def _card(prepared, result, record, reference, compared, merged, target: str, ke
     if what:
         st.markdown(f"<small>{what}</small>", unsafe_allow_html=True)
     if st.button(f"Open in {target}", key=f"eval_open_{key}"):
-        focus = evaluation.open_case(prepared, record)
-        focus["what"] = f"{evaluation.view_titles(reference, compared)[st.session_state.get('eval_view', 'missed')]}" \
+        focus = eval_gallery.open_case(prepared, record)
+        focus["what"] = f"{eval_gallery.view_titles(reference, compared)[st.session_state.get('eval_view', 'missed')]}" \
                         + (f" — {what}" if what else "")
         st.session_state.update(focus=focus, image_key=focus["image_key"])
-        st.switch_page(f"app_pages/{target.lower()}.py", query_params={"case": evaluation.case_param(prepared, record)})
+        st.switch_page(f"app_pages/{target.lower()}.py", query_params={"case": eval_gallery.case_param(prepared, record)})
 
 
 def divergence(prepared, result, refs, reference: str, compared: str) -> None:
@@ -207,14 +207,14 @@ def divergence(prepared, result, refs, reference: str, compared: str) -> None:
                "the Features page.")
     cols = st.columns([3, 1], vertical_alignment="bottom")
     per_group = cols[0].slider("Cases per group", 4, 64, 16, 4, key="eval_div_cases")
-    path = evaluation.divergence_path(prepared, result, refs, reference, compared, per_group=per_group)
-    result_ = evaluation.read_divergence(path)
+    path = eval_divergence.divergence_path(prepared, result, refs, reference, compared, per_group=per_group)
+    result_ = eval_divergence.read_divergence(path)
     if result_ is None and cols[1].button("Measure divergence", key="eval_divergence"):
         bar = st.progress(0.0, text="Loading both models…")
         try:
-            cases = evaluation.divergence_cases(prepared, result, reference, compared, per_group)
+            cases = eval_divergence.divergence_cases(prepared, result, reference, compared, per_group)
             pair_models = [models.load(refs[label]) for label in (reference, compared)]
-            result_ = evaluation.compute_divergence(path, *pair_models, cases, progress=lambda d, n:
+            result_ = eval_divergence.compute_divergence(path, *pair_models, cases, progress=lambda d, n:
                                                     bar.progress(d / n, text=f"{d} of {n} images (both models)"))
         except (CheckpointError, ImageError, OSError, ValueError) as exc:
             st.error(f"Divergence not measured: {exc}")

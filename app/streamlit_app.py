@@ -50,7 +50,7 @@ with st.sidebar:
     st.caption("Hierarchical knowledge distillation of pedestrian detectors")
     pair_slot = st.container()  # filled after the page: it names the pair the page has just chosen
 if st.session_state.get("focus") is None and "case" in st.query_params:  # a case's link, opened afresh
-    from app.services.evaluation import focus_from_param
+    from app.services.eval_gallery import focus_from_param
 
     focus = focus_from_param(st.query_params["case"])
     if focus is not None:

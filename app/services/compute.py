@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 import torch
-from torch import nn
 
 from hkd.models.inference import Detections, detect
 from hkd.models.profile import cpu_latency, flops_by_hierarchy, params_by_hierarchy
@@ -69,8 +68,11 @@ def onnx_cache() -> Path:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _onnx_detector(model_key: str, _path: str):
     from hkd.deploy import OnnxDetector, cached_export
+    from hkd.results import ResultStore
 
-    return OnnxDetector(cached_export(_path, onnx_cache()), threads=2)
+    from app.services import settings
+
+    return OnnxDetector(cached_export(_path, store=ResultStore(settings.cache_dir())), threads=2)
 
 
 def onnx_detector(m: LoadedModel):
@@ -150,9 +152,10 @@ def latency_note(measured: dict) -> str | None:
 def feature_levels(teacher: LoadedModel, student: LoadedModel) -> list[str]:
     """Levels both models have that the Features page can draw, in computation order:
     backbone and FPN maps, RPN objectness, ROI features of one detection."""
-    shown = [lv.name for lv in teacher.spec if lv.name in student.spec and (
-        (lv.kind == "map" and lv.hierarchy in ("backbone", "neck")) or lv.name in ("rpn.objectness", "roi.features"))]
-    return shown
+    spec = teacher.spec
+    return [name for name in spec.shared_with(student.spec)
+            if (spec[name].kind == "map" and spec[name].hierarchy in ("backbone", "neck"))
+            or name in ("rpn.objectness", "roi.features")]
 
 
 def _view_group(teacher: LoadedModel, level: str) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from hkd.analysis.diagnose import FOUND, describe, extra_misses, stages_of
 from hkd.models.meta import CheckpointError
 from hkd.results import STARTABLE
 
-from app.services import evaluation, models, settings
+from app.services import eval_scores, evaluation, models, settings
 from app.services.jobs import queue
 
 STAGE_COLORS = {"rpn": "#d62728", "roi_score": "#ff7f0e", "nms": "#9467bd", "localization": "#1f77b4",
@@ -49,7 +49,7 @@ def _cell(interval: dict | None, digits: int = 2, *, difference: bool = False) -
 def score_rows(result: evaluation.Evaluation, refs: dict, measured: dict) -> list[dict]:
     """The Scores table with a 95 % interval beside each MR⁻² and AP50, e.g. ``12.79 (11.10–14.61)``;
     latency "—" until measured or recorded."""
-    rows = evaluation.table_rows(result, refs, measured)
+    rows = eval_scores.table_rows(result, refs, measured)
     boot = result.bootstrap or {}
     for row in rows:
         intervals = boot.get("models", {}).get(row["model"], {})

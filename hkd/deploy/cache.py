@@ -1,4 +1,4 @@
-"""For the app: one checked ONNX export per checkpoint, kept in a folder, and both backends timed the same way."""
+"""For the app: one checked ONNX export per checkpoint, kept in the result store, and both backends timed the same way."""
 from __future__ import annotations
 
 import os
@@ -7,33 +7,50 @@ from pathlib import Path
 from hkd.deploy.export import export_onnx
 from hkd.deploy.runtime import OnnxDetector, OnnxModelError, onnx_latency, read_onnx_meta
 from hkd.models.meta import file_sha256
+from hkd.results import ResultStore
 
 __all__ = ["cached_export", "backend_latency"]
 
 
-def cached_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike, *,
-                  size: tuple[int, int] | None = None) -> Path:
-    """The ONNX export of ``checkpoint`` in ``cache_dir``, exported (and checked) the first time only.
+def cached_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                  store: ResultStore | None = None, size: tuple[int, int] | None = None) -> Path:
+    """The ONNX export of ``checkpoint``, exported (and checked) the first time only.
 
-    The file is named by the checkpoint's SHA-256, so a retrained checkpoint
-    under the same name gets a new export; an export whose recorded source does
-    not match is redone. Safe to call from several sessions at once (the write
-    is atomic; at worst two export the same file).
+    It is the result store's ``onnx`` entry of (checkpoint stem, SHA-256, size) —
+    ``<store root>/onnx/<stem>.<sha256[:16]>.<WxH|any>.onnx`` — or, given ``cache_dir``
+    instead of ``store``, the file of that name in ``cache_dir``. Named by the checkpoint's
+    SHA-256, a retrained checkpoint under the same name gets a new export; an export whose
+    recorded source does not match is redone. The export runs under the entry's lock, so
+    two sessions asking at once export once.
     """
     from hkd.models.meta import existing
 
     path = existing(checkpoint)
     digest = file_sha256(path)
-    shape = "any" if size is None else f"{size[0]}x{size[1]}"
-    target = Path(cache_dir) / f"{path.stem}.{digest[:16]}.{shape}.onnx"
-    if target.is_file():
+    key = {"stem": path.stem, "sha256": digest, "size": None if size is None else list(size)}
+    if store is None:
+        if cache_dir is None:
+            raise ValueError("cached_export needs a result store or a cache folder")
+        folder = Path(cache_dir)
+        entry = ResultStore(folder).at("onnx", folder / ResultStore(folder).entry("onnx", key).path.name)
+    else:
+        entry = store.entry("onnx", key)
+
+    def current() -> bool:
+        if not entry.path.is_file():
+            return False
         try:
-            _, export_info = read_onnx_meta(target)
-            if export_info["source"]["sha256"] == digest:
-                return target
+            _, export_info = read_onnx_meta(entry.path)
+            return export_info["source"]["sha256"] == digest
         except (OnnxModelError, KeyError, TypeError):
-            pass  # a damaged or foreign file under our name: export again
-    return export_onnx(path, target, size=size).path
+            return False  # a damaged or foreign file under our name: export again
+
+    if current():
+        return entry.path
+    with entry.locked():
+        if current():
+            return entry.path
+        return export_onnx(path, entry.path, size=size).path
 
 
 def backend_latency(checkpoint: str | os.PathLike, *, cache_dir: str | os.PathLike, model=None,

@@ -22,10 +22,13 @@ The on-disk layout of each kind (relative to the store's root, by default ``HKD_
     diagnosis/<checkpoint sha256>/<dataset slug>-<N|all>-<images digest>-fppi<F>/diagnosis.json
         marker and lock: the folder's name with its last suffix replaced by .job / .lock
         (as written since the Evaluate page's diagnoses began: ``-fppi0.1`` → ``-fppi0.job``)
+    compare/<sha256 of the key as JSON, 24 hex>.json       the Evaluate page's comparisons (+ .lock)
+    onnx/<checkpoint stem>.<sha256, 16 hex>.<WxH|any>.onnx  checked ONNX exports (+ .lock)
     <any other kind>/<digest of the key>.json                                     (+ .job, .lock)
 
-The first two are the layouts the Evaluate page wrote before this store existed; files written
-then are read as they are.
+These are the layouts the app wrote before this store existed; files written then are read as they
+are. Results a process computes for itself (a comparison, an export) have no job:
+:meth:`Entry.computed` reads them, or computes and writes them once under the entry's lock.
 
 The store stands on :mod:`hkd.jobs` and files only: no model, no dataset reader.
 """
@@ -135,7 +138,8 @@ class ResultStore:
 
         ``predictions``: ``sha256``, ``dataset`` (its key, e.g. ``path:/abs/folder``), ``n`` (None:
         every image), ``images`` (:func:`hkd.evaluation.workflow.images_digest` of the GT);
-        ``diagnosis``: the same and ``fppi``. Any other kind: any JSON-able parts.
+        ``diagnosis``: the same and ``fppi``; ``compare``: any JSON value; ``onnx``: ``stem``, ``sha256``
+        and ``size`` ((W, H) or None). Any other kind: any JSON-able parts.
         """
         if not re.fullmatch(r"[a-z][a-z0-9_-]*", kind):
             raise ValueError(f"result kind {kind!r}: expected a lower-case name such as 'predictions'")
@@ -147,6 +151,13 @@ class ResultStore:
             p = key_parts
             path = self.root / diagnosis_relpath(p["sha256"], p["dataset"], p.get("n"), p["images"], p["fppi"])
             return Entry(self, kind, path, path.parent.with_suffix(".job"))
+        if kind == "compare":  # key_parts: any JSON value, named as the Evaluate page named its comparisons
+            name = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:24]
+            return Entry(self, kind, self.root / "compare" / f"{name}.json")
+        if kind == "onnx":
+            p = key_parts
+            shape = "any" if p.get("size") is None else f"{p['size'][0]}x{p['size'][1]}"
+            return Entry(self, kind, self.root / "onnx" / f"{p['stem']}.{p['sha256'][:16]}.{shape}.onnx")
         return Entry(self, kind, self.root / kind / f"{digest(key_parts, length=24)}.json")
 
     def at(self, kind: str, path: str | os.PathLike, marker: str | os.PathLike | None = None) -> "Entry":
@@ -287,3 +298,40 @@ class Entry:
             if current.state in STARTABLE:
                 self.record(start())
         return self.state()
+
+    # -- results a process computes for itself ---------------------------------------------
+    def read_json(self, valid: Callable[[Any], bool] | None = None) -> Any | None:
+        """The JSON in :attr:`path`, or None when it is missing, unreadable, or not ``valid``."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return data if valid is None or valid(data) else None
+
+    def computed(self, compute: Callable[[], Any], *,
+                 valid: Callable[[Any], bool] | None = None) -> tuple[Any, str | None]:
+        """``(data, problem)``: the entry's JSON when it is there (and ``valid``), else ``compute()``
+        written to :attr:`path` atomically — under the entry's lock, so two processes asking at once
+        compute it once. The file only spares later work: when it cannot be written (a full disk, a
+        read-only cache) the data still comes back, with ``problem`` saying why it was not kept."""
+        data = self.read_json(valid)
+        if data is not None:
+            return data, None
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.lock_path))
+            lock.acquire()
+        except OSError as exc:
+            return compute(), f"{self.path} was not kept ({self.lock_path.parent}: {exc.strerror or exc})"
+        try:
+            data = self.read_json(valid)
+            if data is not None:
+                return data, None
+            data = compute()
+            try:
+                write_atomic(self.path, json.dumps(data))
+            except OSError as exc:
+                return data, f"{self.path} was not kept ({self.path.parent}: {exc.strerror or exc})"
+            return data, None
+        finally:
+            lock.release()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.services import evaluation
+from app.services import eval_gallery, evaluation
 from hkd.models.meta import file_sha256
 from tests.app.studio import APP, TIMEOUT, captions, images, no_exceptions
 from tests.app.test_evaluation_service import counted, hkd_eval, make_dataset, wait_for_jobs
@@ -132,7 +132,7 @@ def test_a_gallery_click_opens_features_on_that_image_with_the_box(world):
     at.radio(key="eval_view").set_value("missed").run()
     shown = [c for c in captions(at).splitlines() if "teacher: 0.90" in c]
     assert shown, captions(at)
-    assert len(images(at)) == min(evaluation.PAGE_SIZE, len(shown))
+    assert len(images(at)) == min(eval_gallery.PAGE_SIZE, len(shown))
 
     at.button(key="eval_open_0").click().run()
     no_exceptions(at)
@@ -153,9 +153,9 @@ def test_bins_filter_the_gallery_and_divergence_is_cached(world):
     at.radio(key="eval_view").set_value("missed").run()
     pages, cases = map(int, re.fullmatch(r"Page \(of (\d+); (\d+) cases\)", at.number_input(key="eval_page").label)
                        .groups())
-    assert pages == 2 and evaluation.PAGE_SIZE < cases <= 2 * evaluation.PAGE_SIZE
+    assert pages == 2 and eval_gallery.PAGE_SIZE < cases <= 2 * eval_gallery.PAGE_SIZE
     at.number_input(key="eval_page").set_value(2).run()
-    assert len(images(at)) == cases - evaluation.PAGE_SIZE and at.button(key=f"eval_open_{evaluation.PAGE_SIZE}")
+    assert len(images(at)) == cases - eval_gallery.PAGE_SIZE and at.button(key=f"eval_open_{eval_gallery.PAGE_SIZE}")
 
     def heights() -> list[float]:
         return [float(h) for h in re.findall(r"· h (\d+) px", captions(at))]

@@ -110,7 +110,7 @@ def test_a_case_opened_in_detections_is_drawn_named_and_has_a_way_back(world):  
 
 
 def test_an_image_name_that_leaves_the_dataset_is_refused_on_the_page(world, tmp_path):  # noqa: F811
-    from app.services import evaluation
+    from app.services import eval_gallery, evaluation
     from hkd.data.datasets import DatasetError
     from tests.app.test_evaluate_page import dataset_choice
 
@@ -119,7 +119,7 @@ def test_an_image_name_that_leaves_the_dataset_is_refused_on_the_page(world, tmp
     prepared = evaluation.prepare(dataset_choice(world["dataset"]), LIMIT)
     for name in ("../../outside.png", str(outside)):
         try:
-            evaluation.image_path(prepared, name)
+            eval_gallery.image_path(prepared, name)
         except DatasetError as exc:
             assert "leaves the images folder" in str(exc)
         else:
@@ -127,7 +127,7 @@ def test_an_image_name_that_leaves_the_dataset_is_refused_on_the_page(world, tmp
     link = world["dataset"] / "images" / "link.png"
     link.symlink_to(outside)
     try:
-        evaluation.image_path(prepared, "link.png")
+        eval_gallery.image_path(prepared, "link.png")
     except DatasetError as exc:
         assert "outside the images folder" in str(exc)
     else:
@@ -139,7 +139,7 @@ def test_a_full_disk_does_not_cost_the_comparison(world, monkeypatch):  # noqa: 
     import errno
 
     from app.services import evaluation
-    from hkd.models import meta
+    from hkd.results import store as result_store
 
     seed_teacher(world)
     at = run_predictions(open_evaluate(world), world)
@@ -148,7 +148,7 @@ def test_a_full_disk_does_not_cost_the_comparison(world, monkeypatch):  # noqa: 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(meta, "atomic_write", full)
+    monkeypatch.setattr(result_store, "write_atomic", full)
     at.select_slider(key="eval_fppi").set_value(0.3).run()  # a comparison not cached yet
     no_exceptions(at)
     assert any("MR⁻² Reasonable" in df.value.columns for df in at.dataframe)
@@ -164,7 +164,7 @@ def test_a_negative_difference_is_shown_with_its_interval():
 
 def test_the_scores_csv_keeps_every_column_and_adds_the_interval_bounds(world):  # noqa: F811
     from app import evaluate_sections
-    from app.services import evaluation
+    from app.services import eval_scores, evaluation
     from tests.app.test_evaluate_page import dataset_choice
 
     seed_teacher(world)
@@ -174,7 +174,7 @@ def test_the_scores_csv_keeps_every_column_and_adds_the_interval_bounds(world): 
                          if c.label in ("teacher", "student_hkd")) if s.state == "ready"]
     result = evaluation.compare(prepared, ready)
     refs = {s.label: s.candidate.ref for s in ready}
-    plain = evaluation.table_rows(result, refs, {})
+    plain = eval_scores.table_rows(result, refs, {})
     rows = evaluate_sections._plain_rows(result, refs)
     assert [{k: v for k, v in r.items() if not k.endswith((" low", " high"))} for r in rows] == plain
     row = rows[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.services import evaluation, settings
+from app.services import eval_divergence, eval_gallery, eval_scores, evaluation, settings
 from hkd.cli import main as hkd_main
 
 JOB_TIMEOUT = 240  # a tiny model's `hkd predict` subprocess on a busy 2-core CPU (torch import included)
@@ -112,24 +112,24 @@ def test_the_comparison_equals_hkd_eval_and_the_gallery_lists_each_disagreement(
     assert result.report["models"]["student"]["mr"]["All"] > 0.0
 
     people = counted(prepared.gt)
-    missed = evaluation.gallery(result, "teacher", "student", "missed")
+    missed = eval_gallery.gallery(result, "teacher", "student", "missed")
     assert len(missed) == len(people[1::2])  # exactly the GTs left out of the student's file
     assert {tuple(r["box"]) for r in missed} == {(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                                    a["bbox"][1] + a["bbox"][3]) for a in people[1::2]}
-    assert evaluation.gallery(result, "teacher", "student", "found") == []
-    (fp,) = evaluation.gallery(result, "teacher", "student", "false_positive")
+    assert eval_gallery.gallery(result, "teacher", "student", "found") == []
+    (fp,) = eval_gallery.gallery(result, "teacher", "student", "false_positive")
     assert fp["score_a"] == pytest.approx(0.95) and fp["image_id"] == prepared.gt["images"][0]["id"]
 
-    tall = evaluation.gallery(result, "teacher", "student", "missed", height_bin="50-80")
+    tall = eval_gallery.gallery(result, "teacher", "student", "missed", height_bin="50-80")
     assert tall and all(50 <= r["height"] < 80 for r in tall) and len(tall) < len(missed)
-    assert evaluation.gallery(result, "teacher", "student", "false_positive", visibility_bin="0.9+") == []
+    assert eval_gallery.gallery(result, "teacher", "student", "false_positive", visibility_bin="0.9+") == []
 
-    crop = evaluation.case_crop(prepared, result, missed[0], "teacher", "student")
+    crop = eval_gallery.case_crop(prepared, result, missed[0], "teacher", "student")
     assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[0] >= 200
-    assert "teacher: 0.90" in evaluation.case_caption(missed[0], result)
-    assert "student: 0.95" in evaluation.case_caption(fp, result) and "IoU with a GT 0.00" in evaluation.case_caption(
+    assert "teacher: 0.90" in eval_gallery.case_caption(missed[0], result)
+    assert "student: 0.95" in eval_gallery.case_caption(fp, result) and "IoU with a GT 0.00" in eval_gallery.case_caption(
         fp, result)
-    focus = evaluation.open_case(prepared, missed[0])
+    focus = eval_gallery.open_case(prepared, missed[0])
     assert focus["image_key"] == "file:" + (prepared.images_dir / missed[0]["file_name"]).resolve().as_posix()
     assert focus["box"] == missed[0]["box"] and focus["source"] == "evaluate"
 
@@ -148,26 +148,26 @@ def test_table_breakdowns_and_exports(eval_env, prepared):
     refs = {s.label: s.candidate.ref for s in states}
     from app.services import models
 
-    rows = evaluation.table_rows(result, refs, {models.info(refs["student"]).key: 0.0123})
+    rows = eval_scores.table_rows(result, refs, {models.info(refs["student"]).key: 0.0123})
     assert [r["model"] for r in rows] == ["teacher", "student"]
     assert rows[0]["MR⁻² All"] == result.report["models"]["teacher"]["mr"]["All"]
     assert rows[0]["params (M)"] == pytest.approx(2.5) and rows[1]["params (M)"] is None
     assert rows[0]["CPU latency (ms)"] == pytest.approx(250.0)  # recorded
     assert rows[1]["CPU latency (ms)"] == pytest.approx(12.3)  # measured in the session
-    text = evaluation.to_csv(rows)
+    text = eval_scores.to_csv(rows)
     assert text.splitlines()[0].startswith("model,MR⁻² Reasonable,MR⁻² Small,MR⁻² Heavy,MR⁻² All,AP50,params (M)")
     assert len(text.splitlines()) == 3 and text.splitlines()[1].startswith("teacher,")
-    breakdown = evaluation.breakdown_rows(result)
+    breakdown = eval_scores.breakdown_rows(result)
     assert {r["by"] for r in breakdown} == {"height", "visibility"}
     student_height = [r for r in breakdown if r["model"] == "student" and r["by"] == "height"]
     assert sum(r["missed"] for r in student_height) == len(counted(prepared.gt)[1::2])
-    bars = evaluation.breakdown_figure(result, "height")
+    bars = eval_scores.breakdown_figure(result, "height")
     assert [t.name for t in bars.data] == ["teacher", "student"]
     assert list(bars.data[1].y) == [r["miss_rate"] for r in student_height]
-    curves = evaluation.curves_figure(result)
+    curves = eval_scores.curves_figure(result)
     assert curves.layout.xaxis.type == "log" and curves.layout.yaxis.type == "log"
-    assert "<html>" in evaluation.figure_html(curves)
-    assert evaluation.curves_png(result)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<html>" in eval_scores.figure_html(curves)
+    assert eval_scores.curves_png(result)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_dis
 
     states, _ = ready_states(eval_env["root"], prepared.gt)
     result = evaluation.compare(prepared, states, fppi=0.3)
-    cases = evaluation.divergence_cases(prepared, result, "teacher", "student", per_group=3)
+    cases = eval_divergence.divergence_cases(prepared, result, "teacher", "student", per_group=3)
     people = counted(prepared.gt)
     groups = [c.group for c in cases]
     assert groups == ["failure"] * 3 + ["success"] * 3
@@ -323,11 +323,11 @@ def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_dis
 
     refs = {"teacher": {"path": str(eval_env["models"] / "teacher.safetensors"), "preset": None},
             "student": {"path": str(eval_env["models"] / "student_hkd.safetensors"), "preset": None}}
-    path = evaluation.divergence_path(prepared, result, refs, "teacher", "student", per_group=3)
-    assert path.is_relative_to(settings.cache_dir() / "divergence") and evaluation.read_divergence(path) is None
-    assert path != evaluation.divergence_path(prepared, result, refs, "teacher", "student", per_group=4)
+    path = eval_divergence.divergence_path(prepared, result, refs, "teacher", "student", per_group=3)
+    assert path.is_relative_to(settings.cache_dir() / "divergence") and eval_divergence.read_divergence(path) is None
+    assert path != eval_divergence.divergence_path(prepared, result, refs, "teacher", "student", per_group=4)
     calls = []
-    data = evaluation.compute_divergence(path, models.load(refs["teacher"]), models.load(refs["student"]), cases,
+    data = eval_divergence.compute_divergence(path, models.load(refs["teacher"]), models.load(refs["student"]), cases,
                                          progress=lambda done, total: calls.append((done, total)))
     images = len({c.image_path for c in cases})
     assert calls[-1] == (images, images) and len(calls) == images  # one batch (both models' forwards) per image
@@ -341,7 +341,7 @@ def test_divergence_of_failures_and_successes_is_measured_once_and_cached_on_dis
     assert set(data["successes"]) == levels and all(len(v) <= 3 for v in data["successes"].values())
 
     monkeypatch.setattr(divergence, "distances_over_cases", lambda *a, **k: pytest.fail("measured twice"))
-    again = evaluation.read_divergence(path)  # another session, a later visit: from the disk
+    again = eval_divergence.read_divergence(path)  # another session, a later visit: from the disk
     np.testing.assert_equal(again["rows"], data["rows"])  # NaN (a region without variance) equals NaN here
     chart = divergence.distance_chart(again["rows"])
     assert {t.name for t in chart.data} == {"failure", "success"}

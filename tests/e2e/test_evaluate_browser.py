@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from app.services.evaluation import PAGE_SIZE
+from app.services.eval_gallery import PAGE_SIZE
 from tests.app.test_evaluation_service import counted, make_dataset
 from tests.e2e.server import start_server, stop_server, wait_healthy
 from tests.e2e.test_browser import WAIT_MS, go_to, wait_idle
@@ -57,23 +57,29 @@ def evaluate_server(evaluate_world, artifacts):
         stop_server(proc)
 
 
-def test_evaluate_then_open_a_failure_in_features(evaluate_server, evaluate_world, browser, artifacts):
+def evaluate_page(browser, server: str, dataset_label: str, limit: int):
+    """A fresh page on Evaluate with ``dataset_label`` picked, its first ``limit`` images, and the
+    one missing checkpoint's predictions started (the others are cached by the world)."""
     page = browser.new_page(viewport={"width": 1440, "height": 3400})
     page.set_default_timeout(WAIT_MS)
-    page.goto(evaluate_server)
+    page.goto(server)
     page.get_by_role("heading", name="Models", level=1).wait_for()
     go_to(page, "Evaluate")
     wait_idle(page)
-
     page.locator('[data-testid="stSelectbox"]', has_text="Dataset").first.click()
-    page.get_by_role("option", name=evaluate_world["label"]).click()
+    page.get_by_role("option", name=dataset_label).click()
     wait_idle(page)
-    limit = page.get_by_label("First N images (0 = all)")
-    limit.fill(str(LIMIT))
-    limit.press("Enter")
+    field = page.get_by_label("First N images (0 = all)")
+    field.fill(str(limit))
+    field.press("Enter")
     run = page.get_by_role("button", name="Run predictions for 1 checkpoint(s)")
     run.wait_for()
     run.click()
+    return page
+
+
+def test_evaluate_then_open_a_failure_in_features(evaluate_server, evaluate_world, browser, artifacts):
+    page = evaluate_page(browser, evaluate_server, evaluate_world["label"], LIMIT)
     # the job runs in the background; the page polls it and shows the results when it ends
     page.locator('[data-testid="stDataFrame"]').first.wait_for()
     page.locator(".js-plotly-plot").first.wait_for()
@@ -187,19 +193,7 @@ def has_case_profile() -> bool:
 
 
 def test_a_case_stages_features_and_back_to_the_same_gallery_page(why_server, why_world, browser, artifacts):
-    page = browser.new_page(viewport={"width": 1440, "height": 3400})
-    page.set_default_timeout(WAIT_MS)
-    page.goto(why_server)
-    page.get_by_role("heading", name="Models", level=1).wait_for()
-    go_to(page, "Evaluate")
-    wait_idle(page)
-    page.locator('[data-testid="stSelectbox"]', has_text="Dataset").first.click()
-    page.get_by_role("option", name=why_world["label"]).click()
-    wait_idle(page)
-    limit = page.get_by_label("First N images (0 = all)")
-    limit.fill(str(WHY_LIMIT))
-    limit.press("Enter")
-    page.get_by_role("button", name="Run predictions for 1 checkpoint(s)").click()  # student_baseline's
+    page = evaluate_page(browser, why_server, why_world["label"], WHY_LIMIT)  # runs student_baseline's
     page.get_by_role("heading", name="Failure gallery").wait_for()
     wait_idle(page)
     # the Scores table's values come with their 95 % interval, and the page says on how many images
