@@ -22,7 +22,7 @@ The on-disk layout of each kind (relative to the store's root, by default ``HKD_
     diagnosis/<checkpoint sha256>/<dataset slug>-<N|all>-<images digest>-fppi<F>/diagnosis.json
         marker and lock: the folder's name with its last suffix replaced by .job / .lock
         (as written since the Evaluate page's diagnoses began: ``-fppi0.1`` → ``-fppi0.job``)
-    compare/<sha256 of the key as JSON, 24 hex>.json       the Evaluate page's comparisons (+ .lock)
+    compare/<sha256 of the key as JSON (sorted keys), 24 hex>.json   the Evaluate page's comparisons (+ .lock)
     onnx/<checkpoint stem>.<sha256, 16 hex>.<WxH|any>.onnx  checked ONNX exports (+ .lock)
     <any other kind>/<digest of the key>.json                                     (+ .job, .lock)
 
@@ -152,7 +152,7 @@ class ResultStore:
             path = self.root / diagnosis_relpath(p["sha256"], p["dataset"], p.get("n"), p["images"], p["fppi"])
             return Entry(self, kind, path, path.parent.with_suffix(".job"))
         if kind == "compare":  # key_parts: any JSON value, named as the Evaluate page named its comparisons
-            name = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:24]
+            name = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
             return Entry(self, kind, self.root / "compare" / f"{name}.json")
         if kind == "onnx":
             p = key_parts

@@ -179,3 +179,43 @@ def test_the_store_imports_no_model_dataset_or_streamlit():
             "'hkd.distill', 'hkd.viz', 'hkd.data', 'hkd.models', 'hkd.eval', 'streamlit', 'torch'))}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_computed_result_is_computed_once_then_read(tmp_path):
+    store = ResultStore(tmp_path)
+    entry = store.entry("compare", ["gt", [["teacher", "/p.json", 1]], 0.1, "Reasonable"])
+    calls = []
+    data, problem = entry.computed(lambda: calls.append(1) or {"report": 1})
+    assert data == {"report": 1} and problem is None and calls == [1]
+    assert entry.computed(lambda: pytest.fail("computed twice")) == ({"report": 1}, None)
+    # a file that is not what the caller expects is computed again and replaced
+    entry.path.write_text('{"half": ')
+    assert entry.computed(lambda: {"report": 2}, valid=lambda d: "report" in d) == ({"report": 2}, None)
+    assert json.loads(entry.path.read_text()) == {"report": 2}
+
+
+def test_a_result_that_cannot_be_kept_still_comes_back_with_the_reason(tmp_path, monkeypatch):
+    import errno
+
+    from hkd.results import store as result_store
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(result_store, "write_atomic", full)
+    entry = ResultStore(tmp_path).entry("compare", ["x"])
+    data, problem = entry.computed(lambda: {"report": 3})
+    assert data == {"report": 3} and "No space left on device" in problem and str(entry.path) in problem
+    assert not entry.path.exists()
+
+
+def test_comparisons_and_exports_keep_the_names_the_app_gave_them(tmp_path):
+    store = ResultStore(tmp_path)
+    key = ["gt-hash", [["a", "/a.json", 5]], 0.1, "Reasonable", ["a"], {"resamples": 1000, "seed": 0}]
+    legacy = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    assert store.entry("compare", key).path == tmp_path / "compare" / f"{legacy}.json"
+    onnx = store.entry("onnx", {"stem": "student_hkd", "sha256": "ab" * 32, "size": None})
+    assert onnx.path == tmp_path / "onnx" / f"student_hkd.{'ab' * 8}.any.onnx"
+    assert store.entry("onnx", {"stem": "t", "sha256": "cd" * 32, "size": [640, 480]}).path.name == \
+        f"t.{'cd' * 8}.640x480.onnx"
+    assert onnx.lock_path == tmp_path / "onnx" / f"student_hkd.{'ab' * 8}.any.lock"
