@@ -23,8 +23,9 @@ _HELP = "MR-2 (CityPersons protocol) and COCO AP of detections against ground tr
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=_HELP, description=_HELP)
-    parser.add_argument("--gt", required=True, type=Path, metavar="GT.json",
-                        help="ground truth, CityPersons-style COCO JSON")
+    parser.add_argument("--gt", required=True, type=Path, metavar="GT",
+                        help="ground truth: a CityPersons-style COCO JSON, or a dataset as hkd.data.open_dataset "
+                             "reads it (CityPersons anno_<split>.mat, a Caltech or COCO folder, a .odgt …)")
     parser.add_argument("--dets", required=True, type=Path, metavar="DETS.json",
                         help="detections, COCO results JSON list")
     parser.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
@@ -46,11 +47,29 @@ def _load_json(path: Path, what: str) -> Any:
         raise CLIError(f"{what} file {path} is not valid JSON: {exc}") from None
 
 
+def _gt_file(path: Path) -> bool:
+    """A COCO-style GT JSON (read as it is), or a file that is no dataset either (its own error then)."""
+    from hkd.evaluation.workflow import is_gt_json
+
+    return is_gt_json(path) or not (path.is_dir() or path.suffix.lower() in (".json", ".mat", ".odgt"))
+
+
+def _dataset_gt(path: Path) -> dict:
+    """The GT of a dataset as distributed (a CityPersons .mat, a Caltech or COCO folder, a CrowdHuman .odgt …)."""
+    from hkd.data.datasets import DatasetError
+    from hkd.evaluation.workflow import dataset_ground_truth
+
+    try:
+        return dataset_ground_truth(path)
+    except (DatasetError, OSError) as exc:
+        raise CLIError(f"ground truth {path}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     # imported here so that `hkd --help` stays cheap
     from hkd.eval import evaluate_ap, evaluate_mr, parse_detections, parse_ground_truth
 
-    gt = _load_json(args.gt, "ground-truth")
+    gt = _load_json(args.gt, "ground-truth") if _gt_file(args.gt) else _dataset_gt(args.gt)
     dets = _load_json(args.dets, "detections")
     try:
         truth = parse_ground_truth(gt)

@@ -19,8 +19,9 @@ def add_parser(subparsers, name: str) -> None:
                    help="HKD checkpoint (.safetensors), foreign weights with --preset, "
                         "or an exported .onnx model (run by onnxruntime)")
     p.add_argument("--preset", help="architecture of a foreign weights file")
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--gt", help="COCO-style GT: image_id is taken from it by file_name")
+    p.add_argument("--images", help="folder of images (optional when --gt names a dataset: its own images)")
+    p.add_argument("--gt", help="COCO-style GT JSON, or a dataset as hkd.data.open_dataset reads it (CityPersons "
+                                "anno_<split>.mat, a Caltech or COCO folder …): image_id is taken from it by file_name")
     p.add_argument("--out", required=True, help="COCO results JSON to write")
     p.add_argument("--score-thresh", type=float, default=0.05,
                    help="keep detections with score ≥ this (default 0.05: MR-2/AP need the low scores)")
@@ -47,12 +48,23 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from hkd.data.datasets import DatasetError, confine
+    from hkd.evaluation.workflow import dataset_ground_truth, images_folder, is_gt_json
+    from hkd.results import cache_dir
     from hkd.data.images import IMAGE_SUFFIXES, ImageError, load_image
     from hkd.models.meta import atomic_write
     from hkd.models.checkpoint import CheckpointError
     from hkd.deploy.runtime import OnnxDetector, OnnxInputError
     from hkd.models.inference import detect
 
+    gt_dataset = bool(args.gt) and not is_gt_json(args.gt)
+    if args.images is None:
+        if not gt_dataset:
+            raise CLIError("--images is needed (a folder of images), unless --gt names a dataset whose images "
+                           "hkd finds itself (a CityPersons .mat, a Caltech or COCO folder …)")
+        try:  # COCO's <split>/, Cityscapes' leftImg8bit/<split>/; Caltech's frames written once to the cache
+            args.images = str(images_folder(args.gt, cache_dir()))
+        except (DatasetError, OSError) as exc:
+            raise CLIError(f"--gt {args.gt}: {exc}") from None
     images_dir = Path(args.images)
     if not images_dir.is_dir():
         raise CLIError(f"--images {images_dir}: not a folder")
@@ -71,7 +83,14 @@ def run(args) -> int:
     _check_output(out, args, files)
     ids: dict[str, int] = {}
     if args.gt:
-        ids = _gt_ids(Path(args.gt))
+        if gt_dataset:
+            try:
+                gt = dataset_ground_truth(args.gt)
+            except (DatasetError, OSError) as exc:
+                raise CLIError(f"--gt {args.gt}: {exc}") from None
+            ids = {im["file_name"]: im["id"] for im in gt["images"]}
+        else:
+            ids = _gt_ids(Path(args.gt))
     if args.limit is not None:
         if ids:  # the GT's first N images, whatever their file order
             wanted = set(list(ids)[:args.limit])

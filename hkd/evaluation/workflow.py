@@ -146,6 +146,26 @@ def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.
     return gt, out
 
 
+def is_gt_json(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a COCO-style ground-truth JSON read as it is (``hkd eval --gt``), rather than
+    a dataset whose ground truth :func:`dataset_ground_truth` builds (COCO's own ``instances_*.json``
+    keeps every category, so it is a dataset)."""
+    from hkd.data.coco import is_coco_instances
+
+    path = Path(path)
+    return path.suffix.lower() == ".json" and not is_coco_instances(path) and path.name != "annotations.json"
+
+
+def dataset_ground_truth(path: str | os.PathLike) -> dict:
+    """The COCO GT dict (height, vis_ratio, ignore) of any annotated dataset :func:`hkd.data.open_dataset`
+    reads; :class:`hkd.data.DatasetError` for a folder of images without annotations."""
+    from hkd.data.datasets import ACCEPTED_LAYOUTS, DatasetError, is_annotated, open_dataset
+
+    if Path(path).exists() and not is_annotated(path):
+        raise DatasetError(f"{path}: no annotations to evaluate against; {ACCEPTED_LAYOUTS}")
+    return open_dataset(path).coco_gt()
+
+
 def images_digest(gt: dict) -> str:
     """A short hash of the GT's image list (ids and file names): what predictions depend on."""
     listing = json.dumps([[im["id"], im["file_name"]] for im in gt["images"]])
@@ -202,8 +222,9 @@ def ground_truth(dataset: str | os.PathLike, limit: int | None = None, *,
     if not path.exists():
         raise EvaluationError(f"dataset {dataset}: no such file or folder; {ACCEPTED_LAYOUTS}")
     if path.is_dir() and not is_annotated(path):
-        raise EvaluationError(f"dataset {dataset}: a folder without annotations, so there is no ground truth "
-                              f"to compare against; {ACCEPTED_LAYOUTS}")
+        raise EvaluationError(f"dataset {dataset}: a folder without annotations.json (nor COCO, CityPersons or "
+                              f"Caltech annotations), so there is no ground truth to compare against; "
+                              f"{ACCEPTED_LAYOUTS}")
     try:
         gt, gt_path = dataset_gt(str(path), limit, store.root)
         images_dir = images_folder(path, store.root)

@@ -75,5 +75,5 @@ def test_caltech_frames_are_written_once_as_the_videos_jpegs(tmp_path, monkeypat
 
 def test_a_folder_of_images_has_no_ground_truth_to_evaluate(tmp_path):
     (tmp_path / "photos").mkdir()
-    with pytest.raises(EvaluationError, match="without annotations"):
+    with pytest.raises(EvaluationError, match="without annotations.json"):
         ground_truth(tmp_path / "photos", store=ResultStore(tmp_path / "cache"))
