@@ -94,6 +94,9 @@ def open_dataset(
     if path.is_dir():
         annotation_json = path / "annotations.json"
         if annotation_json.is_file():
+            if split is not None:
+                raise DatasetError(f"'{path}' holds one set of annotations (annotations.json), so split {split!r} "
+                                   "makes no sense; split picks a file in a COCO, CityPersons or Caltech folder")
             return CocoPedestrianDataset(
                 images or path / "images", annotation_json, transforms=transforms
             )

@@ -10,6 +10,7 @@ and ``data.train``)::
               pretrained_backbone: true, init: null,      #   teacher and student learn together
               kd_after: 200, lr_scale: 1.0}
     data:    {train: data/synthped/train, val: data/synthped/val, val_images: 200,
+              train_split: null, val_split: null,       # COCO / CityPersons / Caltech folders: which split
               augment: {flip: 0.5, scale: [0.75, 1.25], color: 0.2}}
     train:   {steps: 2000, batch_size: 2, optimizer: sgd, lr: 0.02, momentum: 0.9,
               weight_decay: 1e-4, warmup_steps: 100, schedule: cosine, seed: 0,
@@ -111,6 +112,10 @@ class AugmentConfig:
 class DataConfig:
     train: str = ""
     val: str | None = None
+    # the split of a dataset folder that holds several (COCO, CityPersons; Caltech: train = set00-05,
+    # test = set06-10): hkd.data.open_dataset's split=
+    train_split: str | None = None
+    val_split: str | None = None
     val_images: int = 200
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -197,8 +197,8 @@ def _setup(ctx: TrainContext) -> None:
         ctx.student.to(memory_format=torch.channels_last)
     ctx.trainable, ctx.step_fn = build_step(cfg, ctx.student, ctx.device, channels_last)
     ctx.trainable.train()
-    ctx.train_set = open_data(cfg.data.train)  # augmented per sample by the loader (hkd.train.data)
-    ctx.val_set = open_data(cfg.data.val) if cfg.data.val else None
+    ctx.train_set = open_data(cfg.data.train, cfg.data.train_split)  # augmented per sample by the loader
+    ctx.val_set = open_data(cfg.data.val, cfg.data.val_split) if cfg.data.val else None
     ctx.ddp_module = ctx.trainable
     if ctx.world > 1:
         ctx.ddp_module = nn.parallel.DistributedDataParallel(

@@ -90,12 +90,13 @@ class OnDevice(nn.Module):
         return self.model([image.to(self.device) for image in images])
 
 
-def open_data(path: str):
-    """The dataset at ``path``; :class:`ConfigError` when it cannot be opened."""
+def open_data(path: str, split: str | None = None):
+    """The dataset at ``path`` (``split`` of a folder that holds several); :class:`ConfigError` when it
+    cannot be opened."""
     from hkd.data.datasets import open_dataset
 
     try:
-        return open_dataset(path)
+        return open_dataset(path, split=split)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"dataset {path}: {exc}") from None
 
