@@ -164,6 +164,8 @@ def fit_state_dict(state: dict[str, Tensor], model: nn.Module, *,
     wrong = [k for k in _class_keys(target) if k in out and out[k].shape != target[k].shape]
     if not wrong or head == "strict":
         return out, []
+    if not compare_keys(target, out, ignore=CLASS_LAYERS).ok:
+        return out, []  # another architecture altogether: the key report says so, not a remark on the head
     classes = file_classes(out, model)
     want = model_classes(model)
     if head == "coco_person":
