@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hkd.data.base import DatasetError, PedestrianDataset, Transform
-from hkd.data.images import read_image_size
 from hkd.data.validation import BoxValidator, RawBox, check_relative_name, resolve_image_paths
 
 __all__ = ["CityPersonsDataset", "citypersons_splits", "is_citypersons_mat"]
@@ -90,15 +89,7 @@ class CityPersonsDataset(PedestrianDataset):
         paths = resolve_image_paths(images_dir, file_names, source)
 
         validator = BoxValidator(source)
-        images = []
-        for name, path, boxes in zip(file_names, paths, raw_boxes):
-            width, height = read_image_size(path)  # the .mat has no image sizes
-            images.append(
-                validator.annotate(
-                    image_id=len(images) + 1, file_name=name, path=path, width=width, height=height,
-                    raw_boxes=boxes,
-                )
-            )
+        images = validator.annotate_files(file_names, paths, raw_boxes)  # the .mat has no image sizes
         validator.report()
         super().__init__(images, transforms=transforms, notes=validator.notes())
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hkd.data.base import DatasetError, PedestrianDataset, Transform
-from hkd.data.images import read_image_size
 from hkd.data.validation import BoxValidator, RawBox, overlap_fraction, parse_xywh, resolve_image_paths
 
 __all__ = ["CrowdHumanDataset"]
@@ -58,19 +57,7 @@ class CrowdHumanDataset(PedestrianDataset):
         file_names = [f"{image_id}.jpg" for image_id in ids]
         paths = resolve_image_paths(Path(images_dir), file_names, source)
         validator = BoxValidator(source)
-        images = []
-        for name, path, boxes in zip(file_names, paths, raw_boxes):
-            width, height = read_image_size(path)  # the .odgt has no image sizes
-            images.append(
-                validator.annotate(
-                    image_id=len(images) + 1,  # COCO-style ids start at 1
-                    file_name=name,
-                    path=path,
-                    width=width,
-                    height=height,
-                    raw_boxes=boxes,
-                )
-            )
+        images = validator.annotate_files(file_names, paths, raw_boxes)  # the .odgt has no image sizes
         validator.report()
         super().__init__(images, transforms=transforms, notes=validator.notes())
 

@@ -109,6 +109,17 @@ class BoxValidator:
         if len(self.examples[reason]) < MAX_EXAMPLES:
             self.examples[reason].append(f"{file_name} {[round(v, 2) for v in xywh]}")
 
+    def annotate_files(self, file_names: Sequence[str], paths: Sequence[Path],
+                       raw_boxes: Sequence[Iterable[RawBox]]) -> list[ImageAnnotations]:
+        """:meth:`annotate` each image file of a format that records no image sizes (read from the
+        files), ids counting from 1 in order."""
+        images = []
+        for name, path, boxes in zip(file_names, paths, raw_boxes):
+            width, height = read_image_size(path)
+            images.append(self.annotate(image_id=len(images) + 1, file_name=name, path=path, width=width,
+                                        height=height, raw_boxes=boxes))
+        return images
+
     def annotate(
         self, *, image_id: int, file_name: str, path: Path, width: int, height: int,
         raw_boxes: Iterable[RawBox],
