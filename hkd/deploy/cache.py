@@ -31,8 +31,9 @@ def cached_export(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | 
     if store is None:
         if cache_dir is None:
             raise ValueError("cached_export needs a result store or a cache folder")
-        folder = Path(cache_dir)
-        entry = ResultStore(folder).at("onnx", folder / ResultStore(folder).entry("onnx", key).path.name)
+        folder = Path(cache_dir)  # the export's file of the same name, in that folder
+        legacy = ResultStore(folder)
+        entry = legacy.at("onnx", folder / legacy.entry("onnx", key).path.name)
     else:
         entry = store.entry("onnx", key)
 

@@ -92,6 +92,8 @@ def video_frames(dataset, source: str | os.PathLike, cache_root: str | os.PathLi
     store (``frames/<digest>/``, its ``.json`` written last says it is complete), under its lock."""
     from PIL import Image
 
+    from hkd.models.meta import atomic_write
+
     store = ResultStore(cache_root) if cache_root is not None else ResultStore()
     videos = sorted({str(dataset.annotations(i).path) for i in range(len(dataset))})
     stamps = [[v, Path(v).stat().st_size, Path(v).stat().st_mtime_ns] for v in videos]
@@ -105,21 +107,17 @@ def video_frames(dataset, source: str | os.PathLike, cache_root: str | os.PathLi
             target.parent.mkdir(parents=True, exist_ok=True)
             if hasattr(dataset, "video_frame"):
                 video, frame = dataset.video_frame(index)
-                write_bytes_atomic(target, video.frame_bytes(frame))
+                data = video.frame_bytes(frame)
+                atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
             else:
-                Image.fromarray(dataset.load_pixels(index)).save(target, format="PNG")
+                pixels = dataset.load_pixels(index)
+                atomic_write(target, lambda tmp, pixels=pixels: Image.fromarray(pixels).save(tmp, format="PNG"))
         return {"source": str(source), "images": len(dataset)}
 
     _, problem = entry.computed(write, valid=lambda d: isinstance(d, dict) and d.get("images") == len(dataset))
     if problem:
         raise OSError(f"the frames of {source} could not be written: {problem}")
     return folder
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.PathLike) -> tuple[dict, Path]:
