@@ -44,3 +44,23 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a browser test fails, what each open page reads goes into the report (and so into the
+    CI log, where the screenshots are out of reach): the alerts and errors it shows first."""
+    outcome = yield
+    report = outcome.get_result()
+    browser = item.funcargs.get("browser") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or browser is None:
+        return
+    for number, page in enumerate(p for context in browser.contexts for p in context.pages):
+        try:
+            alerts = page.locator('[data-testid="stAlert"], [data-testid="stException"]').all_inner_texts()
+            body = page.inner_text("body", timeout=5_000)
+        except Exception as exc:  # a closed or crashed page: say so instead of hiding the test's own error
+            report.sections.append((f"page {number}", f"could not be read: {exc}"))
+            continue
+        text = "\n".join([f"url: {page.url}", "alerts:", *alerts, "body:", body[:6000]])
+        report.sections.append((f"page {number}", text))

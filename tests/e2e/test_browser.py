@@ -16,11 +16,17 @@ WAIT_MS = 240_000  # first forwards of both models on a busy 2-core CPU
 
 
 def wait_idle(page) -> None:
-    """Until the script run is over: no spinner and no 'running' status widget."""
+    """Until the script run is over: the app says it is not running, with no spinner and no 'running'
+    status widget. A widget's rerun starts only when the server answers, so first a short pause in
+    which a rerun just asked for can begin (as Streamlit's own browser tests do)."""
+    page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stSpinner\"]') && "
-        "!document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')",
-        timeout=WAIT_MS, polling=500)
+        "() => { const app = document.querySelector('[data-testid=\"stApp\"]');"
+        " return app && app.getAttribute('data-test-script-state') !== 'running' &&"
+        " app.getAttribute('data-test-script-state') !== 'rerunRequested' &&"
+        " !document.querySelector('[data-testid=\"stSpinner\"]') &&"
+        " !document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]') }",
+        timeout=WAIT_MS, polling=250)
 
 
 def go_to(page, title: str) -> None:

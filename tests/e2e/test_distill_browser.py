@@ -2,7 +2,11 @@
 checkpoint in the Models picker."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from tests.e2e.server import start_server, stop_server, wait_healthy
@@ -15,8 +19,13 @@ STEPS = 24
 
 
 @pytest.fixture(scope="module")
-def distill_server(studio_world, tmp_path_factory, artifacts):
-    root = tmp_path_factory.mktemp("distill_e2e")
+def distill_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("distill_e2e")
+
+
+@pytest.fixture(scope="module")
+def distill_server(studio_world, distill_root, artifacts):
+    root = distill_root
     write_tiny_dataset(root / "synthped" / "train_small", n=4)
     write_tiny_dataset(root / "synthped" / "val", n=10, seed=1)
     env = {"HKD_MODELS_DIR": str(studio_world["models"]), "HKD_SAMPLES_DIR": str(studio_world["samples"]),
@@ -49,7 +58,31 @@ def curve_points(page) -> int:
                          " return p && p.data && p.data.length ? p.data[0].x.length : 0 }")
 
 
-def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, browser, artifacts):
+def fine_tune_records(jobs: Path) -> int:
+    """Train/distill job records in the jobs folder (the server got the Launch click)."""
+    return sum(json.loads(p.read_text()).get("kind") in ("train", "distill") for p in jobs.glob("*/job.json"))
+
+
+def launch(page, name: str, jobs: Path) -> None:
+    """Click Launch and wait for the job's heading (or fail with the app's refusal). A click the
+    browser sends while an earlier rerun is still in flight can be lost before the server sees it;
+    then no job record exists, and it is clicked once more."""
+    heading = page.get_by_text(f"{name} · ").first
+    refused = page.get_by_text("Not launched")
+    for attempt in range(2):
+        page.get_by_role("button", name="Launch").click()
+        try:
+            heading.or_(refused).first.wait_for(timeout=60_000 if attempt == 0 else WAIT_MS)
+            break
+        except PlaywrightTimeout:
+            if attempt or fine_tune_records(jobs):
+                raise
+            wait_idle(page)
+    expect(refused).to_have_count(0)
+    heading.wait_for()
+
+
+def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, distill_root, browser, artifacts):
     page = browser.new_page(viewport={"width": 1440, "height": 1800})
     page.set_default_timeout(WAIT_MS)
     page.goto(distill_server)
@@ -72,8 +105,7 @@ def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, browser, a
     name.fill("e2e-demo")
     name.press("Enter")
     wait_idle(page)
-    page.get_by_role("button", name="Launch").click()
-    page.get_by_text("e2e-demo · ").first.wait_for()
+    launch(page, "e2e-demo", distill_root / "jobs")
     # the live view polls without a reload: the curve gains points while the job runs
     page.wait_for_function("() => { const p = document.querySelector('.js-plotly-plot');"
                            " return p && p.data && p.data.length && p.data[0].x.length >= 2 }", timeout=WAIT_MS)
@@ -98,9 +130,14 @@ def test_launch_watch_and_pick_the_fine_tuned_student(distill_server, browser, a
 
 
 @pytest.fixture(scope="module")
-def empty_data_server(studio_world, tmp_path_factory, artifacts):
+def empty_data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("distill_data_e2e")
+
+
+@pytest.fixture(scope="module")
+def empty_data_server(studio_world, empty_data_root, artifacts):
     """The app on a machine with no SynthPed split yet, generating small ones (HKD_SYNTHPED_SIZES)."""
-    root = tmp_path_factory.mktemp("distill_data_e2e")
+    root = empty_data_root
     env = {"HKD_MODELS_DIR": str(studio_world["models"]), "HKD_SAMPLES_DIR": str(studio_world["samples"]),
            "HKD_JOBS_DIR": str(root / "jobs"), "HKD_SYNTHPED_DIR": str(root / "synthped"),
            "HKD_CACHE_DIR": str(root / "cache"), "HKD_SYNTHPED_SIZES": "train_small=60,val=20"}
@@ -112,7 +149,8 @@ def empty_data_server(studio_world, tmp_path_factory, artifacts):
         stop_server(proc)
 
 
-def test_generate_the_quick_demos_data_then_launch_without_a_reload(empty_data_server, browser, artifacts):
+def test_generate_the_quick_demos_data_then_launch_without_a_reload(empty_data_server, empty_data_root, browser,
+                                                                    artifacts):
     page = browser.new_page(viewport={"width": 1440, "height": 1800})
     page.set_default_timeout(WAIT_MS)
     page.goto(empty_data_server)
@@ -120,8 +158,8 @@ def test_generate_the_quick_demos_data_then_launch_without_a_reload(empty_data_s
     go_to(page, "Distill")
     page.get_by_text("not generated yet").first.wait_for()
     wait_idle(page)
-    launch = page.get_by_role("button", name="Launch")
-    expect(launch).to_be_disabled()
+    button = page.get_by_role("button", name="Launch")
+    expect(button).to_be_disabled()
     page.evaluate("() => { window.hkdNoReload = true }")  # gone if the page reloads
     page.get_by_role("button", name="Generate it (60 images").click()
     # the form stays open: its live progress and the other split's button are in view
@@ -129,7 +167,7 @@ def test_generate_the_quick_demos_data_then_launch_without_a_reload(empty_data_s
         page.get_by_text("first 60 images (seed 0; the quick demo's): queued")).first.wait_for()
     page.get_by_role("button", name="Generate it (20 images").click()
     page.screenshot(path=str(artifacts / "distill_generating.png"), full_page=True)
-    expect(launch).to_be_enabled(timeout=WAIT_MS)  # by itself, once both splits are on disk
+    expect(button).to_be_enabled(timeout=WAIT_MS)  # by itself, once both splits are on disk
     assert page.evaluate("() => window.hkdNoReload === true")
     expect(page.get_by_text("not generated yet")).to_have_count(0)
     set_number(page, "Steps", 2)
@@ -139,8 +177,7 @@ def test_generate_the_quick_demos_data_then_launch_without_a_reload(empty_data_s
     name.fill("e2e-fresh")
     name.press("Enter")
     wait_idle(page)
-    launch.click()
-    page.get_by_text("e2e-fresh · ").first.wait_for()
+    launch(page, "e2e-fresh", empty_data_root / "jobs")
     page.screenshot(path=str(artifacts / "distill_after_generation.png"), full_page=True)
     page.get_by_text("e2e-fresh · succeeded").wait_for(timeout=WAIT_MS)
     page.close()
