@@ -214,3 +214,22 @@ def test_long_checkpoint_names_are_shortened_in_the_middle():
     assert short_name("job my-ft (j1)") == "job my-ft (j1)"
     long = short_name("student_wide_hkd_trust_1600_steps_seed3.safetensors")
     assert long == "student_wide_hk…ps_seed3" and len(long) == 24
+
+
+def _pedestrians(at) -> list[int]:
+    return [int(n) for n in re.findall(r"\*\*(\d+) pedestrians\*\*", captions(at))]
+
+
+def test_boxes_inside_a_bigger_one_are_suppressed_by_default_and_can_be_kept(open_page):
+    at = open_page("detections")
+    assert at.selectbox(key="det_contained").value == "suppress if ≥ 90 % inside"  # the measured default
+    at.slider(key="det_score").set_value(0.05).run()
+    counts = {}
+    for choice in ("keep them all", "suppress if ≥ 90 % inside", "suppress if ≥ 80 % inside"):
+        at.selectbox(key="det_contained").set_value(choice).run()
+        no_exceptions(at)
+        counts[choice] = _pedestrians(at)
+    keep, at_90, at_80 = counts.values()
+    assert len(keep) == 2
+    assert all(k >= a >= b for k, a, b in zip(keep, at_90, at_80))
+    assert sum(keep) > sum(at_80), counts  # the tiny models' clutter at score 0.05 holds contained boxes
