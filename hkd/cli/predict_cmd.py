@@ -48,7 +48,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from hkd.data.datasets import DatasetError, confine
-    from hkd.evaluation.workflow import dataset_ground_truth, images_folder, is_gt_json
+    from hkd.evaluation.workflow import LazyDataset, dataset_ground_truth, images_folder, is_gt_json
     from hkd.results import cache_dir
     from hkd.data.images import IMAGE_SUFFIXES, ImageError, load_image
     from hkd.models.meta import atomic_write
@@ -57,12 +57,13 @@ def run(args) -> int:
     from hkd.models.inference import detect
 
     gt_dataset = bool(args.gt) and not is_gt_json(args.gt)
+    opened = LazyDataset(args.gt) if gt_dataset else None  # one parse for its images folder and its GT
     if args.images is None:
         if not gt_dataset:
             raise CLIError("--images is needed (a folder of images), unless --gt names a dataset whose images "
                            "hkd finds itself (a CityPersons .mat, a Caltech or COCO folder …)")
         try:  # COCO's <split>/, Cityscapes' leftImg8bit/<split>/; Caltech's frames written once to the cache
-            args.images = str(images_folder(args.gt, cache_dir()))
+            args.images = str(images_folder(args.gt, cache_dir(), opened=opened))
         except (DatasetError, OSError) as exc:
             raise CLIError(f"--gt {args.gt}: {exc}") from None
     images_dir = Path(args.images)
@@ -85,7 +86,7 @@ def run(args) -> int:
     if args.gt:
         if gt_dataset:
             try:
-                gt = dataset_ground_truth(args.gt)
+                gt = dataset_ground_truth(args.gt, opened=opened)
             except (DatasetError, OSError) as exc:
                 raise CLIError(f"--gt {args.gt}: {exc}") from None
             ids = {im["file_name"]: im["id"] for im in gt["images"]}

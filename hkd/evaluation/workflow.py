@@ -44,15 +44,35 @@ def dataset_key(path: str | os.PathLike) -> str:
     return f"path:{Path(path).expanduser().resolve()}"
 
 
-def images_folder(path: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
+class LazyDataset:
+    """``open_dataset(path)`` on first call, the same object afterwards: one parse of a dataset as
+    distributed (COCO, CityPersons, Caltech) for both its ground truth and its images folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.opens = 0
+        self._dataset = None
+
+    def __call__(self):
+        if self._dataset is None:
+            from hkd.data.datasets import open_dataset
+
+            self._dataset = open_dataset(self.path)
+            self.opens += 1
+        return self._dataset
+
+
+def images_folder(path: str | os.PathLike, cache_root: str | os.PathLike | None = None, *,
+                  opened: LazyDataset | None = None) -> Path:
     """The folder the GT's ``file_name`` entries of the annotated dataset ``path`` are relative to.
 
     hkd's own layouts name it without reading anything (``images/``, CrowdHuman's ``Images/``);
     COCO (``<split>/``) and CityPersons (``leftImg8bit/<split>/``) are opened to find it; the frames
     of a Caltech video are written once, as the JPEGs the ``.seq`` holds, under
-    ``cache_root/frames/`` (:func:`video_frames`), so that ``hkd predict`` and the app read files."""
+    ``cache_root/frames/`` (:func:`video_frames`), so that ``hkd predict`` and the app read files.
+    ``opened``: the :class:`LazyDataset` of ``path`` when the caller reads it too."""
     from hkd.data.coco import is_coco_instances
-    from hkd.data.datasets import is_annotated, open_dataset
+    from hkd.data.datasets import is_annotated
 
     path = Path(path)
     if path.is_dir() and (path / "annotations.json").is_file():
@@ -63,7 +83,7 @@ def images_folder(path: str | os.PathLike, cache_root: str | os.PathLike | None 
         return path.parent / "images"
     if path.is_dir() and not is_annotated(path):
         return path / "images"
-    return dataset_images(open_dataset(path), path, cache_root)
+    return dataset_images((opened or LazyDataset(path))(), path, cache_root)
 
 
 def dataset_images(dataset, source: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> Path:
@@ -120,14 +140,13 @@ def video_frames(dataset, source: str | os.PathLike, cache_root: str | os.PathLi
     return folder
 
 
-def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.PathLike) -> tuple[dict, Path]:
+def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.PathLike, *,
+               opened: LazyDataset | None = None) -> tuple[dict, Path]:
     """The ground truth of the first ``limit`` images (all if None) of the dataset ``path`` as a
     COCO dict with height, vis_ratio and ignore, and the file under ``cache_root/gt/`` holding it
     (named by the path, the annotations' modification time and ``limit``; written once).
 
     Raises :class:`hkd.data.DatasetError` or OSError for a dataset that cannot be read."""
-    from hkd.data.datasets import open_dataset
-
     source = Path(path)
     annotations = source / "annotations.json" if source.is_dir() else source
     stamp = annotations.stat().st_mtime_ns if annotations.exists() else 0
@@ -135,7 +154,7 @@ def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.
     out = Path(cache_root) / "gt" / f"{dataset_id}-{stamp}-{limit or 'all'}.json"
     if out.is_file():
         return json.loads(out.read_text()), out
-    gt = open_dataset(path).coco_gt()
+    gt = (opened or LazyDataset(path))().coco_gt()
     if limit:
         keep = {im["id"] for im in gt["images"][:limit]}
         gt = {**gt, "images": gt["images"][:limit],
@@ -154,14 +173,14 @@ def is_gt_json(path: str | os.PathLike) -> bool:
     return path.suffix.lower() == ".json" and not is_coco_instances(path) and path.name != "annotations.json"
 
 
-def dataset_ground_truth(path: str | os.PathLike) -> dict:
+def dataset_ground_truth(path: str | os.PathLike, *, opened: LazyDataset | None = None) -> dict:
     """The COCO GT dict (height, vis_ratio, ignore) of any annotated dataset :func:`hkd.data.open_dataset`
     reads; :class:`hkd.data.DatasetError` for a folder of images without annotations."""
-    from hkd.data.datasets import ACCEPTED_LAYOUTS, DatasetError, is_annotated, open_dataset
+    from hkd.data.datasets import ACCEPTED_LAYOUTS, DatasetError, is_annotated
 
     if Path(path).exists() and not is_annotated(path):
         raise DatasetError(f"{path}: no annotations to evaluate against; {ACCEPTED_LAYOUTS}")
-    return open_dataset(path).coco_gt()
+    return (opened or LazyDataset(path))().coco_gt()
 
 
 def images_digest(gt: dict) -> str:
@@ -224,8 +243,9 @@ def ground_truth(dataset: str | os.PathLike, limit: int | None = None, *,
                               f"Caltech annotations), so there is no ground truth to compare against; "
                               f"{ACCEPTED_LAYOUTS}")
     try:
-        gt, gt_path = dataset_gt(str(path), limit, store.root)
-        images_dir = images_folder(path, store.root)
+        opened = LazyDataset(str(path))  # read once for both, if at all (the GT may be cached)
+        gt, gt_path = dataset_gt(str(path), limit, store.root, opened=opened)
+        images_dir = images_folder(path, store.root, opened=opened)
     except (DatasetError, OSError, ValueError) as exc:
         raise EvaluationError(f"dataset {dataset}: {exc}") from None
     check_gt(gt, gt_path, dataset)

@@ -38,11 +38,17 @@ def test_eval_of_a_citypersons_mat_equals_eval_of_its_converted_annotations(tmp_
 
 
 def test_predict_on_a_caltech_folder_needs_no_images_folder(tmp_path, monkeypatch, capsys):
+    import hkd.data.datasets as datasets
+
     monkeypatch.setenv("HKD_CACHE_DIR", str(tmp_path / "cache"))
     root = _caltech_60(tmp_path / "caltech")
     out = tmp_path / "dets.json"
+    opens, real_open = [], datasets.open_dataset
+    monkeypatch.setattr(datasets, "open_dataset", lambda path, **kw: opens.append(path) or real_open(path, **kw))
     assert main(["predict", "--checkpoint", str(_checkpoint(tmp_path)), "--gt", str(root), "--out", str(out),
                  "--score-thresh", "0.0", "--threads", "1"]) == 0
+    assert len(opens) == 1  # one parse of the .vbb files for the frames folder and the GT ids
+    monkeypatch.setattr(datasets, "open_dataset", real_open)
     dets = json.loads(out.read_text())
     assert dets and {d["image_id"] for d in dets} <= {1, 2}  # the two every-30th frames, ids as the GT gives them
     assert main(["eval", "--gt", str(root), "--dets", str(out), "--json"]) == 0

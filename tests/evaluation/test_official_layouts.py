@@ -77,3 +77,23 @@ def test_a_folder_of_images_has_no_ground_truth_to_evaluate(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(EvaluationError, match="without annotations.json"):
         ground_truth(tmp_path / "photos", store=ResultStore(tmp_path / "cache"))
+
+
+def test_a_dataset_as_distributed_is_read_once_for_its_ground_truth_and_images(tmp_path, monkeypatch):
+    """Caltech's .vbb files (and a COCO or CityPersons annotation file) are parsed once per
+    evaluation, not once for the GT and again for the images folder."""
+    import hkd.data.datasets as datasets
+
+    opens = []
+    real_open = datasets.open_dataset
+    monkeypatch.setattr(datasets, "open_dataset", lambda path, **kw: opens.append(str(path)) or real_open(path, **kw))
+    root = _caltech_60(tmp_path / "caltech")
+    store = ResultStore(tmp_path / "cache")
+    gt = ground_truth(root, store=store)
+    assert opens == [str(root.resolve())] and gt.num_images == 2
+    coco = tmp_path / "coco"
+    write_coco(coco)
+    opens.clear()
+    ground_truth(coco, store=store)
+    assert len(opens) == 1
+
