@@ -18,7 +18,7 @@ _EXPORTS = {
     "hkd.distill.losses": ("LOSSES", "LossSpec", "attention_map", "losses_for"),
     "hkd.distill.losses.trust": ("TRUST_MODES",),
     "hkd.distill.teacher_cache": ("TeacherCache",),
-    "hkd.distill.aux": ("AuxHeads", "load_aux_heads", "read_aux_meta", "save_aux_heads", "train_teacher_aux"),
+    "hkd.distill.aux": ("AuxHeads", "load_aux_heads", "read_aux_meta", "save_aux_heads"),
     "hkd.distill.pairs": ("check_pair",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -474,16 +474,3 @@ def build_aux_pair(config: AuxConfig, teacher: nn.Module, teacher_spec: Hierarch
                          config.boxes)
     return resolved, teacher_heads.freeze(), student_heads
 
-
-# ---------------------------------------------------------------------------
-# the training loop lives in the train wing (hkd.train.aux_heads); its names stay importable from here
-# ---------------------------------------------------------------------------
-_MOVED = {"TeacherAux": "hkd.train.aux_heads", "train_teacher_aux": "hkd.train.aux_heads"}
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_MOVED[name]), name)

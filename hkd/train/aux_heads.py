@@ -3,7 +3,7 @@
 The teacher is frozen; the heads (:class:`~hkd.distill.aux.AuxHeads`) learn the joint
 (class × rotation) label of region crops of the dataset (:func:`~hkd.distill.aux.sample_crops`).
 The heads, their losses, their checkpoint format and their use in distillation live in
-:mod:`hkd.distill.aux`; ``hkd.distill.aux.train_teacher_aux`` still names this function.
+:mod:`hkd.distill.aux` (which imports nothing from here: the train wing stands above it).
 
     fitted = train_teacher_aux(teacher, spec, dataset, steps=200)   # .heads, .metrics, .probe
     save_aux_heads("teacher_aux.safetensors", fitted.heads, AuxMeta(...), fitted.probe)

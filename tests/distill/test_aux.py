@@ -18,10 +18,10 @@ from hkd.distill.aux import (
     sample_crops,
     save_aux_heads,
     teacher_probe,
-    train_teacher_aux,
 )
 from hkd.models.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
 from hkd.models.presets import build_detector, get_preset
+from hkd.train.aux_heads import train_teacher_aux
 
 from .conftest import STUDENT, TEACHER, freeze_batchnorm, make_batch, shrink
 
@@ -323,3 +323,20 @@ def test_engine_saves_no_aux_in_the_student_and_resumes_them_exactly(tiny_data, 
     assert all(torch.equal(a["aux"][k], b["aux"][k]) for k in a["aux"])  # resumed heads = uninterrupted heads
     sa, sb = (load_checkpoint(f.checkpoint("final")).model.state_dict() for f in (straight, parted))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_distill_wing_reaches_nothing_above_it():
+    """hkd.distill (every name it exports) loads neither the train wing nor the CLI: the aux heads'
+    training loop is imported from hkd.train.aux_heads, not re-exported downwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hkd.distill as d; [getattr(d, n) for n in d.__all__]; "
+            "print(sorted({m for m in sys.modules if m.startswith(('hkd.train', 'hkd.cli', 'hkd.jobs', 'app'))}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
+    with pytest.raises(AttributeError):
+        import hkd.distill.aux as aux
+
+        aux.train_teacher_aux  # noqa: B018 - the old re-export is gone
