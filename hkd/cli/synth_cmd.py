@@ -30,7 +30,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--height", type=int, default=None, help="image height in px (default 480)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default min(2, CPUs))")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset in a non-empty --out DIR")
-    p.add_argument("--config", type=Path, metavar="JSON", help="SynthConfig overrides as a JSON object")
+    p.add_argument("--config", metavar="JSON", help="SynthConfig overrides as a JSON object: a file holding one, "
+                                                    "or the object itself, e.g. '{\"free_scale_prob\": 0.5}'")
     p.add_argument("--contact-sheet", type=Path, metavar="JPG",
                    help="also draw the first 12 images of the dataset (--out or --stats) as a 4x3 grid with boxes: "
                         "green normal, yellow vis_ratio < 0.65, grey ignore/crowd")
@@ -47,7 +48,8 @@ def _config(args):
     overrides = {}
     if args.config:
         try:
-            overrides = json.loads(args.config.read_text())
+            text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
+            overrides = json.loads(text)
         except (OSError, json.JSONDecodeError) as exc:
             raise CLIError(f"--config {args.config}: {exc}") from None
         if not isinstance(overrides, dict):

@@ -61,3 +61,13 @@ def test_bad_config_and_missing_dataset(tmp_path, capsys):
     assert "crowd_sise" in capsys.readouterr().err
     assert main(["synth", "--stats", str(tmp_path / "nowhere")]) == 2
     assert "annotations.json" in capsys.readouterr().err
+
+
+def test_config_as_an_inline_json_object(tmp_path, capsys):
+    out = tmp_path / "ds"
+    inline = json.dumps({**FAST, "free_scale_prob": 1.0})
+    assert main(["synth", "--out", str(out), "--num", "1", "--width", "320", "--height", "240", "--workers", "1",
+                 "--config", inline, "--no-progress"]) == 0
+    assert json.loads((out / "annotations.json").read_text())["info"]["config"]["free_scale_prob"] == 1.0
+    assert main(["synth", "--out", str(tmp_path / "z"), "--config", '{"free_scale_prob": }']) == 2
+    assert "--config" in capsys.readouterr().err
