@@ -102,11 +102,13 @@ def test_a_missing_dataset_offers_to_generate_it(distill_env, tmp_path, monkeypa
 @pytest.mark.slow
 def test_generating_the_data_keeps_the_form_open_and_then_enables_launch(distill_env, tmp_path, monkeypatch):
     monkeypatch.setenv("HKD_SYNTHPED_DIR", str(tmp_path / "empty"))
-    monkeypatch.setenv("HKD_SYNTHPED_SIZES", "train_small=3,val=3")
+    # enough images that the first generation is still running (and the second queued behind it) when the
+    # page is read after the two clicks, however slow the page's own runs are on a busy CPU
+    monkeypatch.setenv("HKD_SYNTHPED_SIZES", "train_small=150,val=3")
     at = open_distill()
     (form,) = [e for e in at.expander if e.label == "New fine-tune"]
     assert form.proto.expanded
-    assert any("first 3 images" in o for o in at.selectbox(key="distill_train").options)
+    assert any("first 150 images" in o for o in at.selectbox(key="distill_train").options)
     at.button(key="distill_generate_synthped:train_small").click().run()
     no_exceptions(at)
     at.button(key="distill_generate_synthped:val").click().run()
