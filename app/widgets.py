@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -413,3 +414,60 @@ def case_note(picture, prefix: str) -> tuple | None:
     note.info(f"The case: {focus.describe()} — drawn in white on each model's image.")
     clear.button("Clear", key=f"{prefix}_focus_clear", on_click=images.clear_focus)
     return focus.box
+
+
+# -- the Detections page's controls ---------------------------------------------------
+# the share of a box inside a higher-scoring one above which it is suppressed (None: keep every box)
+CONTAINED = {"keep them all": None, "suppress if ≥ 90 % inside": 0.9, "suppress if ≥ 80 % inside": 0.8}
+LAYOUTS = ["side by side", "one at a time, full width"]
+DETECTION_KEPT = {"det_score": 0.5, "det_nms": 0.5, "det_match": 0.5, "det_contained": "suppress if ≥ 90 % inside",
+                  "det_layout": LAYOUTS[0], "det_onnx": False}
+
+
+@dataclass(frozen=True)
+class DetectionControls:
+    score: float
+    nms: float
+    match_iou: float
+    contained: float | None  # None: every box kept
+    layout: str
+    show_gt: bool
+    onnx: bool
+
+    def one_per_person(self, dets):
+        """``dets`` without the boxes mostly inside a higher-scoring one, as chosen."""
+        return dets if self.contained is None else dets.suppress_contained(self.contained)
+
+
+def detection_controls(has_gt: bool) -> DetectionControls:
+    """Score, NMS, agreement IoU, contained boxes, layout, ground truth, ONNX; the values outlive
+    leaving the page and a reload (:mod:`app.services.page_state`)."""
+    from app.services import page_state
+
+    page_state.restore(DETECTION_KEPT)
+    for key, default in DETECTION_KEPT.items():
+        st.session_state.setdefault(key, default)
+    page_state.valid("det_contained", list(CONTAINED), DETECTION_KEPT["det_contained"])
+    page_state.valid("det_layout", LAYOUTS, DETECTION_KEPT["det_layout"])
+    cols = st.columns(4)
+    score = cols[0].slider("Score threshold", 0.05, 0.95, step=0.05, key="det_score")
+    nms = cols[1].slider("NMS IoU", 0.3, 0.9, step=0.05, key="det_nms",
+                         help="Non-maximum suppression over the kept boxes: overlaps above this IoU are merged.")
+    match_iou = cols[2].slider("Agreement IoU", 0.3, 0.9, step=0.05, key="det_match",
+                               help="Two boxes of the compared models with at least this IoU count as agreed.")
+    contained = cols[3].selectbox(
+        "Boxes inside a bigger one", list(CONTAINED), key="det_contained",
+        help="A box on a leg or a torso lies mostly inside the person's full box, so NMS (IoU) keeps both. "
+             "Suppressing a box when this share of it lies inside a higher-scoring one (hkd predict "
+             "--suppress-contained) leaves one box per person. 90 % removes about 70 % of such boxes at score 0.5 "
+             "on SynthPed val for MR⁻² +0.3 to +0.6 (docs/BENCHMARKS.md, 'One box per person').")
+    cols = st.columns(3)
+    layout = cols[0].radio("Layout", LAYOUTS, horizontal=True, key="det_layout",
+                           help="One at a time: each model's image at the page's full width (tabs), to read the scores.")
+    show_gt = has_gt and cols[1].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
+                                        help="Available for the SynthPed samples (from their annotations).")
+    onnx = cols[2].toggle("Student via ONNX", key="det_onnx",
+                          help="Run the student's ONNX export through onnxruntime (hkd export; made and checked "
+                               "against PyTorch on first use) instead of PyTorch.")
+    page_state.keep(DETECTION_KEPT)
+    return DetectionControls(score, nms, match_iou, CONTAINED[contained], layout, bool(show_gt), onnx)

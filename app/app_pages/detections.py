@@ -11,8 +11,6 @@ from app.services import compute, models
 
 COLOR = {"teacher": COLORS["teacher_only"], "student": COLORS["student_only"], "third": (170, 80, 220)}
 SHORT = {"teacher": "T", "student": "S", "third": "3rd"}
-# the share of a box inside a higher-scoring one above which it is suppressed (None: keep every box)
-CONTAINED = {"keep them all": None, "suppress if ≥ 90 % inside": 0.9, "suppress if ≥ 80 % inside": 0.8}
 
 st.title("Detections")
 st.caption("The models on the same image; any two of them compared box by box: agreed, or found by one only.")
@@ -22,34 +20,9 @@ case_box = widgets.case_note(picture, "det")
 
 third_path, third = widgets.third_model_select(teacher, student, "det_third")
 
-cols = st.columns(4)
-score = cols[0].slider("Score threshold", 0.05, 0.95, 0.5, 0.05, key="det_score")
-nms = cols[1].slider("NMS IoU", 0.3, 0.9, 0.5, 0.05, key="det_nms",
-                     help="Non-maximum suppression over the kept boxes: overlaps above this IoU are merged.")
-match_iou = cols[2].slider("Agreement IoU", 0.3, 0.9, 0.5, 0.05, key="det_match",
-                           help="Two boxes of the compared models with at least this IoU count as agreed.")
-contained = cols[3].selectbox(
-    "Boxes inside a bigger one", list(CONTAINED), index=1, key="det_contained",
-    help="A box on a leg or a torso lies mostly inside the person's full box, so NMS (IoU) keeps both. Suppressing "
-         "a box when this share of it lies inside a higher-scoring one (hkd predict --suppress-contained) leaves "
-         "one box per person. 90 % halves such boxes at score 0.5 on SynthPed val for MR⁻² +0.3 to +0.6 "
-         "(docs/BENCHMARKS.md, 'One box per person').")
-cols = st.columns(3)
-layout = cols[0].radio("Layout", ["side by side", "one at a time, full width"], horizontal=True, key="det_layout",
-                       help="One at a time: each model's image at the page's full width (tabs), to read the scores.")
 has_gt = picture.gt_boxes is not None
-show_gt = has_gt and cols[1].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
-                                    help="Available for the SynthPed samples (from their annotations).")
-use_onnx = cols[2].toggle("Student via ONNX", key="det_onnx",
-                          help="Run the student's ONNX export through onnxruntime (hkd export; made and checked "
-                               "against PyTorch on first use) instead of PyTorch.")
-
-
-
-def one_per_person(dets):
-    share = CONTAINED[contained]
-    return dets if share is None else dets.suppress_contained(share)
-
+ctl = widgets.detection_controls(has_gt)
+score, nms, match_iou, layout, show_gt, use_onnx = ctl.score, ctl.nms, ctl.match_iou, ctl.layout, ctl.show_gt, ctl.onnx
 
 shown = {"teacher": teacher, "student": student} | ({"third": third} if third is not None else {})
 # names of the chosen paths (identical files share one cached model, which keeps the first one's path)
@@ -60,13 +33,13 @@ for role, m in shown.items():
     with st.spinner(f"Running the {role} ({names[role]})…"):
         if role == "student" and use_onnx:
             try:
-                found[role] = one_per_person(compute.detections(m, picture, backend="onnxruntime").filter(score, nms))
+                found[role] = ctl.one_per_person(compute.detections(m, picture, backend="onnxruntime").filter(score, nms))
                 backend[role] = "onnxruntime"
                 continue
             except Exception as exc:  # noqa: BLE001 - any export/runtime failure: say so, fall back to PyTorch
                 st.error(f"The student cannot run through onnxruntime ({type(exc).__name__}: {exc}); "
                          "showing PyTorch's detections.")
-        found[role] = one_per_person(compute.detections(m, picture).filter(score, nms))
+        found[role] = ctl.one_per_person(compute.detections(m, picture).filter(score, nms))
 
 height, width = picture.pixels.shape[:2]
 titles = {role: f"{role.title()} · {models.short_name(names[role])}" for role in shown}
@@ -102,7 +75,7 @@ with right:
     metrics[1].metric(f"{a.title()} only", counts["teacher_only"])
     metrics[2].metric(f"{b.title()} only", counts["student_only"])
     metrics[3].metric("Ground truth", len(picture.gt_boxes) if has_gt else "—")
-    settings_used = {"score_thresh": score, "nms_iou": nms, "suppress_contained": CONTAINED[contained],
+    settings_used = {"score_thresh": score, "nms_iou": nms, "suppress_contained": ctl.contained,
                      "agreement_iou": match_iou, "agreement_pair": [a, b]}
     st.download_button("Download detections (JSON)", key="det_download", mime="application/json",
                        file_name=f"{picture.name.rsplit('.', 1)[0]}_detections.json",

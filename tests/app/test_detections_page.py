@@ -233,3 +233,17 @@ def test_boxes_inside_a_bigger_one_are_suppressed_by_default_and_can_be_kept(ope
     assert len(keep) == 2
     assert all(k >= a >= b for k, a, b in zip(keep, at_90, at_80))
     assert sum(keep) > sum(at_80), counts  # the tiny models' clutter at score 0.05 holds contained boxes
+
+
+def test_the_controls_keep_their_values_across_pages(open_page):
+    at = open_page("detections")
+    at.slider(key="det_score").set_value(0.3).run()
+    at.selectbox(key="det_contained").set_value("keep them all").run()
+    at.radio(key="det_layout").set_value("one at a time, full width").run()
+    at.switch_page("app_pages/models.py").run()
+    at.switch_page("app_pages/detections.py").run()
+    no_exceptions(at)
+    assert at.slider(key="det_score").value == 0.3
+    assert at.selectbox(key="det_contained").value == "keep them all"
+    assert at.radio(key="det_layout").value == "one at a time, full width"
+    assert "with score ≥ 0.30" in captions(at)
