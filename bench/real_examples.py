@@ -4,13 +4,14 @@
     python bench/real_examples.py --pair single-stage --out docs/img/real_vtest_retina.png
     python bench/real_examples.py --checkpoints runs/candidates --out /tmp/candidates.png   # before shipping
     python bench/real_examples.py --frame a.jpg b.jpg --suppress-contained 0.9 --out docs/img/real_one_box.png
+    python bench/real_examples.py --models teacher=assets/checkpoints/teacher.safetensors longer=runs/t/final.safetensors
 
 Draws teacher | no-KD student | distilled student side by side (score ≥ 0.5) and
 prints how many pedestrians each found and its CPU time. ``--pair`` picks the demo
 checkpoints: the two-stage pair (teacher, student_baseline, student_hkd) or the
 single-stage one (retina_teacher, retina_student_baseline, retina_student_kd), read from
 ``--checkpoints`` (default assets/checkpoints/; a folder of candidates under the same names
-shows them before they are shipped). Several ``--frame`` s give one row each;
+shows them before they are shipped); ``--models NAME=CKPT …`` draws any checkpoints instead. Several ``--frame`` s give one row each;
 ``--suppress-contained C`` adds, under each frame's row, the same detections with the boxes
 mostly inside a higher-scoring one removed (``hkd predict --suppress-contained C``), so the
 figure reads before / after.
@@ -42,6 +43,8 @@ def main() -> int:
     p.add_argument("--pair", choices=list(PAIRS), default="two-stage", help="which demo checkpoints")
     p.add_argument("--checkpoints", type=Path, default=ROOT / "assets/checkpoints",
                    help="the folder holding the pair's files (default %(default)s)")
+    p.add_argument("--models", nargs="+", metavar="NAME=CKPT", default=None,
+                   help="any checkpoints, one column each, instead of --pair/--checkpoints")
     p.add_argument("--suppress-contained", type=float, default=None, metavar="C",
                    help="add a row per frame with boxes ≥ C inside a higher-scoring one removed")
     p.add_argument("--width", type=int, default=384, help="width of each panel in px (default %(default)s)")
@@ -50,8 +53,15 @@ def main() -> int:
     images = [load_image(frame) for frame in args.frame]
     settings = [None] + ([args.suppress_contained] if args.suppress_contained is not None else [])
     rows: dict[tuple[int, float | None], list[np.ndarray]] = {}
-    for name, color in zip(PAIRS[args.pair], ((30, 120, 255), (255, 140, 0), (40, 180, 60))):
-        model = load_checkpoint(args.checkpoints / f"{name}.safetensors", inference=True).model
+    if args.models:
+        if any("=" not in m for m in args.models):
+            p.error("--models takes NAME=CKPT pairs")
+        columns = {name: Path(path) for name, path in (m.split("=", 1) for m in args.models)}
+    else:
+        columns = {name: args.checkpoints / f"{name}.safetensors" for name in PAIRS[args.pair]}
+    palette = ((30, 120, 255), (255, 140, 0), (40, 180, 60), (170, 80, 220), (220, 40, 40))
+    for (name, path), color in zip(columns.items(), palette * 4):
+        model = load_checkpoint(path, inference=True).model
         detect(model, images[:1])  # warm-up
         for i, (frame, image) in enumerate(zip(args.frame, images)):
             (found,) = detect(model, [image], score_thresh=args.score)
