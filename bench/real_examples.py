@@ -19,6 +19,7 @@ figure reads before / after.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def main() -> int:
     else:
         columns = {name: args.checkpoints / f"{name}.safetensors" for name in PAIRS[args.pair]}
     palette = ((30, 120, 255), (255, 140, 0), (40, 180, 60), (170, 80, 220), (220, 40, 40))
-    for (name, path), color in zip(columns.items(), palette * 4):
+    for (name, path), color in zip(columns.items(), itertools.cycle(palette)):
         model = load_checkpoint(path, inference=True).model
         detect(model, images[:1])  # warm-up
         for i, (frame, image) in enumerate(zip(args.frame, images)):

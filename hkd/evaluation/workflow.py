@@ -50,7 +50,6 @@ class LazyDataset:
 
     def __init__(self, path: str | os.PathLike):
         self.path = path
-        self.opens = 0
         self._dataset = None
 
     def __call__(self):
@@ -58,7 +57,6 @@ class LazyDataset:
             from hkd.data.datasets import open_dataset
 
             self._dataset = open_dataset(self.path)
-            self.opens += 1
         return self._dataset
 
 
@@ -154,7 +152,7 @@ def dataset_gt(path: str | os.PathLike, limit: int | None, cache_root: str | os.
     out = Path(cache_root) / "gt" / f"{dataset_id}-{stamp}-{limit or 'all'}.json"
     if out.is_file():
         return json.loads(out.read_text()), out
-    gt = (opened or LazyDataset(path))().coco_gt()
+    gt = dataset_ground_truth(path, opened=opened)
     if limit:
         keep = {im["id"] for im in gt["images"][:limit]}
         gt = {**gt, "images": gt["images"][:limit],
