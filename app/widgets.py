@@ -421,7 +421,8 @@ def case_note(picture, prefix: str) -> tuple | None:
 CONTAINED = {"keep them all": None, "suppress if ≥ 90 % inside": 0.9, "suppress if ≥ 80 % inside": 0.8}
 LAYOUTS = ["side by side", "one at a time, full width"]
 DETECTION_KEPT = {"det_score": 0.5, "det_nms": 0.5, "det_match": 0.5, "det_contained": "suppress if ≥ 90 % inside",
-                  "det_layout": LAYOUTS[0], "det_onnx": False}
+                  "det_layout": LAYOUTS[0], "det_onnx": False, "det_zoom": False}
+ZOOM_OUT = 0.5  # the second look's scale (hkd predict --zoom-out 0.5)
 
 
 @dataclass(frozen=True)
@@ -433,6 +434,7 @@ class DetectionControls:
     layout: str
     show_gt: bool
     onnx: bool
+    zoom_out: float | None = None  # None: one look
 
     def one_per_person(self, dets):
         """``dets`` without the boxes mostly inside a higher-scoring one, as chosen."""
@@ -461,7 +463,7 @@ def detection_controls(has_gt: bool) -> DetectionControls:
              "Suppressing a box when this share of it lies inside a higher-scoring one (hkd predict "
              "--suppress-contained) leaves one box per person. 90 % removes about 70 % of such boxes at score 0.5 "
              "on SynthPed val for MR⁻² +0.3 to +0.6 (docs/BENCHMARKS.md, 'One box per person').")
-    cols = st.columns(3)
+    cols = st.columns(4)
     layout = cols[0].radio("Layout", LAYOUTS, horizontal=True, key="det_layout",
                            help="One at a time: each model's image at the page's full width (tabs), to read the scores.")
     show_gt = has_gt and cols[1].toggle("Show ground truth", value=has_gt, disabled=not has_gt, key="det_gt",
@@ -469,5 +471,11 @@ def detection_controls(has_gt: bool) -> DetectionControls:
     onnx = cols[2].toggle("Student via ONNX", key="det_onnx",
                           help="Run the student's ONNX export through onnxruntime (hkd export; made and checked "
                                "against PyTorch on first use) instead of PyTorch.")
+    zoom = cols[3].toggle("People larger than the frame", key="det_zoom",
+                          help="A second look at the image zoomed out to half size (hkd predict --zoom-out 0.5): "
+                               "finds a person nearer the camera than the models were trained for, cut by the "
+                               "image's border. Doubles the inference time (docs/BENCHMARKS.md, 'People larger "
+                               "than the frame').")
     page_state.keep(DETECTION_KEPT)
-    return DetectionControls(score, nms, match_iou, CONTAINED[contained], layout, bool(show_gt), onnx)
+    return DetectionControls(score, nms, match_iou, CONTAINED[contained], layout, bool(show_gt), onnx,
+                             ZOOM_OUT if zoom else None)

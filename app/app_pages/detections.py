@@ -33,13 +33,14 @@ for role, m in shown.items():
     with st.spinner(f"Running the {role} ({names[role]})…"):
         if role == "student" and use_onnx:
             try:
-                found[role] = ctl.one_per_person(compute.detections(m, picture, backend="onnxruntime").filter(score, nms))
+                found[role] = ctl.one_per_person(compute.detections(m, picture, backend="onnxruntime",
+                                                                    zoom_out=ctl.zoom_out).filter(score, nms))
                 backend[role] = "onnxruntime"
                 continue
             except Exception as exc:  # noqa: BLE001 - any export/runtime failure: say so, fall back to PyTorch
                 st.error(f"The student cannot run through onnxruntime ({type(exc).__name__}: {exc}); "
                          "showing PyTorch's detections.")
-        found[role] = ctl.one_per_person(compute.detections(m, picture).filter(score, nms))
+        found[role] = ctl.one_per_person(compute.detections(m, picture, zoom_out=ctl.zoom_out).filter(score, nms))
 
 height, width = picture.pixels.shape[:2]
 titles = {role: f"{role.title()} · {models.short_name(names[role])}" for role in shown}
@@ -75,7 +76,7 @@ with right:
     metrics[1].metric(f"{a.title()} only", counts["teacher_only"])
     metrics[2].metric(f"{b.title()} only", counts["student_only"])
     metrics[3].metric("Ground truth", len(picture.gt_boxes) if has_gt else "—")
-    settings_used = {"score_thresh": score, "nms_iou": nms, "suppress_contained": ctl.contained,
+    settings_used = {"score_thresh": score, "nms_iou": nms, "suppress_contained": ctl.contained, "zoom_out": ctl.zoom_out,
                      "agreement_iou": match_iou, "agreement_pair": [a, b]}
     st.download_button("Download detections (JSON)", key="det_download", mime="application/json",
                        file_name=f"{picture.name.rsplit('.', 1)[0]}_detections.json",

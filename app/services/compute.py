@@ -44,18 +44,19 @@ def latency(m: LoadedModel, runs: int = 3) -> dict[str, float]:
 
 # -- detections ---------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=256)
-def _detections(model_key: str, image_key: str, _model, _pixels: np.ndarray) -> Detections:
-    (found,) = detect(_model, [_pixels], score_thresh=0.0)
+def _detections(model_key: str, image_key: str, zoom_out: float | None, _model, _pixels: np.ndarray) -> Detections:
+    (found,) = detect(_model, [_pixels], score_thresh=0.0, zoom_out=zoom_out)
     return found
 
 
-def detections(m: LoadedModel, picture: Picture, *, backend: str = "pytorch") -> Detections:
+def detections(m: LoadedModel, picture: Picture, *, backend: str = "pytorch", zoom_out: float | None = None) -> Detections:
     """All detections of ``m`` on the image (the page filters by score and NMS); ``seconds`` is
     the inference time measured when first computed. ``backend="onnxruntime"`` runs the model's
-    ONNX export (:func:`onnx_detector`) instead of PyTorch."""
+    ONNX export (:func:`onnx_detector`) instead of PyTorch. ``zoom_out``: also a second look at
+    that scale, for people larger than the frame (:func:`hkd.models.inference.merge_zoomed`)."""
     if backend == "onnxruntime":
-        return _onnx_detections(m.key, picture.key, onnx_detector(m), picture.pixels)
-    return _detections(m.key, picture.key, m.model, picture.pixels)
+        return _onnx_detections(m.key, picture.key, zoom_out, onnx_detector(m), picture.pixels)
+    return _detections(m.key, picture.key, zoom_out, m.model, picture.pixels)
 
 
 # -- the ONNX backend (hkd.deploy) ----------------------------------------------
@@ -83,8 +84,9 @@ def onnx_detector(m: LoadedModel):
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _onnx_detections(model_key: str, image_key: str, _detector, _pixels: np.ndarray) -> Detections:
-    (found,) = _detector.detect([_pixels], score_thresh=0.0)
+def _onnx_detections(model_key: str, image_key: str, zoom_out: float | None, _detector,
+                     _pixels: np.ndarray) -> Detections:
+    (found,) = _detector.detect([_pixels], score_thresh=0.0, zoom_out=zoom_out)
     return found
 
 

@@ -30,6 +30,13 @@ def add_parser(subparsers, name: str) -> None:
                    help="post-processing, off by default: remove a box whose area lies, by a share ≥ C (0 < C ≤ 1, "
                         "e.g. 0.8), inside a higher-scoring kept box — a leg or torso box inside a full-body "
                         "box (hkd.models.inference.suppress_contained; measured in docs/BENCHMARKS.md)")
+    p.add_argument("--zoom-out", type=float, default=None, metavar="Z",
+                   help="off by default: a second pass on a canvas 1/Z times the image (0 < Z < 1, e.g. 0.5), "
+                        "merged by NMS, for people larger than the frame (hkd.models.inference.merge_zoomed; "
+                        "measured in docs/BENCHMARKS.md); one more forward pass per image")
+    p.add_argument("--zoom-min-height", type=float, default=None, metavar="H",
+                   help="with --zoom-out: keep the second pass's boxes at least H of the image height "
+                        "(default 0.5)")
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:N (default auto: a GPU when there is one); PyTorch checkpoints only")
     p.add_argument("--threads", type=int, default=0,
@@ -54,7 +61,7 @@ def run(args) -> int:
     from hkd.models.meta import atomic_write
     from hkd.models.checkpoint import CheckpointError
     from hkd.deploy.runtime import OnnxDetector, OnnxInputError
-    from hkd.models.inference import detect
+    from hkd.models.inference import ZOOM_MIN_HEIGHT, detect
 
     gt_dataset = bool(args.gt) and not is_gt_json(args.gt)
     opened = LazyDataset(args.gt) if gt_dataset else None  # one parse for its images folder and its GT
@@ -80,6 +87,14 @@ def run(args) -> int:
         raise CLIError(f"--limit must be a positive number of images, got {args.limit}")
     if args.suppress_contained is not None and not 0 < args.suppress_contained <= 1:
         raise CLIError(f"--suppress-contained must be a share in (0, 1], got {args.suppress_contained:g}")
+    if args.zoom_out is not None and not 0 < args.zoom_out < 1:
+        raise CLIError(f"--zoom-out must be a scale in (0, 1), e.g. 0.5, got {args.zoom_out:g}")
+    if args.zoom_min_height is not None:
+        if args.zoom_out is None:
+            raise CLIError("--zoom-min-height goes with --zoom-out")
+        if not 0 <= args.zoom_min_height <= 1:
+            raise CLIError(f"--zoom-min-height must be a share of the image height in [0, 1], "
+                           f"got {args.zoom_min_height:g}")
     out = Path(args.out)
     _check_output(out, args, files)
     ids: dict[str, int] = {}
@@ -105,6 +120,9 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     # both backends give the same Detections: PyTorch through detect(), onnxruntime through its own detect()
     run_detect = model.detect if isinstance(model, OnnxDetector) else partial(detect, model)
+    if args.zoom_out is not None:
+        zoom_min_height = ZOOM_MIN_HEIGHT if args.zoom_min_height is None else args.zoom_min_height
+        run_detect = partial(run_detect, zoom_out=args.zoom_out, zoom_min_height=zoom_min_height)
     if args.status:
         write_status(args.status, "running", step=0, total=len(files))
     results, skipped = [], []
@@ -150,6 +168,8 @@ def run(args) -> int:
                 write_status(args.status, "failed", message=message)
         raise CLIError(message) from None
     msg = f"predict: {len(results)} detections on {len(files) - len(skipped)} images → {out}"
+    if args.zoom_out is not None:
+        msg += f" (with a zoomed-out second look at --zoom-out {args.zoom_out:g})"
     if args.suppress_contained is not None:
         msg += f" ({suppressed} contained boxes suppressed at --suppress-contained {args.suppress_contained:g})"
     if skipped:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -230,24 +229,23 @@ class OnnxDetector:
         return out
 
     # -- the library's contract --------------------------------------------------------------------
-    def detect(self, images: Sequence, *, score_thresh: float = 0.05, max_dets: int = 100) -> list:
+    def detect(self, images: Sequence, *, score_thresh: float = 0.05, max_dets: int = 100,
+               suppress_contained: float | None = None, zoom_out: float | None = None,
+               zoom_min_height: float | None = None) -> list:
         """Pedestrian :class:`~hkd.models.inference.Detections` per image (uint8 HWC arrays or float CHW tensors).
 
         :func:`hkd.models.inference.detect`'s contract: the same conversion
-        (``image_tensor``), the same pedestrian filter (``Detections.from_prediction``),
-        ``seconds`` timing the graph alone.
+        (``image_tensor``), the same pedestrian filter and options (``detect_one``),
+        ``seconds`` timing the graph alone. ``zoom_out`` needs an export for any size
+        (``--dynamic``): its second pass is larger than the image.
         """
-        from hkd.models.inference import Detections, image_tensor
+        from hkd.models.inference import ZOOM_MIN_HEIGHT, check_options, detect_one, image_tensor
 
-        out = []
-        for image in images:
-            tensor = image_tensor(image)
-            start = time.perf_counter()
-            (pred,) = self([tensor])
-            seconds = time.perf_counter() - start
-            out.append(Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets,
-                                                  seconds=seconds))
-        return out
+        check_options(suppress_contained, zoom_out)
+        return [detect_one(lambda t: self([t])[0], image_tensor(image), score_thresh=score_thresh,
+                           max_dets=max_dets, suppress_contained=suppress_contained, zoom_out=zoom_out,
+                           zoom_min_height=ZOOM_MIN_HEIGHT if zoom_min_height is None else zoom_min_height)
+                for image in images]
 
     @property
     def providers(self) -> list[str]:

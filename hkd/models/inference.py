@@ -13,6 +13,22 @@ standing behind another, whose box lies inside the nearer person's box, is
 removed too. The measured effect on SynthPed is in docs/BENCHMARKS.md
 ("One box per person: suppressing contained boxes"); ``hkd predict
 --suppress-contained C`` and ``detect(..., suppress_contained=C)`` apply it.
+
+**A second look, zoomed out: people larger than the frame** (``zoom_out``,
+off by default). A detector finds people over the range of heights it was
+trained on; a person nearer the camera than any of them — taller than the
+image, cut by its border, as on many photos — scores low or not at all.
+``detect(..., zoom_out=Z)`` also runs the model on a canvas ``1/Z`` times the
+image's size with the image at its top-left and the normalisation's mean
+everywhere else (zero after normalising, what the model's own batching pads
+with), so the model's resize shows that person ``Z`` times as tall. The
+second pass's boxes lie in the image's own coordinates; they are clipped to
+the image, only those at least ``zoom_min_height`` of the image's height are
+kept (the pass is for large people: smaller ones are the first pass's, at a
+resolution fit for them), and the two passes are merged by NMS
+(:func:`merge_zoomed`). It costs one more forward pass. The measured effect
+is in docs/BENCHMARKS.md ("People larger than the frame: a zoomed-out second
+look"); ``hkd predict --zoom-out Z`` applies it.
 """
 from __future__ import annotations
 
@@ -27,6 +43,10 @@ from torch import nn
 from torchvision.ops import batched_nms, box_area
 
 PEDESTRIAN = 1
+# the canvas of the zoomed-out pass is filled with the models' normalisation mean (0 once normalised)
+CANVAS_FILL = (0.485, 0.456, 0.406)
+ZOOM_MIN_HEIGHT = 0.5  # the zoomed-out pass keeps boxes at least this share of the image's height
+ZOOM_NMS = 0.5  # the merge's NMS IoU: the models' own box NMS threshold
 
 
 @dataclass
@@ -161,32 +181,110 @@ def image_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
+def zoomed_canvas(image: torch.Tensor, zoom: float, fill=CANVAS_FILL) -> torch.Tensor:
+    """(3, H, W) float image at the top-left of a (3, ceil(H/zoom), ceil(W/zoom)) canvas filled with
+    ``fill`` (per channel): the model's resize then shows everything ``zoom`` times as large, and a box
+    on the canvas is a box in the image's own coordinates."""
+    zoom = _zoom(zoom)
+    _, h, w = image.shape
+    canvas = torch.tensor(fill, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    canvas = canvas.expand(3, math.ceil(h / zoom), math.ceil(w / zoom)).clone()
+    canvas[:, :h, :w] = image
+    return canvas
+
+
+def merge_zoomed(base: Detections, zoomed: Detections, height: int, width: int, *,
+                 min_height: float = ZOOM_MIN_HEIGHT, nms_thresh: float = ZOOM_NMS,
+                 max_dets: int = 100) -> Detections:
+    """The first pass's detections and the zoomed-out pass's large ones, merged.
+
+    ``zoomed``'s boxes (in the image's coordinates, as :func:`zoomed_canvas` places the image)
+    are clipped to the ``height`` × ``width`` image; those shorter than ``min_height`` × ``height``
+    are dropped (a box wholly on the canvas's fill has height 0). The union is reduced by NMS at
+    ``nms_thresh`` (the higher score wins) and cut to ``max_dets``, by descending score;
+    ``seconds`` is the two passes' sum.
+    """
+    min_height = float(min_height)
+    if not 0 <= min_height <= 1:
+        raise ValueError(f"zoom_min_height must be a share of the image height in [0, 1], got {min_height!r}")
+    boxes = zoomed.boxes.copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    tall = (boxes[:, 3] - boxes[:, 1] >= max(min_height * height, 1e-6)) & (boxes[:, 2] > boxes[:, 0])
+    all_boxes = np.concatenate([base.boxes, boxes[tall]]).astype(np.float32)
+    all_scores = np.concatenate([base.scores, zoomed.scores[tall]]).astype(np.float32)
+    seconds = base.seconds + zoomed.seconds
+    if not len(all_scores):
+        return Detections(all_boxes.reshape(0, 4), all_scores, seconds)
+    keep = batched_nms(torch.from_numpy(all_boxes), torch.from_numpy(all_scores),
+                       torch.zeros(len(all_scores), dtype=torch.int64), nms_thresh).numpy()[:max_dets]
+    return Detections(all_boxes[keep], all_scores[keep], seconds)
+
+
+def detect_one(run, tensor: torch.Tensor, *, score_thresh: float = 0.05, max_dets: int = 100,
+               suppress_contained: float | None = None, zoom_out: float | None = None,
+               zoom_min_height: float = ZOOM_MIN_HEIGHT) -> Detections:
+    """One image's pedestrians, ``run`` being the model (a (3, H, W) tensor → a torchvision
+    prediction dict): the model's boxes, then the zoomed-out pass (:func:`merge_zoomed`) and the
+    contained-box suppression when asked. Both backends (PyTorch, onnxruntime) go through this."""
+    def timed(t):
+        start = time.perf_counter()
+        pred = run(t)
+        return Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets,
+                                          seconds=time.perf_counter() - start)
+
+    dets = timed(tensor)
+    if zoom_out is not None:
+        zoomed = timed(zoomed_canvas(tensor, zoom_out))
+        dets = merge_zoomed(dets, zoomed, tensor.shape[1], tensor.shape[2], min_height=zoom_min_height,
+                            max_dets=max_dets)
+    if suppress_contained is not None:
+        dets = dets.suppress_contained(suppress_contained)
+    return dets
+
+
+def check_options(suppress_contained: float | None = None, zoom_out: float | None = None) -> None:
+    """A clear ValueError for an option out of range (before any image is read)."""
+    if suppress_contained is not None:
+        _fraction(suppress_contained, "suppress_contained")
+    if zoom_out is not None:
+        _zoom(zoom_out)
+
+
+def _zoom(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < 1):
+        raise ValueError(f"zoom_out must be a scale in (0, 1) (0.5: a second look at half size), got {value!r}")
+    return float(value)
+
+
 @torch.inference_mode()
 def detect(model: nn.Module, images: list, *, score_thresh: float = 0.05, max_dets: int = 100,
-           suppress_contained: float | None = None) -> list[Detections]:
+           suppress_contained: float | None = None, zoom_out: float | None = None,
+           zoom_min_height: float = ZOOM_MIN_HEIGHT) -> list[Detections]:
     """Pedestrian detections for each image (uint8 HWC arrays or float CHW tensors).
 
     The model must be in eval mode (a shared, cached model is never switched
     here). Only label 1 (pedestrian) is kept.
 
-    ``suppress_contained``: None (default) keeps the model's boxes as they
-    are; a containment in (0, 1] then removes the boxes mostly contained in a
-    higher-scoring kept one (:meth:`Detections.suppress_contained`), after the
-    score threshold and the ``max_dets`` cap. ``seconds`` times the model alone.
+    ``zoom_out``: None (default) runs the model once; a scale Z in (0, 1) adds
+    a second pass on a canvas ``1/Z`` times the image's size and merges its
+    boxes taller than ``zoom_min_height`` of the image (:func:`merge_zoomed`):
+    people larger than the model's training range. ``suppress_contained``:
+    None (default) keeps the model's boxes as they are; a containment in
+    (0, 1] then removes the boxes mostly contained in a higher-scoring kept one
+    (:meth:`Detections.suppress_contained`), after the score threshold, the
+    ``max_dets`` cap and the merge. ``seconds`` times the model alone (both
+    passes).
     """
-    if suppress_contained is not None:
-        _fraction(suppress_contained, "suppress_contained")
+    check_options(suppress_contained, zoom_out)
     if model.training:
         raise RuntimeError("detect() needs a model in eval mode; call model.eval() once when loading it")
-    tensors = [image_tensor(im) for im in images]
     device = next(model.parameters()).device  # a model moved to a GPU (hkd predict --device cuda)
-    out = []
-    for tensor in tensors:
-        start = time.perf_counter()
+
+    def run(tensor):
         (pred,) = model([tensor.to(device)])
-        seconds = time.perf_counter() - start
-        dets = Detections.from_prediction(pred, score_thresh=score_thresh, max_dets=max_dets, seconds=seconds)
-        if suppress_contained is not None:
-            dets = dets.suppress_contained(suppress_contained)
-        out.append(dets)
-    return out
+        return pred
+
+    return [detect_one(run, image_tensor(im), score_thresh=score_thresh, max_dets=max_dets,
+                       suppress_contained=suppress_contained, zoom_out=zoom_out, zoom_min_height=zoom_min_height)
+            for im in images]

@@ -74,6 +74,25 @@ def test_onnxruntime_matches_pytorch_on_images_not_used_by_the_check(tiny):
     assert set(pred) == {"boxes", "scores", "labels"} and pred["labels"].dtype == torch.int64
 
 
+def test_both_backends_take_the_zoomed_out_second_look_alike(tiny):
+    from hkd.deploy.agreement import backend_agreement
+    from hkd.models.inference import detect
+
+    model = load_checkpoint(tiny["ckpt"], inference=True).model
+    detector = OnnxDetector(tiny["dynamic"].path, threads=1)
+    images = [load_image(p) for p in sorted((ASSETS / "real").glob("*.jpg"))[:2]]
+    options = {"score_thresh": 0.05, "zoom_out": 0.5, "zoom_min_height": 0.0, "suppress_contained": 0.9}
+    reference = [detect(model, [im], **options)[0] for im in images]
+    candidate = [detector.detect([im], **options)[0] for im in images]
+    agreement = backend_agreement(reference, candidate, score_thresh=0.05, max_dets=100)
+    assert agreement.ok and agreement.reference > 0, agreement.summary()
+    plain = [detector.detect([im], score_thresh=0.05)[0] for im in images]
+    assert [len(d) for d in plain] != [len(d) for d in candidate] or any(
+        not np.array_equal(a.boxes, b.boxes) for a, b in zip(plain, candidate)), "the options change the boxes"
+    with pytest.raises(ValueError, match="zoom_out"):
+        detector.detect(images[:1], zoom_out=1.0)
+
+
 @pytest.mark.slow
 def test_mr_equal_on_the_shipped_synthped_samples(tiny):
     from hkd.train.evaluate import evaluate_detections

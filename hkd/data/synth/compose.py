@@ -190,7 +190,7 @@ def plan(rng: np.random.Generator, config: SynthConfig, bg: Background, resource
             target.x = (0.0 if edge == 0 else float(W)) + float(rng.uniform(-1.2, 1.2)) * half
     if rng.random() < config.free_scale_prob:
         h = float(rng.uniform(*config.free_scale_height)) * H
-        y = float(rng.uniform(0.9, 1.0)) * H + float(rng.uniform(0.0, 0.2)) * h
+        y = float(rng.uniform(0.9, 1.0)) * H + float(rng.uniform(*config.free_scale_below)) * h
         x = float(rng.uniform(-0.05, 1.05)) * W
         ents.append(_person(rng, config, resources, x, y, h, depth=CLOSE + 1))
 

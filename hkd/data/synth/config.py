@@ -40,6 +40,10 @@ class SynthConfig:
     """Probability that an image also holds one close-up person off the ground plane."""
     free_scale_height: tuple[float, float] = (0.35, 0.9)
     """Height of that close-up person, as a fraction of the image height."""
+    free_scale_below: tuple[float, float] = (0.0, 0.2)
+    """How far below the bottom tenth of the image that close-up person's feet are, as a fraction
+    of their height: 0.3-0.6 with heights above 1.0 puts people taller than the frame in view from
+    the head down, cut by the bottom border (the split that measures ``detect(zoom_out=...)``)."""
     border_cut_prob: float = 0.35
     """Probability that an image moves one person across the left/right/bottom border."""
 
