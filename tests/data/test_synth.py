@@ -183,3 +183,20 @@ def test_contact_sheet(dataset40, tmp_path):
     sheet = cv2.imread(str(contact_sheet(out, tmp_path / "sheet.jpg", n=12)))
     assert sheet is not None and sheet.shape[1] > sheet.shape[0] > 0
     assert np.any(np.all(np.abs(sheet.astype(int) - (40, 220, 40)) < 40, axis=2))  # green boxes are drawn
+
+
+def test_people_taller_than_the_frame_are_in_view_from_the_head_down(tmp_path):
+    """free_scale_below puts the close-up person's feet far below the frame: taller than the image,
+    the head in view, cut by the bottom border (the split that measures the zoomed-out look)."""
+    config = SynthConfig(width=320, height=240, free_scale_prob=1.0, free_scale_height=(1.1, 1.3),
+                         free_scale_below=(0.4, 0.5))
+    coco = generate(tmp_path / "large", 4, seed=7, config=config, workers=1, progress=False)
+    for image in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]]
+        tall = [a for a in anns if a["full_bbox"][3] > image["height"]]
+        assert tall, f"image {image['id']}: no person taller than the frame"
+        for a in tall:
+            assert a["truncated"] == 1 and a["bbox"][1] + a["bbox"][3] == image["height"]
+            assert a["full_bbox"][1] >= 0, "the head is in view"
+    with pytest.raises(ValueError, match="free_scale_below"):
+        SynthConfig(free_scale_below=(0.6, 0.3))
