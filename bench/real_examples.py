@@ -4,6 +4,7 @@
     python bench/real_examples.py --pair single-stage --out docs/img/real_vtest_retina.png
     python bench/real_examples.py --checkpoints runs/candidates --out /tmp/candidates.png   # before shipping
     python bench/real_examples.py --frame a.jpg b.jpg --suppress-contained 0.9 --out docs/img/real_one_box.png
+    python bench/real_examples.py --frame a.jpg --suppress-contained 0.9 --zoom-out 0.5 --out docs/img/real_zoom.jpg
     python bench/real_examples.py --models teacher=assets/checkpoints/teacher.safetensors longer=runs/t/final.safetensors
 
 Draws teacher | no-KD student | distilled student side by side (score ≥ 0.5) and
@@ -14,7 +15,8 @@ single-stage one (retina_teacher, retina_student_baseline, retina_student_kd), r
 shows them before they are shipped); ``--models NAME=CKPT …`` draws any checkpoints instead. Several ``--frame`` s give one row each;
 ``--suppress-contained C`` adds, under each frame's row, the same detections with the boxes
 mostly inside a higher-scoring one removed (``hkd predict --suppress-contained C``), so the
-figure reads before / after.
+figure reads before / after; ``--zoom-out Z`` adds one more row with the zoomed-out second look
+(``hkd predict --zoom-out Z``, with the suppression too when given).
 """
 from __future__ import annotations
 
@@ -48,12 +50,19 @@ def main() -> int:
                    help="any checkpoints, one column each, instead of --pair/--checkpoints")
     p.add_argument("--suppress-contained", type=float, default=None, metavar="C",
                    help="add a row per frame with boxes ≥ C inside a higher-scoring one removed")
+    p.add_argument("--zoom-out", type=float, default=None, metavar="Z",
+                   help="add a row per frame with a second look zoomed out to Z (and the suppression, if given)")
     p.add_argument("--width", type=int, default=384, help="width of each panel in px (default %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(2)
     images = [load_image(frame) for frame in args.frame]
-    settings = [None] + ([args.suppress_contained] if args.suppress_contained is not None else [])
-    rows: dict[tuple[int, float | None], list[np.ndarray]] = {}
+    # (suppress_contained, zoom_out) per row of each frame
+    settings: list[tuple[float | None, float | None]] = [(None, None)]
+    if args.suppress_contained is not None:
+        settings.append((args.suppress_contained, None))
+    if args.zoom_out is not None:
+        settings.append((args.suppress_contained, args.zoom_out))
+    rows: dict[tuple[int, tuple], list[np.ndarray]] = {}
     if args.models:
         if any("=" not in m for m in args.models):
             p.error("--models takes NAME=CKPT pairs")
@@ -65,19 +74,24 @@ def main() -> int:
         model = load_checkpoint(path, inference=True).model
         detect(model, images[:1])  # warm-up
         for i, (frame, image) in enumerate(zip(args.frame, images)):
-            (found,) = detect(model, [image], score_thresh=args.score)
             for setting in settings:
-                shown = found if setting is None else found.suppress_contained(setting)
-                label = "off" if setting is None else f"suppress-contained {setting:g}"
-                print(f"{name} · {Path(frame).name} · {label}: {len(shown)} pedestrians ≥ {args.score}, "
-                      f"{found.seconds * 1000:.0f} ms")
+                contained, zoom = setting
+                (shown,) = detect(model, [image], score_thresh=args.score, suppress_contained=contained, zoom_out=zoom)
+                print(f"{name} · {Path(frame).name} · {label(setting)}: {len(shown)} pedestrians ≥ {args.score}, "
+                      f"{shown.seconds * 1000:.0f} ms")
                 panel = Image.fromarray(draw_boxes(image, shown.boxes, scores=shown.scores, color=color, labels=None))
                 height = round(image.shape[0] * args.width / image.shape[1])
                 rows.setdefault((i, setting), []).append(np.asarray(panel.resize((args.width, height))))
     Image.fromarray(np.concatenate([np.concatenate(row, axis=1) for row in rows.values()], axis=0)).save(args.out)
-    print(f"wrote {args.out}: rows " + ", ".join(f"{Path(args.frame[i]).name} ({'off' if s is None else s})"
-                                                  for i, s in rows))
+    print(f"wrote {args.out}: rows " + ", ".join(f"{Path(args.frame[i]).name} ({label(s)})" for i, s in rows))
     return 0
+
+
+def label(setting: tuple[float | None, float | None]) -> str:
+    contained, zoom = setting
+    parts = ([f"suppress-contained {contained:g}"] if contained is not None else []) + \
+        ([f"zoom-out {zoom:g}"] if zoom is not None else [])
+    return " + ".join(parts) or "off"
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def test_the_controls_keep_their_values_across_pages(open_page):
     assert "with score ≥ 0.30" in captions(at)
 
 
-def test_the_zoomed_out_second_look_is_off_by_default_asked_for_and_kept(open_page, monkeypatch):
+def test_the_zoomed_out_second_look_is_on_by_default_can_be_turned_off_and_is_kept(open_page, monkeypatch):
     import streamlit as st
 
     import hkd.models.inference as inference
@@ -258,13 +258,15 @@ def test_the_zoomed_out_second_look_is_off_by_default_asked_for_and_kept(open_pa
     sizes, real = [], inference.merge_zoomed
     monkeypatch.setattr(inference, "merge_zoomed", lambda *a, **k: sizes.append(a[2:4]) or real(*a, **k))
     at = open_page("detections")
-    assert at.toggle(key="det_zoom").value is False and not sizes
-    at.toggle(key="det_zoom").set_value(True).run()
     no_exceptions(at)
-    assert not at.error
+    assert at.toggle(key="det_zoom").value is True  # the measured display default
     assert len(sizes) == 2, "teacher and student each take the second look"
     assert len(set(sizes)) == 1 and len(_pedestrians(at)) == 2
+    at.toggle(key="det_zoom").set_value(False).run()
+    no_exceptions(at)
+    assert not at.error and len(sizes) == 2, "one look only: nothing merged"
     at.switch_page("app_pages/models.py").run()
     at.switch_page("app_pages/detections.py").run()
-    assert at.toggle(key="det_zoom").value is True
+    assert at.toggle(key="det_zoom").value is False
+    at.toggle(key="det_zoom").set_value(True).run()
     assert len(sizes) == 2, "cached: the second look is not run again"
