@@ -54,7 +54,7 @@ for place, (role, m) in zip(places, shown.items()):
             drawn = draw_boxes(drawn, [case_box], color=COLORS["ground_truth"], thickness=1)
         st.image(drawn, width="stretch")
         st.caption(f"**{len(dets)} pedestrians** with score ≥ {score:.2f} · inference **{dets.seconds * 1000:.0f} ms** "
-                   f"on the CPU ({backend[role]}{', two looks' if ctl.zoom_out else ''}) for {picture.name} ({width}×{height}; first run, cached afterwards)")
+                   f"on the CPU ({backend[role]}){' in two looks' if ctl.zoom_out else ''} for {picture.name} ({width}×{height}; first run, cached afterwards)")
 
 st.header("Agreement")
 pairs = [f"{a}|{b}" for a, b in combinations(shown, 2)]

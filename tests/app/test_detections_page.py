@@ -262,9 +262,11 @@ def test_the_zoomed_out_second_look_is_on_by_default_can_be_turned_off_and_is_ke
     assert at.toggle(key="det_zoom").value is True  # the measured display default
     assert len(sizes) == 2, "teacher and student each take the second look"
     assert len(set(sizes)) == 1 and len(_pedestrians(at)) == 2
+    assert captions(at).count("in two looks") == 2
     at.toggle(key="det_zoom").set_value(False).run()
     no_exceptions(at)
     assert not at.error and len(sizes) == 2, "one look only: nothing merged"
+    assert "in two looks" not in captions(at)
     at.switch_page("app_pages/models.py").run()
     at.switch_page("app_pages/detections.py").run()
     assert at.toggle(key="det_zoom").value is False
