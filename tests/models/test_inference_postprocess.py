@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from hkd.cli import main
@@ -107,21 +106,8 @@ def test_detect_default_off_is_identical_and_the_option_suppresses():
         detect(model, [image], suppress_contained=2.0)
 
 
-def test_predict_suppress_contained_option(tmp_path, capsys):
-    from hkd.models.checkpoint import CheckpointMeta, save_checkpoint
-    from hkd.models.presets import build_detector
-
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(images / name)
-    torch.manual_seed(0)
-    model = build_detector("hkd_frcnn_lite0.student", min_size=96, max_size=128).eval()
-    ckpt = save_checkpoint(tmp_path / "s.safetensors", model,
-                           CheckpointMeta(preset="hkd_frcnn_lite0.student", min_size=96, max_size=128))
-    common = ["predict", "--checkpoint", str(ckpt), "--images", str(images), "--score-thresh", "0.0",
-              "--threads", "1", "--device", "cpu"]
+def test_predict_suppress_contained_option(predict_world, tmp_path, capsys):
+    common = predict_world.common
     assert main([*common, "--out", str(tmp_path / "plain.json")]) == 0
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "sup.json"), "--suppress-contained", "0.5"]) == 0

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from hkd.cli import main
@@ -103,21 +102,8 @@ def test_the_options_compose_in_order_merge_then_suppress():
     np.testing.assert_array_equal(one.boxes, [LARGE])
 
 
-def test_predict_zoom_out_option(tmp_path, capsys):
-    from hkd.models.checkpoint import CheckpointMeta, save_checkpoint
-    from hkd.models.presets import build_detector
-
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(images / name)
-    torch.manual_seed(0)
-    model = build_detector("hkd_frcnn_lite0.student", min_size=96, max_size=128).eval()
-    ckpt = save_checkpoint(tmp_path / "s.safetensors", model,
-                           CheckpointMeta(preset="hkd_frcnn_lite0.student", min_size=96, max_size=128))
-    common = ["predict", "--checkpoint", str(ckpt), "--images", str(images), "--score-thresh", "0.0",
-              "--threads", "1", "--device", "cpu"]
+def test_predict_zoom_out_option(predict_world, tmp_path, capsys):
+    model, images, common = predict_world.model, predict_world.images, predict_world.common
     assert main([*common, "--out", str(tmp_path / "zoom.json"), "--zoom-out", "0.5",
                  "--zoom-min-height", "0.0"]) == 0
     assert "with a zoomed-out second look at --zoom-out 0.5" in capsys.readouterr().out
