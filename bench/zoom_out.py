@@ -6,7 +6,8 @@
 For each model: the first pass (``hkd predict --score-thresh 0.05``; or an existing COCO results file
 given with ``--base``) and the zoomed-out pass alone — the model on
 :func:`hkd.models.inference.zoomed_canvas` of each image, its boxes in the image's coordinates — are
-predicted once each and kept in ``runs/zoom/`` (``<split>_<name>_<pass>-<sha256 prefix>.json``).
+predicted once each and kept in ``runs/zoom/<split>/`` (``<stem>-<sha256 prefix>.json`` as
+bench/test_table.py keeps predictions, and ``<stem>-zoom<Z>-<sha256 prefix>.json``).
 Then :func:`hkd.models.inference.merge_zoomed` merges them offline, image by image, at each
 ``--min-heights`` value: the boxes ``hkd predict --zoom-out Z --zoom-min-height H`` writes (up to the
 rounding of the saved boxes). For each variant:
@@ -23,36 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from test_table import ROOT, predictions  # the first pass: the same prediction cache as the test tables
 DISPLAY_SCORE = 0.5
 LARGE_SHARE = 0.5  # the Large setup: people at least this share of the image's height
-
-
-def sha_prefix(path: Path) -> str:
-    from hkd.models.meta import file_sha256
-
-    return file_sha256(path)[:12]
-
-
-def first_pass(name: str, checkpoint: Path, data: Path, out_dir: Path, split: str) -> Path:
-    out = out_dir / f"{split}_{name}_base-{sha_prefix(checkpoint)}.json"
-    if out.exists() and out.stat().st_size > 0:
-        return out
-    cmd = [sys.executable, "-m", "hkd", "predict", "--checkpoint", str(checkpoint),
-           "--images", str(data / "images"), "--gt", str(data / "annotations.json"), "--out", str(out),
-           "--score-thresh", "0.05", "--threads", "1", "--device", "cpu", "--no-progress"]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    print(f"# {name}: first pass on {split} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return out
 
 
 def zoom_pass(name: str, checkpoint: Path, data: Path, out_dir: Path, split: str, zoom: float) -> Path:
@@ -62,8 +42,9 @@ def zoom_pass(name: str, checkpoint: Path, data: Path, out_dir: Path, split: str
     from hkd.data.images import load_image
     from hkd.models.checkpoint import load_checkpoint
     from hkd.models.inference import detect, image_tensor, zoomed_canvas
+    from hkd.models.meta import atomic_write, file_sha256
 
-    out = out_dir / f"{split}_{name}_zoom{zoom:g}-{sha_prefix(checkpoint)}.json"
+    out = out_dir / f"{checkpoint.stem}-zoom{zoom:g}-{file_sha256(checkpoint)[:12]}.json"
     if out.exists() and out.stat().st_size > 0:
         return out
     torch.set_num_threads(1)
@@ -74,7 +55,8 @@ def zoom_pass(name: str, checkpoint: Path, data: Path, out_dir: Path, split: str
         canvas = zoomed_canvas(image_tensor(load_image(data / "images" / im["file_name"])), zoom)
         (dets,) = detect(model, [canvas], score_thresh=0.05)
         rows.extend(dets.to_coco(im["id"]))
-    out.write_text(json.dumps(rows))
+    text = json.dumps(rows)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))  # a killed run leaves no half file to reuse
     print(f"# {name}: zoomed-out pass on {split} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return out
 
@@ -144,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.models:
         name, checkpoint = item.split("=", 1)
         checkpoint = Path(checkpoint)
-        base_file = Path(reuse[name]) if name in reuse else first_pass(name, checkpoint, data, args.out_dir, args.split)
+        cache = args.out_dir / args.split
+        base_file = Path(reuse[name]) if name in reuse else predictions(checkpoint, data, cache, 1)
         base = json.loads(base_file.read_text())
-        zoomed = json.loads(zoom_pass(name, checkpoint, data, args.out_dir, args.split, args.zoom).read_text())
+        zoomed = json.loads(zoom_pass(name, checkpoint, data, cache, args.split, args.zoom).read_text())
         variants = {"off": parse_detections(base, truth)}
         for h in args.min_heights:
             variants[f"zoom {args.zoom:g} ≥{h:g}"] = parse_detections(merged(gt, base, zoomed, h), truth)
