@@ -367,7 +367,7 @@ class Distiller(nn.Module):
         student, teacher = self.student, self.teacher
         levels = list(dict.fromkeys(term.level for term in terms))
         with Tap(student, self.student_spec, levels) as s_tap:
-            own = _two_stage_training(student, batch, targets)
+            own = two_stage_training(student, batch, targets)
         out = dict(own.losses)
         hierarchies = {term.hierarchy for term in terms}
         roi_head_levels = {"roi.embedding", "roi.logits", "roi.deltas"} & set(levels)
@@ -377,7 +377,7 @@ class Distiller(nn.Module):
             # KD terms read its tensors detached (the tap stores them so)
             image_levels = [name for name in levels if name not in roi_levels]
             with Tap(teacher, self.teacher_spec, image_levels, detach=True) as own_tap:
-                t_own = _two_stage_training(teacher, batch, targets)
+                t_own = two_stage_training(teacher, batch, targets)
             out.update({f"teacher/{key}": value for key, value in t_own.losses.items()})
             if not terms:
                 return out
@@ -495,27 +495,29 @@ class Distiller(nn.Module):
         return spec.fn(student, teacher, **{k: v for k, v in inputs.items() if k in needed}, **term.params)
 
 
-class _TwoStageTraining(NamedTuple):
+class TwoStageTraining(NamedTuple):
     features: "OrderedDict[str, Tensor]"
     losses: dict[str, Tensor]  # det/loss_classifier, det/loss_box_reg, det/<RPN loss>
     proposals: list[Tensor]  # per image, the sampled proposals the box head saw
     labels: list[Tensor]
     regression_targets: list[Tensor]
+    matched_idxs: list[Tensor]  # per image, each sampled proposal's GT box (index into targets' boxes)
+    box_regression: Tensor  # (sum of proposals, num_classes * 4), the box head's deltas
 
 
-def _two_stage_training(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]]) -> _TwoStageTraining:
+def two_stage_training(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]]) -> TwoStageTraining:
     """A Faster R-CNN's own training forward on a transformed batch: torchvision's ``RoIHeads``
     training path written out, so that the sampled proposals are known (the student's and an
-    online teacher's step; a tap around the call captures the levels)."""
+    online teacher's step, and :mod:`hkd.train.repulsion`; a tap around the call captures the levels)."""
     features = model.backbone(batch.tensors)
     proposals, rpn_losses = model.rpn(batch, features, targets)
-    proposals, _, labels, regression_targets = model.roi_heads.select_training_samples(proposals, targets)
+    proposals, matched_idxs, labels, regression_targets = model.roi_heads.select_training_samples(proposals, targets)
     regions = model.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
     class_logits, box_regression = model.roi_heads.box_predictor(model.roi_heads.box_head(regions))
     loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
     losses = {"det/loss_classifier": loss_classifier, "det/loss_box_reg": loss_box_reg,
               **{f"det/{key}": value for key, value in rpn_losses.items()}}
-    return _TwoStageTraining(features, losses, proposals, labels, regression_targets)
+    return TwoStageTraining(features, losses, proposals, labels, regression_targets, matched_idxs, box_regression)
 
 
 def _dense_losses(model: nn.Module, batch: ImageList, targets: list[dict[str, Tensor]], features: list[Tensor],

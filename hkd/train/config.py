@@ -17,7 +17,8 @@ and ``data.train``)::
               grad_clip: 10.0, log_every: 10, eval_every: 500, checkpoint_every: 250,
               threads: 2, workers: 0, save_dtype: float16,
               device: auto, amp: off, channels_last: null,
-              teacher_cache: null, teacher_cache_dtype: null}
+              teacher_cache: null, teacher_cache_dtype: null,
+              repulsion: 0.0, repulsion_sigma: 0.5}       # RepGT on the box head (hkd.train.repulsion)
     distill: {...}  or  distill_full.yaml                 # see hkd.distill.config
 
 Where and how the ``train`` section runs:
@@ -143,6 +144,8 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for CUDA with amp
     teacher_cache: str | None = None  # folder of the teacher's cached image-level outputs (never cleaned)
     teacher_cache_dtype: str | None = None  # None: the teacher's own dtype (bit-exact) | float16 | float32
+    repulsion: float = 0.0  # weight of the box head's RepGT term (hkd.train.repulsion); 0: off
+    repulsion_sigma: float = 0.5  # its Smooth_ln threshold, in [0, 1)
 
 
 @dataclass
@@ -283,6 +286,7 @@ def config_from_dict(raw: dict, *, base_dir: Path | None = None, source: str | N
     _check_ranges(cfg)
     check_placement(cfg.train)
     _check_teacher_cache(cfg)
+    _check_repulsion(cfg)
     sizes = cfg.model.train_min_sizes
     if sizes is not None and (not isinstance(sizes, list) or not sizes
                               or not all(isinstance(v, int) and 32 <= v <= 4096 for v in sizes)):
@@ -307,6 +311,8 @@ _RANGES = {
     ("train", "log_every"): (lambda v: v >= 1, "a number of steps >= 1"),
     ("train", "eval_every"): (lambda v: v >= 0, "a number of steps >= 0 (0: only at the end)"),
     ("train", "checkpoint_every"): (lambda v: v >= 0, "a number of steps >= 0 (0: only at the end)"),
+    ("train", "repulsion"): (lambda v: v >= 0, "a loss weight >= 0 (0: off; the paper's 0.5)"),
+    ("train", "repulsion_sigma"): (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("data", "val_images"): (lambda v: v >= 1, "a number of images >= 1"),
     ("model", "min_size"): (lambda v: 32 <= v <= 4096, "a size in pixels from 32 to 4096, or null"),
     ("model", "max_size"): (lambda v: 32 <= v <= 8192, "a size in pixels from 32 to 8192, or null"),
@@ -352,6 +358,19 @@ def _check_online(cfg: RunConfig) -> None:
                           f"({cfg.train.steps - 1}): the student learns from the teacher from that step on")
     if online.lr_scale <= 0:
         raise ConfigError(f"online.lr_scale: expected a positive number, got {online.lr_scale}")
+
+
+def _check_repulsion(cfg: RunConfig) -> None:
+    from hkd.models.presets import get_preset
+
+    if not cfg.train.repulsion:
+        return
+    if cfg.teacher or cfg.online is not None:
+        raise ConfigError("train.repulsion is a term of `hkd train` (a detector trained alone); a distillation "
+                          "run does not take it yet — remove train.repulsion or the teacher")
+    if get_preset(cfg.model.preset).family != "two_stage":
+        raise ConfigError(f"train.repulsion acts on a two-stage detector's box head; {cfg.model.preset} is a "
+                          f"{get_preset(cfg.model.preset).family} detector — remove train.repulsion")
 
 
 def _check_teacher_cache(cfg: RunConfig) -> None:

@@ -152,6 +152,10 @@ def build_step(cfg: RunConfig, student: nn.Module, device: torch.device | None =
         def detection_step(module, images, targets, step):
             return {f"det/{k}": v for k, v in module(images, targets).items()}
 
+        if cfg.train.repulsion:  # the detector's losses and RepGT, from one written-out forward
+            from hkd.train.repulsion import RepulsionTraining
+
+            return RepulsionTraining(student, cfg.train.repulsion, cfg.train.repulsion_sigma), detection_step
         return student, detection_step
     from hkd.distill.config import ConfigError as DistillConfigError
     from hkd.distill.distiller import Distiller
