@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[seed] = seed_row(boot, "teacher", "no_kd", "hkd") | {"checkpoints": [str(baseline), str(hkd)]}
     result = {"rows": rows, "summary": summary(rows), "images": len(gt["images"]), "data": str(args.data),
               "date": str(date.today()), "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
-    print(f"SynthPed test: {len(gt['images'])} images ({args.data}); {args.resamples} paired bootstrap resamples "
+    print(f"SynthPed {Path(args.data).name}: {len(gt['images'])} images ({args.data}); {args.resamples} paired bootstrap resamples "
           f"(seed {args.seed}) per training seed; {result['date']}; {result['host']}; {time.time() - start:.0f} s\n")
     print("| seed | teacher | no KD | HKD | HKD lead (95 % interval) | share of the gap |")
     print("|---|---:|---:|---:|---:|---:|")

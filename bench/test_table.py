@@ -71,7 +71,7 @@ def main() -> int:
     report = compare_models(gt, dets)
     boot = bootstrap_intervals(gt, dets, resamples=args.resamples, seed=args.seed).to_dict()
     models = boot["models"]
-    print(f"SynthPed test: {len(gt['images'])} images ({args.data}); {args.resamples} paired bootstrap resamples "
+    print(f"SynthPed {Path(args.data).name}: {len(gt['images'])} images ({args.data}); {args.resamples} paired bootstrap resamples "
           f"(seed {args.seed}); {date.today()}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.time() - start:.0f} s\n")
     print("| model | MR⁻² Reasonable | Small | Heavy | All | AP50 |")
