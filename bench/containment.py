@@ -76,13 +76,22 @@ def parse_threshold(text: str) -> tuple[float, float] | None:
 def suppress(found, threshold: tuple[float, float] | None):
     """The parsed detections (:class:`hkd.eval.mr.Detections`) after suppression at
     ``(containment, score_ratio)``, image by image; None: unchanged."""
-    from hkd.eval.mr import Detections
     from hkd.models.inference import suppress_contained
 
     if threshold is None:
         return found
     containment, ratio = threshold
+    return per_image(found, lambda boxes, scores: (
+        suppress_contained(boxes, scores, containment=containment, score_ratio=ratio), None))
+
+
+def per_image(found, rule):
+    """``found`` (:class:`hkd.eval.mr.Detections`) after ``rule(boxes_xyxy, scores) -> (kept indices, their new
+    scores or None)`` applied to each image's detections."""
+    from hkd.eval.mr import Detections
+
     keep = np.zeros(len(found.score), dtype=bool)
+    score = found.score.copy()
     order = np.argsort(found.image, kind="stable")
     bounds = np.flatnonzero(np.diff(found.image[order])) + 1
     for rows in np.split(order, bounds):
@@ -90,9 +99,12 @@ def suppress(found, threshold: tuple[float, float] | None):
             continue
         xywh = found.bbox[rows]
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        keep[rows[suppress_contained(boxes, found.score[rows], containment=containment, score_ratio=ratio)]] = True
+        kept, new = rule(boxes, found.score[rows])
+        keep[rows[kept]] = True
+        if new is not None:
+            score[rows[kept]] = new
     return Detections(image=found.image[keep], category=found.category[keep], bbox=found.bbox[keep],
-                      score=found.score[keep])
+                      score=score[keep])
 
 
 def people_at_risk(truth, containment: float) -> dict[str, int]:

@@ -100,7 +100,9 @@ def resolve_nested(boxes, scores, *, inside: float = 0.8, part_height: float = 0
     part_height = _fraction(part_height, "part_height")
     if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real) or not 0 <= min_score <= 1:
         raise ValueError(f"min_score must be a score in [0, 1], got {min_score!r}")
-    b, s = _boxes_scores(boxes, scores)
+    from hkd.models.inference import boxes_and_scores
+
+    b, s = boxes_and_scores(boxes, scores)
     n = len(s)
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
@@ -144,18 +146,6 @@ def resolve_nested(boxes, scores, *, inside: float = 0.8, part_height: float = 0
     return idx.astype(np.int64), s[idx]
 
 
-def _boxes_scores(boxes, scores) -> tuple[np.ndarray, np.ndarray]:
-    b = np.array(boxes.detach().cpu().numpy() if hasattr(boxes, "detach") else boxes, dtype=np.float64)
-    s = np.array(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores, dtype=np.float64)
-    if b.size == 0:
-        b = b.reshape(0, 4)
-    if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (K, 4), got {b.shape}")
-    if s.ndim != 1 or len(s) != len(b):
-        raise ValueError(f"scores must have shape ({len(b)},), got {s.shape}")
-    return b, s
-
-
 def _fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
@@ -178,30 +168,17 @@ def parse_variant(text: str) -> tuple[str, tuple[float, ...]]:
 
 def apply(found, variant: str):
     """The parsed detections (:class:`hkd.eval.mr.Detections`) after ``variant``, image by image."""
-    from hkd.eval.mr import Detections
     from hkd.models.inference import suppress_contained
 
     kind, nums = parse_variant(variant)
     if kind == "off":
         return found
-    keep = np.zeros(len(found.score), dtype=bool)
-    score = found.score.copy()
-    order = np.argsort(found.image, kind="stable")
-    bounds = np.flatnonzero(np.diff(found.image[order])) + 1
-    for rows in np.split(order, bounds):
-        if len(rows) == 0:
-            continue
-        xywh = found.bbox[rows]
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        if kind == "c":
-            keep[rows[suppress_contained(boxes, found.score[rows], containment=nums[0])]] = True
-            continue
-        idx, new = resolve_nested(boxes, found.score[rows], inside=nums[0], part_height=nums[1], min_score=nums[2],
-                                  groups=kind in "ng", parts=kind in "npq", transfer=kind != "q")
-        keep[rows[idx]] = True
-        score[rows[idx]] = new
-    return Detections(image=found.image[keep], category=found.category[keep], bbox=found.bbox[keep],
-                      score=score[keep])
+    if kind == "c":
+        return containment.per_image(found, lambda boxes, scores: (
+            suppress_contained(boxes, scores, containment=nums[0]), None))
+    return containment.per_image(found, lambda boxes, scores: resolve_nested(
+        boxes, scores, inside=nums[0], part_height=nums[1], min_score=nums[2],
+        groups=kind in "ng", parts=kind in "npq", transfer=kind != "q"))
 
 
 def choose(results: dict[str, dict[str, dict]], variants: list[str], counts: str = "fp") -> tuple[str, list[str]]:

@@ -135,13 +135,7 @@ def suppress_contained(boxes, scores, *, containment: float = 0.8, score_ratio: 
     if (isinstance(score_ratio, bool) or not isinstance(score_ratio, numbers.Real)
             or not math.isfinite(score_ratio) or score_ratio <= 0):
         raise ValueError(f"score_ratio must be a positive number, got {score_ratio!r}")
-    b, s = _float64(boxes), _float64(scores)
-    if b.size == 0:
-        b = b.reshape(0, 4)
-    if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (K, 4), got {b.shape}")
-    if s.ndim != 1 or len(s) != len(b):
-        raise ValueError(f"scores must have shape ({len(b)},), got {s.shape}")
+    b, s = boxes_and_scores(boxes, scores)
     b, s = torch.from_numpy(b), torch.from_numpy(s)
     order = torch.from_numpy(np.argsort(-s.numpy(), kind="stable"))
     if len(order) == 0:
@@ -160,6 +154,19 @@ def suppress_contained(boxes, scores, *, containment: float = 0.8, score_ratio: 
         if keep[j]:
             keep[j + 1:] &= ~contained[j + 1:, j]
     return order.numpy()[keep].astype(np.int64)
+
+
+def boxes_and_scores(boxes, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 4) boxes and (K,) scores (numpy arrays, tensors or nested lists) as float64 copies;
+    ValueError naming the shape that is wrong."""
+    b, s = _float64(boxes), _float64(scores)
+    if b.size == 0:
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (K, 4), got {b.shape}")
+    if s.ndim != 1 or len(s) != len(b):
+        raise ValueError(f"scores must have shape ({len(b)},), got {s.shape}")
+    return b, s
 
 
 def _float64(values) -> np.ndarray:
