@@ -162,6 +162,40 @@ def measure(truth, found, base_score: float) -> dict:
     }
 
 
+def measure_variants(truth, variants: dict, resamples: int = 0) -> tuple[dict, dict, dict]:
+    """Each variant of one model's detections (``{name: parsed Detections}``, ``"off"`` the model's own)
+    measured (:func:`measure`) at the operating score of ``"off"`` (FPPI 0.1 on Reasonable): ``(results,
+    boxes each removed, paired intervals of MR⁻² variant − off)``, the intervals ``{}`` when ``resamples``
+    is 0, else R resamples of the images, seed 0."""
+    from hkd.eval.bootstrap import bootstrap_intervals
+    from hkd.eval.compare import operating_point
+    from hkd.eval.mr import evaluate_mr
+
+    own = variants["off"]
+    curve = evaluate_mr(truth, own, setups=["Reasonable"]).setups["Reasonable"].curve
+    base_score = operating_point(curve, None, FPPI, "Reasonable")["score"]
+    results = {name: measure(truth, found, base_score) for name, found in variants.items()}
+    removed = {name: int(len(own.score) - len(found.score)) for name, found in variants.items()}
+    intervals = {}
+    if resamples:
+        report = bootstrap_intervals(truth, variants, resamples=resamples, seed=0, setups=list(SETUPS))
+        # the report's differences are off − variant; kept (and printed) as variant − off
+        intervals = {name: {m: _flip(report.differences[("off", name)][m]) for m in SETUPS}
+                     for name in variants if name != "off"}
+    return results, removed, intervals
+
+
+def intervals_table(intervals: dict[str, dict[str, dict]], column: str) -> str:
+    """Markdown rows ``model | variant | Δ MR⁻² per setup [95 %]`` of :func:`measure_variants`' intervals."""
+    lines = [f"| model | {column} | " + " | ".join(f"Δ MR⁻² {'R' if m == 'Reasonable' else m} [95 %]" for m in SETUPS)
+             + " |", "|---|---|" + "---|" * len(SETUPS)]
+    for model, by_variant in intervals.items():
+        for name, by_m in by_variant.items():
+            cells = [f"{d['point']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for d in (by_m[m] for m in SETUPS)]
+            lines.append(f"| {model} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def choose(results: dict[str, dict[str, dict]], thresholds: list[str], counts: str = "fp") -> tuple[str, list[str]]:
     """The threshold that halves the part-of-person false positives at the operating points (summed over
     the models: a few per model at FPPI 0.1) and loses at most 1 point of MR⁻² Reasonable on any model;
@@ -230,9 +264,8 @@ def main() -> int:
                    help="paired bootstrap of MR⁻² with − without each threshold, R resamples (default: none)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "containment")
     args = p.parse_args()
-    from hkd.eval.bootstrap import bootstrap_intervals
-    from hkd.eval.compare import operating_point
-    from hkd.eval.mr import evaluate_mr, parse_detections, parse_ground_truth
+    from hkd.eval.mr import parse_detections, parse_ground_truth
+    from hkd.models.meta import atomic_write
 
     if "off" not in args.thresholds:
         args.thresholds.insert(0, "off")
@@ -244,16 +277,10 @@ def main() -> int:
     removed: dict[str, dict[str, int]] = {}
     for model in args.models:
         found = parse_detections(json.loads(predict(model, args.split, args.out_dir).read_text()), truth)
-        curve = evaluate_mr(truth, found, setups=["Reasonable"]).setups["Reasonable"].curve
-        base_score = operating_point(curve, None, FPPI, "Reasonable")["score"]
         variants = {t: suppress(found, parse_threshold(t)) for t in args.thresholds}
-        results[model] = {t: measure(truth, v, base_score) for t, v in variants.items()}
-        removed[model] = {t: int(len(found.score) - len(v.score)) for t, v in variants.items()}
-        if args.bootstrap:
-            report = bootstrap_intervals(truth, variants, resamples=args.bootstrap, seed=0, setups=list(SETUPS))
-            # the report's differences are off − with; stored (and printed) as with − without
-            intervals[model] = {t: {m: _flip(report.differences[("off", t)][m]) for m in SETUPS}
-                                for t in args.thresholds if t != "off"}
+        results[model], removed[model], paired = measure_variants(truth, variants, args.bootstrap)
+        if paired:
+            intervals[model] = paired
         print(f"# {model} done", file=sys.stderr, flush=True)
 
     choice, reasons = choose(results, args.thresholds)
@@ -269,13 +296,9 @@ def main() -> int:
         print(f"| {t} | " + " | ".join(cells) + " |")
     print("\nBoxes removed (all scores): " + "; ".join(
         f"{model} " + ", ".join(f"{t}: {n}" for t, n in by_t.items() if t != "off") for model, by_t in removed.items()))
-    if intervals:
+    if args.bootstrap:
         print("\nPaired bootstrap (images resampled, 95 %), MR⁻² with − without (negative: suppression helps):\n")
-        print("| model | containment | Δ MR⁻² R [95 %] | Δ MR⁻² All [95 %] |\n|---|---|---|---|")
-        for model, by_t in intervals.items():
-            for t, by_m in by_t.items():
-                cells = [f"{d['point']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for d in (by_m[m] for m in SETUPS)]
-                print(f"| {model} | {t} | " + " | ".join(cells) + " |")
+        print(intervals_table(intervals, "containment"))
     print(f"\nchoice by the rule (part-of-person FPs at the operating points halved, MR⁻² Reasonable "
           f"+{MAX_MR_LOSS:g} at most): {choice}")
     for line in reasons:
@@ -287,7 +310,8 @@ def main() -> int:
               "people_at_risk": risk,
               "bootstrap": intervals, "bootstrap_resamples": args.bootstrap, "choice": choice, "reasons": reasons,
               "choice_at_0.5": display_choice, "reasons_at_0.5": display_reasons}
-    (args.out_dir / f"{args.split}.json").write_text(json.dumps(record, indent=1))
+    text = json.dumps(record, indent=1)
+    atomic_write(args.out_dir / f"{args.split}.json", lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

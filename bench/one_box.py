@@ -96,12 +96,12 @@ def resolve_nested(boxes, scores, *, inside: float = 0.8, part_height: float = 0
     Raises:
         ValueError: an option out of range, or boxes and scores of mismatched shapes.
     """
+    from hkd.models.inference import _fraction, boxes_and_scores
+
     inside = _fraction(inside, "inside")
     part_height = _fraction(part_height, "part_height")
     if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real) or not 0 <= min_score <= 1:
         raise ValueError(f"min_score must be a score in [0, 1], got {min_score!r}")
-    from hkd.models.inference import boxes_and_scores
-
     b, s = boxes_and_scores(boxes, scores)
     n = len(s)
     if n == 0:
@@ -114,12 +114,12 @@ def resolve_nested(boxes, scores, *, inside: float = 0.8, part_height: float = 0
     inter = np.clip(rb - lt, 0, None).prod(axis=2)  # [i, j] = area(i ∩ j)
     with np.errstate(divide="ignore", invalid="ignore"):
         within = np.where(area[:, None] > 0, inter / area[:, None], 0.0) >= inside  # [i, j]: i inside j
-    np.fill_diagonal(within, False)
-    kept = area > 0  # a zero-area box is neither container nor member; it is kept as it is
+    np.fill_diagonal(within, False)  # a zero-area box is inside nothing and holds nothing: always kept
+    keep = np.ones(n, dtype=bool)
     s = s.copy()
     if groups:
         for j in range(n):
-            members = np.flatnonzero(within[:, j] & kept & (s >= min_score) & (h >= part_height * h[j])
+            members = np.flatnonzero(within[:, j] & keep & (s >= min_score) & (h >= part_height * h[j])
                                      & (w < w[j]))
             if len(members) < 2:
                 continue
@@ -129,11 +129,10 @@ def resolve_nested(boxes, scores, *, inside: float = 0.8, part_height: float = 0
             apart = overlap < 0.5 * narrower
             np.fill_diagonal(apart, False)
             if apart.any():
-                kept[j] = False
-    keep = kept | (area <= 0)
+                keep[j] = False
     if parts:
         for i in np.argsort(area, kind="stable"):
-            if not keep[i] or area[i] <= 0:
+            if not keep[i]:
                 continue
             containers = np.flatnonzero(within[i] & keep & (h[i] <= part_height * h) & (s >= min_score))
             if len(containers):
@@ -144,12 +143,6 @@ def resolve_nested(boxes, scores, *, inside: float = 0.8, part_height: float = 0
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(-s[idx], kind="stable")]
     return idx.astype(np.int64), s[idx]
-
-
-def _fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 def parse_variant(text: str) -> tuple[str, tuple[float, ...]]:
@@ -218,9 +211,8 @@ def main() -> int:
                    help="where the predictions are kept (default runs/containment, shared with bench/containment.py)")
     p.add_argument("--out", type=Path, default=None, help="the JSON record (default runs/one_box/<split>.json)")
     args = p.parse_args()
-    from hkd.eval.bootstrap import bootstrap_intervals
-    from hkd.eval.compare import operating_point
-    from hkd.eval.mr import evaluate_mr, parse_detections, parse_ground_truth
+    from hkd.eval.mr import parse_detections, parse_ground_truth
+    from hkd.models.meta import atomic_write
 
     for v in args.variants:
         parse_variant(v)
@@ -233,15 +225,10 @@ def main() -> int:
     results, intervals, removed = {}, {}, {}
     for model in args.models:
         found = parse_detections(json.loads(containment.predict(model, args.split, args.pred_dir).read_text()), truth)
-        curve = evaluate_mr(truth, found, setups=["Reasonable"]).setups["Reasonable"].curve
-        base_score = operating_point(curve, None, containment.FPPI, "Reasonable")["score"]
         variants = {v: apply(found, v) for v in args.variants}
-        results[model] = {v: containment.measure(truth, d, base_score) for v, d in variants.items()}
-        removed[model] = {v: int(len(found.score) - len(d.score)) for v, d in variants.items()}
-        if args.bootstrap:
-            report = bootstrap_intervals(truth, variants, resamples=args.bootstrap, seed=0, setups=list(containment.SETUPS))
-            intervals[model] = {v: {m: containment._flip(report.differences[("off", v)][m]) for m in containment.SETUPS}
-                                for v in args.variants if v != "off"}
+        results[model], removed[model], paired = containment.measure_variants(truth, variants, args.bootstrap)
+        if paired:
+            intervals[model] = paired
         print(f"# {model} done", file=sys.stderr, flush=True)
     choice, reasons = choose(results, args.variants)
     display_choice, display_reasons = choose(results, args.variants, counts="fp_at_0.5")
@@ -249,23 +236,20 @@ def main() -> int:
     print(containment.table(results).replace("| containment |", "| variant |"))
     print("\nBoxes removed (all scores): " + "; ".join(
         f"{m} " + ", ".join(f"{v}: {n}" for v, n in by_v.items() if v != "off") for m, by_v in removed.items()))
-    if intervals:
+    if args.bootstrap:
         print("\nPaired bootstrap (images resampled, 95 %), MR⁻² variant − off (negative: the variant helps):\n")
-        print("| model | variant | Δ MR⁻² R [95 %] | Δ MR⁻² All [95 %] |\n|---|---|---|---|")
-        for model, by_v in intervals.items():
-            for v, by_m in by_v.items():
-                cells = [f"{d['point']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for d in (by_m[m] for m in containment.SETUPS)]
-                print(f"| {model} | {v} | " + " | ".join(cells) + " |")
+        print(containment.intervals_table(intervals, "variant"))
     print(f"\nchoice (part + crowd FPs at the operating points halved, MR⁻² Reasonable +{MAX_MR_LOSS:g} at most): {choice}")
     for line in reasons:
         print(f"- not {line}")
     print(f"\nthe same rule at score {containment.DISPLAY_SCORE:g}: {display_choice}")
     for line in display_reasons:
         print(f"- not {line}")
-    out.write_text(json.dumps({"split": args.split, "num_images": len(truth.image_ids), "results": results,
-                               "removed": removed, "bootstrap": intervals, "bootstrap_resamples": args.bootstrap,
-                               "choice": choice, "reasons": reasons, "choice_at_0.5": display_choice,
-                               "reasons_at_0.5": display_reasons}, indent=1))
+    text = json.dumps({"split": args.split, "num_images": len(truth.image_ids), "results": results,
+                       "removed": removed, "bootstrap": intervals, "bootstrap_resamples": args.bootstrap,
+                       "choice": choice, "reasons": reasons, "choice_at_0.5": display_choice,
+                       "reasons_at_0.5": display_reasons}, indent=1)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     large = Setup("Large", (LARGE_SHARE * gt["images"][0]["height"], float("inf")), (0.2, float("inf")))
     reuse = dict(item.split("=", 1) for item in args.base)
     results, intervals = {}, {}
+    cache = args.out_dir / args.split
     for item in args.models:
         name, checkpoint = item.split("=", 1)
         checkpoint = Path(checkpoint)
-        cache = args.out_dir / args.split
         base_file = Path(reuse[name]) if name in reuse else predictions(checkpoint, data, cache, 1)
         base = json.loads(base_file.read_text())
         zoomed = json.loads(zoom_pass(name, checkpoint, data, cache, args.split, args.zoom).read_text())
