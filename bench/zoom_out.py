@@ -61,6 +61,14 @@ def zoom_pass(name: str, checkpoint: Path, data: Path, out_dir: Path, split: str
     return out
 
 
+def large_setup(gt: dict):
+    """The setup ``Large``: people at least ``LARGE_SHARE`` of the image's height (a SynthPed split's images
+    share one size), visibility ≥ 0.2 as All."""
+    from hkd.eval.matching import Setup
+
+    return Setup("Large", (LARGE_SHARE * gt["images"][0]["height"], float("inf")), (0.2, float("inf")))
+
+
 def merged(gt: dict, base: list[dict], zoomed: list[dict], min_height: float) -> list[dict]:
     """``merge_zoomed`` image by image on saved COCO results."""
     from hkd.models.inference import Detections, merge_zoomed
@@ -113,14 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     from hkd.eval.bootstrap import bootstrap_intervals
-    from hkd.eval.matching import Setup
     from hkd.eval.mr import parse_detections, parse_ground_truth
 
     data = ROOT / "data" / "synthped" / args.split
     args.out_dir.mkdir(parents=True, exist_ok=True)
     gt = json.loads((data / "annotations.json").read_text())
     truth = parse_ground_truth(gt)
-    large = Setup("Large", (LARGE_SHARE * gt["images"][0]["height"], float("inf")), (0.2, float("inf")))
+    large = large_setup(gt)
     reuse = dict(item.split("=", 1) for item in args.base)
     results, intervals = {}, {}
     cache = args.out_dir / args.split

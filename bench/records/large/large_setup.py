@@ -5,14 +5,18 @@ Reads the first-pass predictions bench/zoom_out.py keeps in runs/zoom/tune_large
     python bench/records/large/large_setup.py
 """
 import json
+import sys
+from pathlib import Path
 
-from hkd.eval.bootstrap import bootstrap_intervals
-from hkd.eval.matching import Setup
-from hkd.eval.mr import parse_detections, parse_ground_truth
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from zoom_out import large_setup  # noqa: E402
+
+from hkd.eval.bootstrap import bootstrap_intervals  # noqa: E402
+from hkd.eval.mr import parse_detections, parse_ground_truth  # noqa: E402
 
 gt = json.load(open("data/synthped/tune_large/annotations.json"))
 truth = parse_ground_truth(gt)
-large = Setup("Large", (0.5 * gt["images"][0]["height"], float("inf")), (0.2, float("inf")))
+large = large_setup(gt)
 d = "runs/zoom/tune_large/final-"  # <stem>-<sha256 prefix>.json of each checkpoint
 for a, b, fa, fb in [("no_kd_train", "no_kd_large", "fd82d43967aa", "ada38a8ef553"),
                      ("hkd_train", "hkd_large", "ff9a24f2afeb", "defdbd287184")]:

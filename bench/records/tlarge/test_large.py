@@ -13,10 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "bench"))
 from test_table import predictions  # noqa: E402
-from zoom_out import LARGE_SHARE, measure  # noqa: E402
+from zoom_out import large_setup, measure  # noqa: E402
 
 from hkd.eval.bootstrap import bootstrap_intervals  # noqa: E402
-from hkd.eval.matching import Setup  # noqa: E402
 from hkd.eval.mr import parse_detections, parse_ground_truth  # noqa: E402
 
 B = "runs/shipped_before"  # the models shipped before: git show 0ea8fc4:assets/checkpoints/<name>.safetensors
@@ -27,7 +26,7 @@ PAIRS = {"teacher": (f"{B}/teacher.safetensors", "runs/tlarge/teacher/checkpoint
 SPLIT, CACHE = (sys.argv[1], sys.argv[2]) if len(sys.argv) > 2 else ("test", "runs/test_table")
 gt = json.loads((ROOT / "data/synthped" / SPLIT / "annotations.json").read_text())
 truth = parse_ground_truth(gt)
-large = Setup("Large", (LARGE_SHARE * gt["images"][0]["height"], float("inf")), (0.2, float("inf")))
+large = large_setup(gt)
 
 
 def dets(ckpt: str):
