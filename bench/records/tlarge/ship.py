@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from hkd.models.checkpoint import update_metadata
-from hkd.models.meta import file_sha256
+from hkd.models.meta import atomic_write, file_sha256
 
 ROOT = Path(__file__).resolve().parents[3]
 DEST = ROOT / "assets" / "checkpoints"
@@ -41,6 +41,7 @@ for name, (ckpt, note, changes) in SHIP.items():
     update_metadata(ckpt, DEST / f"{name}.safetensors", metrics=metrics, notes=f"HKD Studio demo checkpoint ({note})",
                     **changes)
     print(f"shipped {name}: val MR-2 Reasonable {metrics['mr']['Reasonable']:.2f}")
-shutil.copyfile(ROOT / "runs/tlarge/aux/teacher_aux.safetensors", DEST / "teacher_aux.safetensors")
+atomic_write(DEST / "teacher_aux.safetensors",
+             lambda tmp: shutil.copyfile(ROOT / "runs/tlarge/aux/teacher_aux.safetensors", tmp))
 print("shipped teacher_aux (hkd train-aux --teacher runs/tlarge/teacher/checkpoints/final.safetensors "
       "--data data/synthped/train --steps 200 --crop 64 --seed 0 --threads 1)")
